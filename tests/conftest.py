@@ -1,0 +1,40 @@
+"""Shared fixtures: a small synthetic category in MVTec layout, and the real sample when ../shared exists."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from converters.synthetic import make_category
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", REPO.parent / "shared" / "data" / "mvtec_ad"))
+REAL_CATEGORIES = ("bottle", "grid", "metal_nut")
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Root holding `toy_wood` (subtle defects, 256 px, 5 defect types incl. combined, a few grayscale images)."""
+    root = tmp_path_factory.mktemp("mvtec_synth")
+    make_category(root, "toy_wood", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def easy_root(tmp_path_factory) -> Path:
+    """Root holding `toy_easy`: one obvious defect shape per class (hole, scratch, stain), high contrast."""
+    root = tmp_path_factory.mktemp("mvtec_easy")
+    make_category(root, "toy_easy", defects=("hole", "scratch", "stain"), per_defect=10, combined=0,
+                  contrast=1.0, gray_every=0, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    if not (REAL_ROOT / "bottle" / "test").is_dir():
+        pytest.skip(f"real MVTec AD sample not found at {REAL_ROOT}")
+    return REAL_ROOT
