@@ -1,0 +1,288 @@
+"""Evaluation metrics on hand-built cases with known answers (mask IoU, COCO AP, pixel metrics, calibration)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from converters.errors import DatasetError
+from converters.masks import encode_rle
+from evaluation import calibrate as cal
+from evaluation import mask_iou
+from evaluation.coco_metrics import coco_metrics
+from evaluation.data import load_ground_truth, load_predictions, predictions_by_image
+from evaluation.pixel_metrics import PixelAccumulator, aupro_from_curve, pixel_metrics, region_thresholds
+
+H = W = 64
+CATEGORIES = [{"id": 1, "name": "hole", "prompt": "hole", "supercategory": "toy"},
+              {"id": 2, "name": "scratch", "prompt": "scratch", "supercategory": "toy"}]
+
+
+def rect(y0: int, x0: int, h: int, w: int, height: int = H, width: int = W) -> np.ndarray:
+    m = np.zeros((height, width), bool)
+    m[y0:y0 + h, x0:x0 + w] = True
+    return m
+
+
+def bbox(m: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(m)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+# the hand-built split: image 1 a 20x20 hole, image 2 a 10x40 scratch, image 3 good
+GT_MASKS = {1: [(1, rect(10, 10, 20, 20))], 2: [(2, rect(40, 5, 10, 40))], 3: []}
+
+
+def make_gt(path: Path, masks: dict = GT_MASKS, polygons: bool = True, image_root: str | None = None) -> Path:
+    images, anns = [], []
+    for image_id, insts in masks.items():
+        good = not insts
+        images.append({"id": image_id, "file_name": f"test/{'good' if good else 'defect'}/{image_id:03d}.png",
+                       "height": H, "width": W, "defect_type": "good" if good else "defect", "is_good": good})
+        for cid, m in insts:
+            x, y, w, h = bbox(m)
+            # a rectangle as a polygon on pixel edges rasterises to exactly its pixels
+            seg = [[x, y, x + w, y, x + w, y + h, x, y + h]] if polygons else encode_rle(m)
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cid, "bbox": [x, y, w, h],
+                         "area": int(m.sum()), "iscrowd": 0, "segmentation": seg})
+    info = {"source": "test", "category": "toy", "split": "test", "seed": 0}
+    if image_root:
+        info["image_root"] = image_root
+    path.write_text(json.dumps({"info": info, "images": images, "annotations": anns, "categories": CATEGORIES}))
+    return path
+
+
+def pred(image_id: int, cid: int, m: np.ndarray, score: float) -> dict:
+    return {"image_id": image_id, "category_id": cid, "bbox": bbox(m), "score": score, "segmentation": encode_rle(m)}
+
+
+def perfect_preds() -> list[dict]:
+    return [pred(i, cid, m, 0.9) for i, insts in GT_MASKS.items() for cid, m in insts]
+
+
+def shifted_preds() -> list[dict]:
+    # hole shifted 3 px right: 20x17 overlap, 20x23 union -> 17/23; scratch 2 px down: 8x40 / 12x40 -> 2/3
+    return [pred(1, 1, rect(10, 13, 20, 20), 0.8), pred(2, 2, rect(42, 5, 10, 40), 0.7)]
+
+
+def load(tmp_path: Path, preds: list[dict], masks: dict = GT_MASKS, polygons: bool = True):
+    gt = load_ground_truth(make_gt(tmp_path / "gt.json", masks, polygons))
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    return gt, load_predictions(tmp_path / "pred.json", gt)
+
+
+def iou_summary(gt, preds) -> dict:
+    by_image = predictions_by_image(preds)
+    images, instances, per_class = [], [], {}
+    for im in gt.images.values():
+        s, inst = mask_iou.image_ious(im, by_image.get(im.id, []))
+        images.append(s)
+        instances += inst
+        for cid in {a["category_id"] for a in im.annotations}:
+            per_class.setdefault(cid, []).append(mask_iou.class_image_iou(im, by_image.get(im.id, []), cid))
+    return mask_iou.summarize(images, instances, per_class, gt.categories)
+
+
+@pytest.mark.parametrize("polygons", [True, False])
+def test_perfect_prediction_gives_iou_1_and_ap_1(tmp_path, polygons):
+    gt, preds = load(tmp_path, perfect_preds(), polygons=polygons)
+    s = iou_summary(gt, preds)
+    assert s["mean_instance"] == pytest.approx(1.0) and s["mean_image"] == pytest.approx(1.0)
+    assert s["per_class"]["hole"]["mean_instance"] == pytest.approx(1.0)
+    assert (s["good_images"], s["good_fp_images"], s["mean_good"]) == (1, 0, 1.0)
+    coco = coco_metrics(gt, preds)
+    for t in ("bbox", "segm"):
+        assert coco[t].summary["AP"] == pytest.approx(1.0)
+        assert coco[t].summary["per_class"]["scratch"]["AP50"] == pytest.approx(1.0)
+
+
+def test_shifted_prediction_gives_the_known_iou(tmp_path):
+    gt, preds = load(tmp_path, shifted_preds())
+    s = iou_summary(gt, preds)
+    assert s["per_class"]["hole"]["mean_instance"] == pytest.approx(17 / 23)
+    assert s["per_class"]["scratch"]["mean_instance"] == pytest.approx(2 / 3)
+    assert s["mean_instance"] == pytest.approx((17 / 23 + 2 / 3) / 2)
+    assert s["mean_image"] == pytest.approx((17 / 23 + 2 / 3) / 2)
+    segm = coco_metrics(gt, preds)["segm"].summary
+    # one TP per class, matched at the IoU thresholds (0.50:0.95:0.05) up to its IoU
+    assert segm["AP50"] == pytest.approx(1.0) and segm["AP75"] == pytest.approx(0.0)
+    assert segm["per_class"]["hole"]["AP"] == pytest.approx(0.5)  # 0.739: 0.50 .. 0.70
+    assert segm["per_class"]["scratch"]["AP"] == pytest.approx(0.4)  # 0.667: 0.50 .. 0.65
+    assert segm["AP"] == pytest.approx(0.45)
+
+
+def test_empty_prediction_gives_zero(tmp_path):
+    gt, preds = load(tmp_path, [])
+    s = iou_summary(gt, preds)
+    assert s["mean_instance"] == 0.0 and s["mean_image"] == 0.0 and s["good_fp_images"] == 0
+    assert coco_metrics(gt, preds)["segm"].summary["AP"] == 0.0
+
+
+def test_good_image_false_positives_are_counted(tmp_path):
+    fp = rect(0, 0, 4, 5)
+    gt, preds = load(tmp_path, perfect_preds() + [pred(3, 1, fp, 0.95)])
+    s = iou_summary(gt, preds)
+    assert (s["good_fp_images"], s["good_fp_predictions"], s["mean_good"]) == (1, 1, 0.0)
+    assert s["good_fp_pixel_fraction"] == pytest.approx(20 / (H * W))
+    assert s["mean_instance"] == pytest.approx(1.0)
+    # the false positive outranks both true positives: box AP drops below 1
+    assert coco_metrics(gt, preds)["bbox"].summary["per_class"]["hole"]["AP"] < 1.0
+
+
+def test_instances_are_matched_one_to_one():
+    a, b = rect(0, 0, 10, 10), rect(0, 30, 10, 10)
+    img = mask_iou.GtImage(1, "x.png", H, W, False, [{"id": 1, "category_id": 1, "rle": _rle(a)},
+                                                   {"id": 2, "category_id": 1, "rle": _rle(b)}])
+    one = mask_iou.Prediction(1, 1, bbox(a | b), 0.5, _rle(a | b), True)  # one mask over both
+    s, inst = mask_iou.image_ious(img, [one])
+    assert sorted(i.iou for i in inst) == [0.0, pytest.approx(0.5)]
+    assert s.iou == pytest.approx(1.0) and s.unmatched_predictions == 0
+
+
+def _rle(m: np.ndarray) -> dict:
+    r = encode_rle(m)
+    return {"size": r["size"], "counts": r["counts"].encode()}
+
+
+def test_pixel_auroc_matches_sklearn_on_prediction_maps(tmp_path):
+    preds = shifted_preds() + [pred(1, 1, rect(5, 40, 8, 8), 0.3), pred(3, 2, rect(50, 50, 6, 6), 0.45),
+                               pred(2, 2, rect(38, 0, 6, 64), 0.6)]
+    gt, loaded = load(tmp_path, preds)
+    from evaluation.evaluate import iou_figures
+    acc = PixelAccumulator(region_thresholds(np.array([p.score for p in loaded] + [0.0])))
+    iou_figures(gt, predictions_by_image(loaded), pixel=acc)
+    got = acc.result()
+    labels, scores = [], []
+    by_image = predictions_by_image(loaded)
+    for im in gt.images.values():
+        g = np.zeros((H, W), bool)
+        for _, m in GT_MASKS[im.id]:
+            g |= m
+        s = np.zeros((H, W))
+        for p in sorted(by_image.get(im.id, []), key=lambda p: p.score):
+            s[_decode(p.rle)] = p.score
+        labels.append(g.ravel())
+        scores.append(s.ravel())
+    assert got["auroc"] == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(scores)), abs=1e-3)
+    # the fast path (levels known) and np.unique on the maps agree exactly
+    assert pixel_metrics([s.reshape(H, W) for s in scores], [g.reshape(H, W) for g in labels], [1, 1, 0]) == got
+    assert got["image_auroc"] == pytest.approx(roc_auc_score([1, 1, 0], [0.8, 0.7, 0.45]), abs=1e-9)
+    # max-F1 by brute force over the distinct thresholds
+    lab, sc = np.concatenate(labels), np.concatenate(scores)
+    best = max(2 * (lab & (sc >= t)).sum() / ((sc >= t).sum() + lab.sum()) for t in np.unique(sc))
+    assert got["max_f1"] == pytest.approx(best)
+
+
+def _decode(rle: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+    return mask_utils.decode(rle).astype(bool)
+
+
+def test_pixel_auroc_matches_sklearn_on_continuous_maps():
+    rng = np.random.default_rng(1)
+    gts = [rect(5, 5, 10, 12, 32, 32) | rect(20, 22, 6, 6, 32, 32), np.zeros((32, 32), bool), rect(0, 0, 3, 32, 32, 32)]
+    maps = [rng.random((32, 32)).astype(np.float32) + 0.7 * g for g in gts]
+    maps[1] = np.round(maps[1], 1)  # ties
+    got = pixel_metrics(maps, gts)
+    want = roc_auc_score(np.concatenate([g.ravel() for g in gts]), np.concatenate([m.ravel() for m in maps]))
+    assert got["auroc"] == pytest.approx(want, abs=1e-3)
+
+
+def test_aupro_on_a_hand_built_case():
+    # 20x10 image: region A (10 px) all at 0.9, region B (10 px) half at 0.9, 18 of 180 normal pixels at 0.5
+    g = np.zeros((10, 20), bool)
+    g[0, 0:10] = True  # A
+    g[9, 0:10] = True  # B
+    s = np.zeros((10, 20), np.float32)
+    s[0, 0:10] = 0.9
+    s[9, 0:5] = 0.9
+    s[3:5, 11:20] = 0.5  # 18 false-positive pixels: FPR 0.1
+    # PRO curve (FPR, PRO): (0, 0.75) -> (0.1, 0.75) -> (1, 1); area to FPR 0.3, divided by 0.3
+    y_03 = 0.75 + 0.25 * (0.3 - 0.1) / (1 - 0.1)
+    expected = (0.1 * 0.75 + 0.2 * (0.75 + y_03) / 2) / 0.3
+    got = pixel_metrics([s], [g])
+    assert got["aupro"] == pytest.approx(expected, abs=1e-6)
+    assert got["aupro"] == pytest.approx(0.768518, abs=1e-3)
+
+
+def _reference_aupro(maps, gts, limit=0.3):
+    """Definition by brute force: for every threshold, PRO = mean region overlap, FPR over normal pixels."""
+    import cv2
+    regions = []
+    for g in gts:
+        n, lab = cv2.connectedComponents(g.astype(np.uint8), connectivity=8)
+        regions += [(len(regions), lab == k, g) for k in range(1, n)]
+    neg = sum((~g).sum() for g in gts)
+    fprs, pros = [], []
+    for t in np.unique(np.concatenate([m.ravel() for m in maps]))[::-1]:
+        fprs.append(sum(((m >= t) & ~g).sum() for m, g in zip(maps, gts)) / neg)
+        pro = []
+        for m, g in zip(maps, gts):
+            n, lab = cv2.connectedComponents(g.astype(np.uint8), connectivity=8)
+            pro += [((m >= t) & (lab == k)).sum() / (lab == k).sum() for k in range(1, n)]
+        pros.append(np.mean(pro))
+    return aupro_from_curve(np.array(fprs), np.array(pros), limit)
+
+
+def test_aupro_agrees_with_the_definition_on_random_maps():
+    rng = np.random.default_rng(2)
+    gts = [rect(2, 2, 6, 6, 24, 24) | rect(14, 10, 4, 9, 24, 24), rect(10, 0, 5, 24, 24, 24)]
+    maps = [np.round(rng.random((24, 24)) * 0.8 + 0.3 * g, 2) for g in gts]
+    assert pixel_metrics(maps, gts)["aupro"] == pytest.approx(_reference_aupro(maps, gts), abs=1e-9)
+
+
+def test_region_max_f1_on_a_hand_built_case():
+    g = rect(2, 2, 10, 10) | rect(30, 30, 10, 10)
+    s = np.zeros((H, W), np.float32)
+    s[2:12, 2:12] = 0.8  # region 1 exactly (IoU 1)
+    s[30:40, 30:35] = 0.9  # half of region 2 (IoU 0.5 < 0.6)
+    s[50:55, 50:55] = 0.3  # a false region
+    # t=0.9: 1 predicted region, 0 hits -> F1 0; t=0.8: 2 regions, 1 hit -> P 1/2, R 1/2, F1 0.5; t=0.3: P 1/3 -> 0.4
+    got = pixel_metrics([s], [g])
+    assert got["region_max_f1"] == pytest.approx(0.5)
+    assert got["region_max_f1_threshold"] == pytest.approx(0.8)
+
+
+def test_calibration_picks_the_f1_maximising_threshold(tmp_path):
+    masks = {1: [(1, rect(0, 0, 8, 8)), (1, rect(20, 20, 8, 8))], 2: [(1, rect(0, 0, 8, 8)), (1, rect(40, 40, 8, 8))],
+             3: []}
+    far = rect(56, 0, 6, 6)
+    preds = [pred(1, 1, rect(0, 0, 8, 8), 0.9), pred(2, 1, rect(0, 0, 8, 8), 0.8), pred(3, 1, far, 0.7),
+             pred(1, 1, rect(20, 20, 8, 8), 0.6), pred(3, 1, rect(10, 10, 5, 5), 0.5), pred(2, 1, far, 0.4),
+             pred(1, 2, rect(0, 0, 8, 8), 0.95)]  # scratch: no GT of its class anywhere -> default
+    gt, loaded = load(tmp_path, preds, masks)
+    # hole F1 by threshold: .9 -> .4, .8 -> .667, .7 -> .571, .6 -> .75, .5 -> .667, .4 -> .6
+    classes = {c.name: c for c in cal.calibrate(gt, loaded)}
+    assert classes["hole"].threshold == pytest.approx(0.6)
+    assert (classes["hole"].f1, classes["hole"].precision, classes["hole"].recall) == pytest.approx((0.75, 0.75, 0.75))
+    assert classes["scratch"].threshold is None
+    doc = cal.thresholds_document(list(classes.values()), 0.25)
+    assert doc["thresholds"] == {"hole": pytest.approx(0.6), "scratch": 0.25} and doc["default"] == 0.25
+    kept = cal.apply_thresholds(loaded, gt, doc)
+    assert sorted(p.score for p in kept) == [0.6, 0.7, 0.8, 0.9, 0.95]
+
+
+def test_unknown_image_ids_are_rejected(tmp_path):
+    with pytest.raises(DatasetError, match=r"pred\.json: 1 image id\(s\) not in .*different datasets"):
+        load(tmp_path, perfect_preds() + [pred(99, 1, rect(0, 0, 3, 3), 0.5)])
+
+
+def test_malformed_inputs_are_rejected(tmp_path):
+    gt_path = make_gt(tmp_path / "gt.json")
+    (tmp_path / "bad.json").write_text('[{"image_id": 1, ')
+    with pytest.raises(DatasetError, match=r"bad\.json: malformed JSON"):
+        load_predictions(tmp_path / "bad.json", load_ground_truth(gt_path))
+    with pytest.raises(DatasetError, match=r"bad\.json: malformed JSON"):
+        load_ground_truth(tmp_path / "bad.json")
+    with pytest.raises(DatasetError, match=r"nope\.json: no such file"):
+        load_ground_truth(tmp_path / "nope.json")
+    small = pred(1, 1, rect(0, 0, 3, 3, 32, 32), 0.5)
+    (tmp_path / "p.json").write_text(json.dumps([small]))
+    with pytest.raises(DatasetError, match=r"p\.json: entry 0 \(image id 1\): mask is 32x32 but the image is 64x64"):
+        load_predictions(tmp_path / "p.json", load_ground_truth(gt_path))
+    (tmp_path / "p.json").write_text(json.dumps([{**small, "category_id": 7}]))
+    with pytest.raises(DatasetError, match=r"category id 7"):
+        load_predictions(tmp_path / "p.json", load_ground_truth(gt_path))
