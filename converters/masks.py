@@ -52,6 +52,14 @@ def _cut_holes(poly: Polygon) -> list[Polygon]:
     return done
 
 
+def _simplify(poly: Polygon, tolerance: float) -> Polygon:
+    """Drop near-collinear vertices: Douglas-Peucker (fast), or the topology-preserving variant if that breaks the ring."""
+    simple = poly.simplify(tolerance, preserve_topology=False)
+    if simple.is_empty or not simple.is_valid or simple.geom_type != poly.geom_type:
+        simple = poly.simplify(tolerance)
+    return simple
+
+
 def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[list[float]]:
     """Hole-free polygons (pixel-edge outline) of one component; their pycocotools rasterisation is the component."""
     contours, hierarchy = cv2.findContours(component.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
@@ -73,7 +81,7 @@ def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[lis
             ext = np.vstack([ext, ext[:1] + 1e-3])[:3] if len(ext) == 2 else np.repeat(ext[:1], 3, 0) + [[0, 0], [1e-3, 0], [0, 1e-3]]
         poly = Polygon(ext, holes).buffer(0.5, quad_segs=1)
         if simplify:
-            poly = poly.simplify(simplify)
+            poly = _simplify(poly, simplify)
         for piece in _cut_holes(poly):
             coords = np.asarray(piece.exterior.coords)[:-1]
             if len(coords) >= 3:
@@ -82,15 +90,43 @@ def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[lis
 
 
 def inner_point(component: np.ndarray) -> tuple[float, float]:
-    """The pixel farthest from the component's border (distance-transform maximum), as x, y."""
+    """The pixel farthest from the component's border (distance-transform maximum), as x, y.
+
+    Ties (a plateau, e.g. along a rectangle's axis) go to the tied pixel nearest their mean: the middle."""
     dist = cv2.distanceTransform(np.pad(component.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    ties = np.argwhere(dist >= dist.max() - 1e-3)
+    y, x = ties[np.argmin(((ties - ties.mean(axis=0)) ** 2).sum(axis=1))]
     return float(x), float(y)
 
 
+def label_components(mask: np.ndarray, few: int = 16) -> tuple[int, np.ndarray, np.ndarray]:
+    """cv2.connectedComponentsWithStats (8-connectivity): (n labels incl. background, labels, stats).
+
+    OpenCV's stats pass costs several times the labelling itself, so for a few components the stats
+    come from cv2.boundingRect / cv2.countNonZero per label instead (same numbers)."""
+    ltype = cv2.CV_16U if mask.size < 4 * 65000 else cv2.CV_32S  # an 8-connected component takes >= 4 px of area
+    n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=ltype)
+    if n - 1 > few:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=ltype)
+        return n, labels, stats
+    stats = np.zeros((n, 5), np.int64)
+    for k in range(1, n):
+        comp = (labels == k).view(np.uint8)
+        stats[k, :4] = cv2.boundingRect(comp)
+        x, y, w, h = stats[k, :4]
+        stats[k, 4] = cv2.countNonZero(comp[y : y + h, x : x + w])
+    return n, labels, stats
+
+
 def mask_to_instances(mask: np.ndarray, category: str, min_area: int = 10) -> tuple[list[Instance], int]:
-    """One instance per 8-connected component with area >= min_area; returns (instances, dropped specks)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    """One instance per 8-connected component with area >= min_area; returns (instances, dropped specks).
+
+    Only the component's crop is kept; its RLE, polygons and point are computed when first used."""
+    mask = mask.view(np.uint8) if mask.dtype == bool else (mask > 0).view(np.uint8)
+    ox, oy, ow, oh = cv2.boundingRect(mask)  # components are labelled in the defect's bounding box only: fast
+    if ow == 0 or oh == 0:
+        return [], 0
+    n, labels, stats = label_components(mask[oy : oy + oh, ox : ox + ow])
     instances, dropped = [], 0
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
@@ -98,9 +134,5 @@ def mask_to_instances(mask: np.ndarray, category: str, min_area: int = 10) -> tu
             dropped += 1
             continue
         crop = labels[y : y + h, x : x + w] == k
-        full = np.zeros(mask.shape, bool)
-        full[y : y + h, x : x + w] = crop
-        polys = [(np.asarray(r).reshape(-1, 2) + [x, y]).ravel().tolist() for r in component_polygons(crop)]
-        px, py = inner_point(crop)
-        instances.append(Instance(category, (x, y, w, h), area, encode_rle(full), polys, (px + x, py + y)))
+        instances.append(Instance(category, (x + ox, y + oy, w, h), area, crop, mask.shape))
     return instances, dropped

@@ -72,7 +72,7 @@ def mask_path_for(cat_root: Path, defect_type: str, image: Path) -> Path:
 def read_record(cat_root: Path, defect_type: str, path: Path, min_area: int) -> ImageRecord:
     """One image record: header size, and for a defect image its mask split into instances."""
     height, width = image_size(path)
-    rec = ImageRecord(path.relative_to(cat_root).as_posix(), path.resolve(), height, width, defect_type)
+    rec = ImageRecord(path.relative_to(cat_root).as_posix(), path if path.is_absolute() else path.resolve(), height, width, defect_type)
     if rec.is_good:
         return rec
     rec.mask_path = mask_path_for(cat_root, defect_type, path)
@@ -102,7 +102,7 @@ def read_category(root: Path, category: str, min_area: int = 10, progress: bool 
     """Read every image of a category; DatasetError on the first bad file."""
     from tqdm import tqdm
 
-    cat_root = category_root(Path(root), category)
+    cat_root = category_root(Path(root), category).resolve()  # once: every image path below is absolute
     paths = list(iter_image_paths(cat_root))
     if not paths:
         raise DatasetError(f"{cat_root}: no images under test/ or train/good/")
@@ -112,4 +112,4 @@ def read_category(root: Path, category: str, min_area: int = 10, progress: bool 
     ]
     records.sort(key=lambda r: r.file_name)
     defect_types = sorted({r.defect_type for r in records if not r.is_good})
-    return Category(category, cat_root.resolve(), records, defect_types)
+    return Category(category, cat_root, records, defect_types)

@@ -2,26 +2,61 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 GOOD = "good"
 
 
-@dataclass
+@dataclass(eq=False)
 class Instance:
-    """One defect instance: an 8-connected component of a ground-truth mask."""
+    """One defect instance: an 8-connected component of a ground-truth mask.
+
+    Holds the component's crop; the RLE, polygons and point are computed from it on first use (and kept),
+    so each format pays only for what it writes."""
 
     category: str  # defect type (folder name)
     bbox: tuple[int, int, int, int]  # x, y, w, h (tight, pixels)
     area: int  # pixel count
-    rle: dict  # pycocotools compressed RLE of the full-size mask, counts as str
-    polygons: list[list[float]]  # hole-free rings [x0, y0, x1, y1, ...] whose union is the component
-    point: tuple[float, float]  # a positive point well inside the mask (distance-transform maximum)
+    crop: np.ndarray  # bool h x w: the component inside its bbox
+    image_size: tuple[int, int]  # height, width of the full mask
 
     @property
     def xyxy(self) -> tuple[int, int, int, int]:
         x, y, w, h = self.bbox
         return x, y, x + w, y + h
+
+    def full_mask(self) -> np.ndarray:
+        """Bool HxW mask of the component in its image."""
+        x, y, w, h = self.bbox
+        full = np.zeros(self.image_size, bool, order="F")  # column-major, as pycocotools encodes
+        full[y : y + h, x : x + w] = self.crop
+        return full
+
+    @cached_property
+    def rle(self) -> dict:
+        """pycocotools compressed RLE of the full-size mask, counts as str."""
+        from converters.masks import encode_rle
+
+        return encode_rle(self.full_mask())
+
+    @cached_property
+    def polygons(self) -> list[list[float]]:
+        """Hole-free rings [x0, y0, x1, y1, ...] (image coordinates) whose union is the component."""
+        from converters.masks import component_polygons
+
+        x, y = self.bbox[:2]
+        return [(np.asarray(r).reshape(-1, 2) + [x, y]).ravel().tolist() for r in component_polygons(self.crop)]
+
+    @cached_property
+    def point(self) -> tuple[float, float]:
+        """A positive point well inside the mask (distance-transform maximum), as pixel x, y."""
+        from converters.masks import inner_point
+
+        px, py = inner_point(self.crop)
+        return px + self.bbox[0], py + self.bbox[1]
 
 
 @dataclass

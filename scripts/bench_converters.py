@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Benchmark: images/s of the COCO export on the real MVTec sample vs the floor (decoding every mask and
+reading every image header). Prints a table; the target is a ratio <= 1.3x."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import contextlib
+import io
+import os
+import tempfile
+import time
+
+from converters import mvtec_to_coco
+from converters.mvtec import image_size, iter_image_paths, list_categories, mask_path_for, read_mask
+from converters.records import GOOD
+
+DEFAULT_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
+
+
+def floor_pass(cat_root: Path) -> int:
+    """The bare cost: every image header and every mask decoded. Returns the number of images."""
+    n = 0
+    for defect, path in iter_image_paths(cat_root):
+        image_size(path)
+        if defect != GOOD:
+            read_mask(mask_path_for(cat_root, defect, path))
+        n += 1
+    return n
+
+
+def coco_pass(root: Path, category: str, out: Path, rle: bool) -> None:
+    """The whole COCO export as the CLI runs it (read, components, polygons/RLE, json, atomic rename), reusing
+    the category's split file as every run after the first does."""
+    args = ["--category", category, "--root", str(root), "--out", str(out / "coco"), "--no-progress",
+            "--splits", str(out / f"{category}_splits.json")] + (["--rle"] if rle else [])
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert mvtec_to_coco.main(args) == 0
+
+
+def best_of(repeat: int, fn, clock=time.process_time) -> float:
+    """Minimum time of `repeat` runs: CPU time by default, which other work on a shared machine disturbs least."""
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="MVTec AD root")
+    p.add_argument("--categories", nargs="*", default=None, help="categories (default: all found)")
+    p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the best is kept")
+    p.add_argument("--wall", action="store_true", help="measure wall-clock time instead of CPU time")
+    a = p.parse_args(argv)
+    if not a.root.is_dir():
+        print(f"error: {a.root}: no such folder (the MVTec AD sample)", file=sys.stderr)
+        return 2
+    cats = a.categories or list_categories(a.root)
+    clock = time.perf_counter if a.wall else time.process_time
+    print(f"{'wall-clock' if a.wall else 'CPU'} time, best of {a.repeat}; floor = read every image header + decode every mask")
+    header = f"{'category':<12} {'images':>6} {'floor s':>8} {'floor img/s':>11} {'coco s':>7} {'coco img/s':>10} {'ratio':>6} {'rle s':>6} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    totals = [0, 0.0, 0.0, 0.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        for cat in cats:
+            n = floor_pass(a.root / cat)  # also warms the file cache
+            coco_pass(a.root, cat, Path(tmp), rle=False)  # writes the split once
+            floor = best_of(a.repeat, lambda: floor_pass(a.root / cat), clock)
+            poly = best_of(a.repeat, lambda: coco_pass(a.root, cat, Path(tmp), rle=False), clock)
+            rle = best_of(a.repeat, lambda: coco_pass(a.root, cat, Path(tmp), rle=True), clock)
+            for i, v in enumerate((n, floor, poly, rle)):
+                totals[i] += v
+            print(f"{cat:<12} {n:>6} {floor:>8.3f} {n / floor:>11.1f} {poly:>7.3f} {n / poly:>10.1f} "
+                  f"{poly / floor:>5.2f}x {rle:>6.3f} {rle / floor:>5.2f}x")
+    n, floor, poly, rle = totals
+    print("-" * len(header))
+    print(f"{'all':<12} {n:>6} {floor:>8.3f} {n / floor:>11.1f} {poly:>7.3f} {n / poly:>10.1f} "
+          f"{poly / floor:>5.2f}x {rle:>6.3f} {rle / floor:>5.2f}x")
+    print(f"COCO export (polygons) {poly / floor:.2f}x the floor (target <= 1.3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

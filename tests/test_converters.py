@@ -1,0 +1,316 @@
+"""The exporters end to end on the synthetic category: one split for every format, masks reproduced,
+tight boxes, negatives, pycocotools / ultralytics load the outputs, YOLO and VOC boxes round-trip."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from converters import mvtec_to_all, mvtec_to_coco, mvtec_to_sam, mvtec_to_yolo
+from converters.masks import decode_rle
+from converters.mvtec import iter_image_paths, read_category, read_mask
+from converters.sam_prompts import to_sam_prompts
+from converters.splits import load_split
+from converters.synthetic import make_category
+from converters.splits import SPLITS
+from converters.voc import parse_voc_boxes
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY = re.compile(
+    r"^(?P<label>[a-z+]+) (?P<cat>\w+): (?P<n>\d+) images \(train (?P<train>\d+), val (?P<val>\d+), test (?P<test>\d+)\), "
+    r"(?P<inst>\d+) instances \((?P<per>[^)]*)\), (?P<specks>\d+) specks dropped, [\d.]+ s$"
+)
+
+
+def export_all(root: Path, category: str, out: Path, *extra: str) -> str:
+    """Run mvtec_to_all with --min-area 1 (nothing dropped: masks must be reproduced); return its summary line."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = mvtec_to_all.main(["--category", category, "--root", str(root), "--out", str(out), "--min-area", "1",
+                                "--splits", str(out / "splits" / f"{category}.json"), "--no-progress", *extra])
+    assert rc == 0
+    return buf.getvalue().strip().splitlines()[-1]
+
+
+# ---- checks shared with test_converters_real.py -------------------------------------------------------
+
+
+def load_coco(out: Path, category: str) -> dict[str, COCO]:
+    return {s: COCO(str(out / "coco" / category / f"instances_{s}.json")) for s in SPLITS}
+
+
+def check_split_partition(root: Path, category: str, cocos: dict[str, COCO]) -> None:
+    """Every defect image in exactly one split; ids = rank of file_name over the whole category."""
+    all_files = sorted(p.relative_to(root / category).as_posix() for _, p in iter_image_paths(root / category))
+    names = [img["file_name"] for c in cocos.values() for img in c.dataset["images"]]
+    assert len(names) == len(set(names))
+    defects = {f for f in all_files if not f.split("/")[1] == "good"}
+    assert defects <= set(names)
+    for c in cocos.values():
+        for img in c.dataset["images"]:
+            assert img["id"] == all_files.index(img["file_name"]) + 1
+            assert c.dataset["info"]["image_root"] == str((root / category).resolve())
+    ann_ids = sorted(a["id"] for c in cocos.values() for a in c.dataset["annotations"])
+    assert ann_ids == list(range(1, len(ann_ids) + 1))
+
+
+def check_masks_boxes_and_negatives(root: Path, category: str, cocos: dict[str, COCO], sam_dir: Path) -> None:
+    """Polygon union IoU >= 0.99 and RLE union exact vs the ground truth; tight boxes; good images empty."""
+    for split, coco in cocos.items():
+        prompts = json.loads((sam_dir / f"prompts_{split}.json").read_text())
+        sam_by_id = {img["id"]: img for img in prompts["images"]}
+        assert set(sam_by_id) == set(coco.getImgIds())
+        for img in coco.dataset["images"]:
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+            sam = sam_by_id[img["id"]]
+            if img["is_good"]:
+                assert img["defect_type"] == "good" and anns == [] and sam["instances"] == []
+                continue
+            gt = read_mask(root / category / "ground_truth" / img["defect_type"] / f"{Path(img['file_name']).stem}_mask.png")
+            assert gt.shape == (img["height"], img["width"])
+            poly_union = np.zeros_like(gt)
+            rle_union = np.zeros_like(gt)
+            for ann, inst in zip(anns, sam["instances"], strict=True):
+                assert coco.cats[ann["category_id"]]["name"] == img["defect_type"] or img["defect_type"] == "combined"
+                poly_union |= coco.annToMask(ann).astype(bool)
+                m = decode_rle(inst["mask"])
+                rle_union |= m
+                ys, xs = np.nonzero(m)
+                tight = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+                assert ann["bbox"] == tight and ann["area"] == int(m.sum())
+                assert inst["annotation_id"] == ann["id"] and inst["category_id"] == ann["category_id"]
+                x, y, w, h = tight
+                assert inst["box"] == [x, y, x + w, y + h]
+                assert len(inst["points"]) == len(inst["point_labels"]) and inst["point_labels"][0] == 1
+                for (px, py), label in zip(inst["points"], inst["point_labels"]):
+                    assert x <= px < x + w and y <= py < y + h
+                    assert gt[int(py), int(px)] == bool(label)  # positives on the defect, negatives off it
+            assert np.array_equal(rle_union, gt)
+            assert (poly_union & gt).sum() / (poly_union | gt).sum() >= 0.99
+
+
+def yolo_boxes(label_file: Path, width: int, height: int) -> list[tuple[int, list[float]]]:
+    """(class, xywh pixel box) per line: boxes from detect lines, polygon bounds from segment lines."""
+    out = []
+    for line in label_file.read_text().splitlines():
+        cls, *v = line.split()
+        v = np.asarray(v, float)
+        if len(v) == 4:
+            cx, cy, w, h = v * [width, height, width, height]
+            box = [cx - w / 2, cy - h / 2, w, h]
+        else:
+            pts = v.reshape(-1, 2) * [width, height]
+            box = [*pts.min(0), *(pts.max(0) - pts.min(0))]
+        out.append((int(cls), box))
+    return out
+
+
+def check_yolo(out: Path, category: str, cocos: dict[str, COCO]) -> None:
+    """Images linked under unique names to the right files; labels round-trip to the COCO boxes (+-1 px)."""
+    data = yaml.safe_load((out / "yolo" / category / "data.yaml").read_text())
+    assert data["path"] == str((out / "yolo" / category).resolve())
+    assert data["names"] == {c["id"] - 1: c["name"] for c in cocos["train"].dataset["categories"]}
+    root = Path(cocos["train"].dataset["info"]["image_root"])
+    for split, coco in cocos.items():
+        assert data[split] == f"images/{split}"
+        images = sorted((out / "yolo" / category / "images" / split).iterdir())
+        assert len(images) == len(coco.dataset["images"])
+        for img in coco.dataset["images"]:
+            name = img["file_name"].replace("/", "_")
+            image = out / "yolo" / category / "images" / split / name
+            assert image.resolve() == (root / img["file_name"]).resolve()
+            got = yolo_boxes(out / "yolo" / category / "labels" / split / f"{Path(name).stem}.txt", img["width"], img["height"])
+            want = [(a["category_id"] - 1, a["bbox"]) for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))]
+            assert [c for c, _ in got] == [c for c, _ in want]
+            for (_, g), (_, w) in zip(got, want):
+                assert np.allclose(g, w, atol=1.0), (img["file_name"], g, w)
+
+
+def check_voc(out: Path, category: str, cocos: dict[str, COCO]) -> None:
+    voc = out / "voc" / category
+    for split, coco in cocos.items():
+        stems = (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        assert stems == [img["file_name"].rsplit(".", 1)[0].replace("/", "_") for img in coco.dataset["images"]]
+        for stem, img in zip(stems, coco.dataset["images"]):
+            got = parse_voc_boxes((voc / "Annotations" / f"{stem}.xml").read_text())
+            want = [(coco.cats[a["category_id"]]["name"], tuple(a["bbox"])) for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))]
+            assert got == want
+
+
+def check_export(root: Path, category: str, out: Path) -> None:
+    cocos = load_coco(out, category)
+    check_split_partition(root, category, cocos)
+    check_masks_boxes_and_negatives(root, category, cocos, out / "sam" / category)
+    check_yolo(out, category, cocos)
+    check_voc(out, category, cocos)
+
+
+# ---- the synthetic category ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported")
+    line = export_all(synthetic_root, "toy_wood", out, "--task", "segment", "--negative-points", "3",
+                      "--positive-points", "2", "--seed", "5")
+    return out, line
+
+
+def test_all_formats_agree_reproduce_the_masks_and_round_trip(synthetic_root, exported):
+    out, _ = exported
+    check_export(synthetic_root, "toy_wood", out)
+
+
+def test_summary_line_counts_images_instances_and_specks(synthetic_root, exported):
+    out, line = exported
+    m = SUMMARY.match(line)
+    assert m, line
+    cocos = load_coco(out, "toy_wood")
+    assert m["label"] == "coco+yolo+voc+sam" and m["cat"] == "toy_wood"
+    assert [int(m[s]) for s in SPLITS] == [len(cocos[s].dataset["images"]) for s in SPLITS]
+    assert int(m["n"]) == sum(int(m[s]) for s in SPLITS)
+    assert int(m["inst"]) == sum(len(c.dataset["annotations"]) for c in cocos.values()) > 0
+    per = dict(item.rsplit(" ", 1) for item in m["per"].split(", "))
+    assert list(per) == ["combined", "crack", "hole", "scratch", "stain"]
+    assert sum(map(int, per.values())) == int(m["inst"]) and m["specks"] == "0"
+
+
+def test_coco_json_follows_the_contract(exported):
+    out, _ = exported
+    data = json.loads((out / "coco" / "toy_wood" / "instances_train.json").read_text())
+    assert data["info"]["category"] == "toy_wood" and data["info"]["split"] == "train" and data["info"]["seed"] == 5
+    assert data["categories"][0] == {"id": 1, "name": "combined", "prompt": "combined", "supercategory": "toy_wood"}
+    ann = data["annotations"][0]
+    assert ann["iscrowd"] == 0 and isinstance(ann["segmentation"], list) and len(ann["segmentation"][0]) >= 6
+    assert {img["file_name"].split("/")[1] for img in data["images"] if img["is_good"]} == {"good"}
+    assert any(img["file_name"].startswith("train/good/") for img in data["images"])
+    assert any(img["file_name"].startswith("test/good/") for img in data["images"])
+
+
+def test_rle_export_uses_the_same_split_and_exact_masks(synthetic_root, exported, tmp_path):
+    out, _ = exported
+    splits = out / "splits" / "toy_wood.json"
+    before = splits.read_bytes()
+    rc = mvtec_to_coco.main(["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(tmp_path / "rle"),
+                             "--splits", str(splits), "--seed", "5", "--min-area", "1", "--rle", "--no-progress"])
+    assert rc == 0 and splits.read_bytes() == before
+    poly = load_coco(out, "toy_wood")
+    for s in SPLITS:
+        rle = COCO(str(tmp_path / "rle" / f"instances_{s}.json"))
+        assert rle.dataset["images"] == poly[s].dataset["images"]
+        for a, b in zip(rle.dataset["annotations"], poly[s].dataset["annotations"], strict=True):
+            assert isinstance(a["segmentation"]["counts"], str) and a["bbox"] == b["bbox"]
+            assert list(mask_utils.toBbox(rle.annToRLE(a))) == a["bbox"]
+            assert rle.annToMask(a).sum() == a["area"] == b["area"]
+
+
+def test_yolo_detect_dataset_loads_in_ultralytics(synthetic_root, exported, tmp_path):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    out, _ = exported
+    rc = mvtec_to_yolo.main(["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(tmp_path / "yolo" / "toy_wood"),
+                             "--splits", str(out / "splits" / "toy_wood.json"), "--seed", "5", "--min-area", "1", "--no-progress"])
+    assert rc == 0
+    check_yolo(tmp_path, "toy_wood", load_coco(out, "toy_wood"))  # detect boxes round-trip (+-1 px)
+    data = check_det_dataset(str(tmp_path / "yolo" / "toy_wood" / "data.yaml"))
+    ds = YOLODataset(img_path=data["val"], data=data, task="detect", imgsz=64, augment=False, hyp=get_cfg(), cache=False)
+    coco = COCO(str(out / "coco" / "toy_wood" / "instances_val.json"))
+    assert len(ds.labels) == len(coco.dataset["images"])
+    assert sum(len(lb["cls"]) for lb in ds.labels) == len(coco.dataset["annotations"])
+    assert sum(len(lb["cls"]) == 0 for lb in ds.labels) == sum(img["is_good"] for img in coco.dataset["images"])
+    seg = (out / "yolo" / "toy_wood" / "labels" / "train")
+    assert any(len(line.split()) > 5 for f in seg.iterdir() for line in f.read_text().splitlines())
+
+
+def test_sam_points_are_seeded(synthetic_root, exported, tmp_path):
+    out, _ = exported
+    args = ["--category", "toy_wood", "--root", str(synthetic_root), "--splits", str(out / "splits" / "toy_wood.json"),
+            "--min-area", "1", "--negative-points", "3", "--positive-points", "2", "--seed", "5", "--no-progress"]
+    assert mvtec_to_sam.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "prompts_test.json").read_text() == (out / "sam" / "toy_wood" / "prompts_test.json").read_text()
+    cat = read_category(synthetic_root, "toy_wood", min_area=1)
+    split = load_split(out / "splits" / "toy_wood.json")
+    a, b = (to_sam_prompts(cat, split, "train", 2, 3, seed) for seed in (5, 6))
+    inst_a = [i for img in a["images"] for i in img["instances"]]
+    inst_b = [i for img in b["images"] for i in img["instances"]]
+    assert [i["points"][0] for i in inst_a] == [i["points"][0] for i in inst_b]  # the distance-transform point
+    assert [i["points"][2:] for i in inst_a] != [i["points"][2:] for i in inst_b]  # sampled negatives follow the seed
+    full = [i for i in inst_a if len(i["points"]) == 5]
+    assert all(i["point_labels"] == [1, 1, 0, 0, 0] for i in full) and len(full) >= len(inst_a) // 2
+
+
+def test_specks_below_min_area_are_dropped_and_counted(tmp_path, capsys):
+    root = tmp_path / "mvtec"
+    make_category(root, "tiny", size=96, defects=("hole", "stain"), per_defect=2, good_test=1, good_train=1,
+                  combined=0, gray_every=0, seed=3)
+    mask_file = root / "tiny" / "ground_truth" / "hole" / "000_mask.png"
+    mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
+    mask[0:2, 0:2] = 255  # a 4-px speck in a corner
+    cv2.imwrite(str(mask_file), mask)
+    base = ["--category", "tiny", "--root", str(root), "--no-progress", "--splits", str(tmp_path / "s.json")]
+    assert mvtec_to_coco.main([*base, "--out", str(tmp_path / "a"), "--min-area", "5"]) == 0
+    m = SUMMARY.match(capsys.readouterr().out.strip())
+    assert m and m["specks"] == "1"
+    assert mvtec_to_coco.main([*base, "--out", str(tmp_path / "b"), "--min-area", "1"]) == 0
+    m1 = SUMMARY.match(capsys.readouterr().out.strip())
+    assert m1["specks"] == "0" and int(m1["inst"]) == int(m["inst"]) + 1
+
+
+def test_rerun_replaces_the_output_and_leaves_no_temporary_folders(synthetic_root, exported, tmp_path):
+    out, _ = exported
+    target = tmp_path / "coco"
+    target.mkdir()
+    (target / "stale.json").write_text("{}")
+    args = ["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(target),
+            "--splits", str(out / "splits" / "toy_wood.json"), "--seed", "5", "--min-area", "1", "--no-progress"]
+    assert mvtec_to_coco.main(args) == 0
+    assert sorted(p.name for p in target.iterdir()) == [f"instances_{s}.json" for s in ("test", "train", "val")]
+    assert [p.name for p in tmp_path.iterdir()] == ["coco"]
+
+
+def test_scripts_run_as_files_from_anywhere(synthetic_root, tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "converters" / "mvtec_to_coco.py"), "--category", "toy_wood",
+                          "--root", str(synthetic_root), "--no-progress"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert SUMMARY.match(res.stdout.strip())
+    assert (tmp_path / "datasets" / "coco" / "toy_wood" / "instances_val.json").is_file()
+    assert (tmp_path / "datasets" / "splits" / "toy_wood.json").is_file()
+    res = subprocess.run([sys.executable, str(REPO / "converters" / "mvtec_to_yolo.py"), "--help"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0 and "--task {detect,segment}" in res.stdout and "(default: datasets/mvtec_ad)" in res.stdout
+
+
+def test_category_without_train_folder_and_copied_yolo_images(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "mvtec"
+    make_category(root, "tiny", size=96, defects=("hole", "stain"), per_defect=3, good_test=3, good_train=2,
+                  combined=0, gray_every=0, seed=4)
+    shutil.rmtree(root / "tiny" / "train")  # real partial copies have none
+    out = tmp_path / "yolo"
+    assert mvtec_to_yolo.main(["--category", "tiny", "--root", str(root), "--out", str(out), "--copy",
+                               "--splits", str(tmp_path / "s.json"), "--no-progress"]) == 0
+    images = sorted(p for p in (out / "images").rglob("*.png"))
+    assert images and not any(p.is_symlink() for p in images)
+    assert {p.name for p in images} >= {"test_good_000.png", "test_hole_000.png"}
+    for p in images:
+        split_dir, name = p.parent.name, p.name
+        source = root / "tiny" / name.replace("_", "/", 2)
+        assert p.read_bytes() == source.read_bytes()
+        assert (out / "labels" / split_dir / f"{p.stem}.txt").is_file()
+    m = SUMMARY.match(capsys.readouterr().out.strip())
+    assert m and int(m["n"]) == len(images) == 6 + 3  # 6 defect images (2 per split) + ceil(0.5 x 2) good per split
