@@ -1,0 +1,306 @@
+"""End-to-end inference on the synthetic category with tiny random-init checkpoints in the real formats."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from segment_anything.modeling import ImageEncoderViT, PromptEncoder
+
+from converters.coco import annotations, categories, first_annotation_ids, image_entry
+from converters.masks import decode_rle
+from converters.mvtec import read_category
+from inference.predict import main
+from inference.random_models import save_random_detector, save_random_sam
+
+IMGSZ = 64  # detector input: tiny on purpose, the tests check plumbing, not accuracy
+SAM_SIZE = 256  # vit_tiny's encoder input (longest side)
+
+
+@pytest.fixture(scope="module")
+def category(synthetic_root):
+    return read_category(synthetic_root, "toy_wood")
+
+
+@pytest.fixture(scope="module")
+def gt_json(category, tmp_path_factory) -> Path:
+    """instances_test.json (converters' format, RLE) for 5 test images: 3 defect, 2 good, one of them grayscale."""
+    ids = {r.file_name: i for i, r in enumerate(category.images, 1)}
+    first = first_annotation_ids(category)
+    picks = ["test/combined/000.png", "test/good/000.png", "test/good/001.png", "test/hole/000.png", "test/stain/002.png"]
+    recs = [r for r in category.images if r.file_name in picks]
+    assert len(recs) == len(picks)
+    coco = {
+        "info": {"category": "toy_wood", "image_root": str(category.root), "split": "test", "seed": 0},
+        "images": [image_entry(r, ids[r.file_name]) for r in recs],
+        "annotations": [a for r in recs for a in annotations(r, ids[r.file_name], first[r.file_name], category, rle=True)],
+        "categories": categories(category),
+    }
+    path = tmp_path_factory.mktemp("gt") / "instances_test.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(category, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    return {
+        # bias 0: the random model scores ~0.5 everywhere, so every image gets detections
+        "detector": save_random_detector(d / "yolo_world" / "best.pt", category.defect_types, score_bias=0.0, imgsz=IMGSZ),
+        # ultralytics' own init (bias -10): scores ~0, no detection anywhere
+        "silent": save_random_detector(d / "silent" / "best.pt", category.defect_types, imgsz=IMGSZ, seed=1),
+        "sam": save_random_sam(d / "sam" / "best.pth", "vit_tiny"),
+        # finetune.sam writes best.json beside best.pth; inference takes --model-type from it when not given
+        "sam_meta": _write(d / "sam" / "best.json", json.dumps({"model_type": "vit_tiny"})),
+    }
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def counters(monkeypatch) -> dict:
+    """Count real SAM image-encoder forwards and record the box prompts the decoder got (model input coordinates)."""
+    seen = {"encoder": 0, "boxes": []}
+    encoder_forward, embed_boxes = ImageEncoderViT.forward, PromptEncoder._embed_boxes
+
+    def counting_forward(self, x):
+        seen["encoder"] += 1
+        return encoder_forward(self, x)
+
+    def recording_boxes(self, boxes):
+        seen["boxes"].append(boxes.detach().float().cpu().numpy().reshape(-1, 4).copy())
+        return embed_boxes(self, boxes)
+
+    monkeypatch.setattr(ImageEncoderViT, "forward", counting_forward)
+    monkeypatch.setattr(PromptEncoder, "_embed_boxes", recording_boxes)
+    return seen
+
+
+def read_outputs(out: Path) -> tuple[list[dict], list[dict], dict]:
+    return (json.loads((out / "predictions.json").read_text()), json.loads((out / "image_ids.json").read_text()),
+            json.loads((out / "summary.json").read_text()))
+
+
+def xyxy(bbox: list[float]) -> np.ndarray:
+    x, y, w, h = bbox
+    return np.array([x, y, x + w, y + h], np.float32)
+
+
+def test_gt_boxes_with_sam_on_a_coco_json(gt_json, models, counters, tmp_path, capsys):
+    out = tmp_path / "predict_gt_boxes"
+    argv = ["--source", str(gt_json), "--gt-boxes", str(gt_json), "--sam", str(models["sam"]), "--out", str(out),
+            "--batch", "2", "--quiet"]
+    assert main(argv) == 0
+    assert "predicted 5 images" in capsys.readouterr().out
+    preds, ids, summary = read_outputs(out)
+    gt = COCO(str(gt_json))
+    res = gt.loadRes(str(out / "predictions.json"))  # the evaluation's entry point accepts it
+    assert len(res.getAnnIds()) == len(gt.getAnnIds()) == len(preds)
+
+    # ids kept from the json; every GT instance comes back once with its box, category and score 1
+    assert sorted(e["id"] for e in ids) == sorted(gt.getImgIds())
+    got = sorted((p["image_id"], p["category_id"], tuple(p["bbox"])) for p in preds)
+    want = sorted((a["image_id"], a["category_id"], tuple(float(v) for v in a["bbox"])) for a in gt.dataset["annotations"])
+    assert got == want and all(p["score"] == 1.0 for p in preds)
+
+    # the encoder ran once per image with boxes, never on the two good images; one decoder call per such image
+    with_boxes = {a["image_id"] for a in gt.dataset["annotations"]}
+    assert len(with_boxes) == 3
+    assert counters["encoder"] == summary["sam_encoder_calls"] == summary["sam_decoder_calls"] == 3
+    assert [len(b) for b in counters["boxes"]] == [len(gt.getAnnIds(imgIds=i)) for i in sorted(with_boxes)]
+
+    # label masks in original size; label > 0 exactly where some predicted mask is
+    for entry in ids:
+        img = gt.imgs[entry["id"]]
+        label = cv2.imread(str(out / entry["mask"]), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (img["height"], img["width"]) and label.dtype == np.uint8
+        mine = [p for p in preds if p["image_id"] == entry["id"]]
+        union = np.zeros(label.shape, bool)
+        for p in mine:
+            assert p["segmentation"]["size"] == [img["height"], img["width"]]
+            union |= decode_rle(p["segmentation"])
+        assert np.array_equal(label > 0, union)
+        assert set(np.unique(label)) <= {0} | {p["category_id"] for p in mine}
+    assert summary["mode"] == "gt_boxes" and summary["images"] == 5 and summary["detections"] == len(preds)
+
+
+def test_box_only_segmentation_is_exactly_the_box(gt_json, tmp_path):
+    out = tmp_path / "boxes"
+    assert main(["--source", str(gt_json), "--gt-boxes", str(gt_json), "--box-only", "--out", str(out), "--quiet"]) == 0
+    preds, ids, summary = read_outputs(out)
+    gt = COCO(str(gt_json))
+    assert summary["sam_encoder_calls"] == 0 and len(preds) == len(gt.getAnnIds())
+    for p in preds:
+        x, y, w, h = (int(v) for v in p["bbox"])
+        mask = decode_rle(p["segmentation"])
+        assert mask.sum() == w * h and mask[y : y + h, x : x + w].all()
+        label = cv2.imread(str(out / next(e["mask"] for e in ids if e["id"] == p["image_id"])), cv2.IMREAD_UNCHANGED)
+        assert (label[y : y + h, x : x + w] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def odd_folder(category, tmp_path_factory) -> Path:
+    """Images of any size: a 256 px colour one, a 96x160 grayscale one, a 200x120 one in a subfolder."""
+    folder = tmp_path_factory.mktemp("new_images")
+    src = cv2.imread(str(category.root / "test" / "hole" / "000.png"))
+    cv2.imwrite(str(folder / "a.png"), src)
+    cv2.imwrite(str(folder / "b_gray.png"), cv2.cvtColor(cv2.resize(src, (160, 96)), cv2.COLOR_BGR2GRAY))
+    (folder / "sub").mkdir()
+    cv2.imwrite(str(folder / "sub" / "c.jpg"), cv2.resize(src, (120, 200)))
+    return folder
+
+
+def test_detector_and_sam_on_a_folder_of_any_size(odd_folder, models, category, counters, tmp_path, capsys):
+    out = tmp_path / "predict"
+    argv = ["--source", str(odd_folder), "--detector", str(models["detector"]), "--sam", str(models["sam"]),
+            "--model-type", "vit_tiny", "--out", str(out), "--conf", "0.1", "--max-det", "3", "--save-overlays",
+            "--quiet", "--seed", "0"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("predicted 3 images") and "img/s" in line
+    preds, ids, summary = read_outputs(out)
+    # folder ids: 1..N by sorted relative path, with the output names that keep sub-folders apart
+    assert [(e["id"], e["file_name"], e["mask"]) for e in ids] == [
+        (1, "a.png", "masks/a.png"), (2, "b_gray.png", "masks/b_gray.png"), (3, "sub/c.jpg", "masks/sub_c.png")]
+    sizes = {1: (256, 256), 2: (96, 160), 3: (200, 120)}
+    assert {e["id"]: (e["height"], e["width"]) for e in ids} == sizes
+    K = len(category.defect_types)
+    for p in preds:
+        h, w = sizes[p["image_id"]]
+        x0, y0, x1, y1 = xyxy(p["bbox"])
+        assert 0 <= x0 <= x1 <= w + 1e-3 and 0 <= y0 <= y1 <= h + 1e-3
+        assert 1 <= p["category_id"] <= K and 0.1 <= p["score"] <= 1
+        assert p["segmentation"]["size"] == [h, w]
+    per_image = [sum(p["image_id"] == i for p in preds) for i in (1, 2, 3)]
+    assert all(1 <= n <= 3 for n in per_image)
+    assert counters["encoder"] == summary["sam_encoder_calls"] == 3
+    # SAM got each image's boxes scaled from original pixels to its 256 px input (longest side)
+    for i, boxes in zip((1, 2, 3), counters["boxes"]):
+        h, w = sizes[i]
+        s = SAM_SIZE / max(h, w)
+        sx, sy = int(w * s + 0.5) / w, int(h * s + 0.5) / h  # SAM's ResizeLongestSide rounds the resized size
+        want = np.stack([xyxy(p["bbox"]) for p in preds if p["image_id"] == i]) * [sx, sy, sx, sy]
+        np.testing.assert_allclose(np.sort(boxes, 0), np.sort(want, 0), atol=0.02 * s + 1e-3)
+    for e in ids:
+        assert cv2.imread(str(out / e["mask"]), cv2.IMREAD_UNCHANGED).shape == sizes[e["id"]]
+        overlay = cv2.imread(str(out / "overlays" / Path(e["mask"]).name))
+        assert overlay.shape == (*sizes[e["id"]], 3)
+    assert summary["detections_per_class"] and sum(summary["detections_per_class"].values()) == len(preds)
+    assert set(summary["timings_s"]) >= {"load", "detector", "sam_encoder", "sam_decoder", "write", "wall", "overhead_ratio"}
+
+
+def test_batching_does_not_change_detections(odd_folder, models, tmp_path):
+    runs = []
+    for batch in ("1", "3"):
+        out = tmp_path / f"b{batch}"
+        assert main(["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only",
+                     "--out", str(out), "--conf", "0.1", "--max-det", "5", "--batch", batch, "--quiet"]) == 0
+        runs.append(read_outputs(out)[0])
+    assert len(runs[0]) == len(runs[1]) > 0
+    for a, b in zip(runs[0], runs[1]):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+        assert abs(a["score"] - b["score"]) < 1e-3
+
+
+def test_no_detection_means_no_sam_call(odd_folder, models, counters, tmp_path):
+    out = tmp_path / "silent"
+    assert main(["--source", str(odd_folder), "--detector", str(models["silent"]), "--sam", str(models["sam"]),
+                 "--model-type", "vit_tiny", "--out", str(out), "--conf", "0.25", "--quiet"]) == 0
+    preds, ids, summary = read_outputs(out)
+    assert preds == [] and counters["encoder"] == 0 and summary["sam_encoder_calls"] == 0
+    assert summary["images"] == 3 and summary["images_with_detections"] == 0
+    for e in ids:  # an all-background label mask is still written, in the image's size
+        label = cv2.imread(str(out / e["mask"]), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (e["height"], e["width"]) and not label.any()
+
+
+def test_per_class_thresholds_filter_detections(odd_folder, models, category, tmp_path):
+    base, filt = tmp_path / "all", tmp_path / "filtered"
+    common = ["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only", "--conf", "0.1", "--quiet"]
+    assert main([*common, "--out", str(base)]) == 0
+    preds = read_outputs(base)[0]
+    top = max({p["category_id"] for p in preds}, key=lambda c: sum(p["category_id"] == c for p in preds))
+    name = category.defect_types[top - 1]
+    th = tmp_path / "thresholds.json"
+    th.write_text(json.dumps({"thresholds": {name: 0.99}, "default": 0.1}))
+    assert main([*common, "--out", str(filt), "--thresholds", str(th)]) == 0
+    kept = read_outputs(filt)[0]
+    assert {p["category_id"] for p in kept} == {p["category_id"] for p in preds} - {top}
+    assert len(kept) >= sum(p["category_id"] != top for p in preds) - 3  # NMS may keep others in its place
+
+
+def test_unreadable_image_is_skipped_or_fatal_with_strict(odd_folder, models, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((odd_folder / "a.png").read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    common = ["--source", str(folder), "--detector", str(models["detector"]), "--box-only", "--conf", "0.1", "--quiet"]
+    assert main([*common, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped: {folder / 'broken.png'}: not a readable image" in err
+    preds, ids, summary = read_outputs(out)
+    assert len(summary["skipped"]) == 1 and summary["images"] == 1 and {p["image_id"] for p in preds} == {1}
+    assert ids[1]["file_name"] == "broken.png" and "skipped" in ids[1]
+
+    strict_out = tmp_path / "strict"
+    assert main([*common, "--out", str(strict_out), "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {folder / 'broken.png'}: not a readable image")
+    assert not strict_out.exists() and not list(tmp_path.glob(".strict*"))  # nothing half-written
+
+
+@pytest.mark.parametrize("case", ["sam_as_detector", "detector_as_sam", "missing_detector", "wrong_model_type",
+                                  "cuda_missing", "malformed_thresholds", "unknown_class", "gt_from_other_dataset"])
+def test_bad_input_is_one_line_error_and_no_output(case, odd_folder, gt_json, models, tmp_path, capsys):
+    if case == "cuda_missing" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    det, sam = str(models["detector"]), str(models["sam"])
+    bad_json = tmp_path / "thresholds.json"
+    bad_json.write_text('{"thresholds": {"hole": 0.3,}')
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"info": {"image_root": str(tmp_path)}, "images": [{"id": 1, "file_name": "x.png"}],
+                                 "annotations": [], "categories": []}))
+    args, expect = {
+        "sam_as_detector": (["--detector", sam, "--sam", sam], f"{sam}: this is a SAM checkpoint, not a YOLO-World detector"),
+        "detector_as_sam": (["--detector", det, "--sam", det], f"{det}: this is an ultralytics (YOLO-World) checkpoint"),
+        "missing_detector": (["--detector", str(tmp_path / "nope.pt"), "--box-only"], f"{tmp_path / 'nope.pt'}: detector checkpoint not found"),
+        "wrong_model_type": (["--detector", det, "--sam", str(_truncated_sam(models["sam"], tmp_path)), "--model-type", "vit_tiny"],
+                             f"{tmp_path / 'truncated.pth'}: does not fit SAM model type 'vit_tiny'"),
+        "cuda_missing": (["--detector", det, "--box-only", "--device", "cuda:0"], "--device cuda:0: CUDA was asked for"),
+        "malformed_thresholds": (["--detector", det, "--box-only", "--thresholds", str(bad_json)], f"{bad_json}: not valid JSON"),
+        "unknown_class": (["--detector", det, "--box-only", "--classes", "dent"], "--classes: unknown class name(s) dent"),
+        "gt_from_other_dataset": (["--gt-boxes", str(other), "--box-only"], f"{other}: none of the source images is in this json"),
+    }[case]
+    out = tmp_path / "out"
+    assert main(["--source", str(odd_folder), "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {expect}"), err
+    assert len(err[-1]) < 500
+    assert not out.exists()
+
+
+def _truncated_sam(path: Path, tmp_path: Path) -> Path:
+    """A vit_tiny state_dict missing a layer: what a checkpoint of another model type looks like to load_state_dict."""
+    state = torch.load(path, weights_only=True)
+    state.pop("mask_decoder.iou_prediction_head.layers.0.weight")
+    torch.save(state, tmp_path / "truncated.pth")
+    return tmp_path / "truncated.pth"
+
+
+def test_model_type_hint_from_the_state_dict(tmp_path):
+    from inference.segmenter import guess_model_type
+
+    fake_vit_b = {"image_encoder.patch_embed.proj.weight": torch.zeros(768, 1, 1, 1),
+                  **{f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(12)}}
+    torch.save(fake_vit_b, tmp_path / "b.pth")
+    assert guess_model_type(tmp_path / "b.pth") == "vit_b"
+    assert guess_model_type(tmp_path / "absent.pth") is None
