@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Benchmark YOLO-World v2: training and inference images/s at a given size on this machine's CPU (and GPU if any).
+
+Training: forward + loss + backward + optimizer step on synthetic batches (3 boxes per image), i.e. the model's
+cost without data loading. Inference: `YOLOWorld(path).predict` on synthetic images, end to end (letterbox,
+forward, NMS), batch 1. Random-init weights unless --model names a checkpoint; offline.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from copy import deepcopy
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from finetune.offline import go_offline  # noqa: E402
+
+go_offline()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+
+def build_model(cfg: str, model_path: Path | None, nc: int):
+    from ultralytics.nn.tasks import WorldModel, load_checkpoint
+
+    from finetune.text_embeddings import random_embed
+    from finetune.world_trainer import set_class_embeddings
+
+    model = load_checkpoint(str(model_path))[0] if model_path else WorldModel(cfg, nc=nc, verbose=False)
+    names = [f"defect {i}" for i in range(nc)]
+    set_class_embeddings(model, names, random_embed(names))
+    return model.float()
+
+
+def bench_train(model, device: str, imgsz: int, batch: int, steps: int, warmup: int) -> float:
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    model = deepcopy(model).to(device).train()
+    model.args = SimpleNamespace(**DEFAULT_CFG_DICT)  # loss gains (box, cls, dfl)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    nc = model.txt_feats.shape[1]
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(batch, 3, imgsz, imgsz, generator=g).to(device)
+    n = 3 * batch
+    targets = {
+        "img": img,
+        "batch_idx": torch.arange(batch).repeat_interleave(3).float().to(device),
+        "cls": torch.randint(0, nc, (n, 1), generator=g).float().to(device),
+        "bboxes": torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.2 + 0.05], 1).to(device),
+        "txt_feats": model.txt_feats.expand(batch, -1, -1).to(device),
+    }
+    times = []
+    for i in tqdm(range(warmup + steps), desc=f"train {device}", unit="batch", leave=False):
+        sync(device)
+        t = time.perf_counter()
+        loss, _ = model.loss(targets)
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return batch * len(times) / sum(times)
+
+
+def bench_predict(model, device: str, imgsz: int, images: int, warmup: int) -> float:
+    from ultralytics import YOLOWorld
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.pt"
+        torch.save({"model": deepcopy(model).half(), "train_args": {}}, path)
+        yolo = YOLOWorld(str(path))
+        rng = np.random.default_rng(0)
+        ims = [rng.integers(0, 255, (imgsz, imgsz, 3), dtype=np.uint8) for _ in range(images + warmup)]
+        dev = "cpu" if device == "cpu" else device.split(":")[-1]
+        times = []
+        for i, im in enumerate(tqdm(ims, desc=f"predict {device}", unit="img", leave=False)):
+            t = time.perf_counter()
+            yolo.predict(im, imgsz=imgsz, device=dev, verbose=False)
+            sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    return len(times) / sum(times)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-cfg", default="yolov8s-worldv2.yaml", help="model yaml (random init)")
+    p.add_argument("--model", type=Path, default=None, help="a YOLO-World checkpoint instead of --model-cfg")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=4, help="training batch size")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per device")
+    p.add_argument("--images", type=int, default=10, help="timed inference images per device")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps/images")
+    p.add_argument("--nc", type=int, default=5, help="number of classes (prompts)")
+    p.add_argument("--devices", nargs="*", default=None, help="devices to run (default: cpu, and cuda:0 if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)  # importing ultralytics sets OMP_NUM_THREADS=1
+    devices = a.devices or (["cpu"] + (["cuda:0"] if torch.cuda.is_available() else []))
+    model = build_model(a.model_cfg, a.model, a.nc)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    name = a.model.name if a.model else a.model_cfg
+    rows = []
+    for dev in devices:
+        label = torch.cuda.get_device_name(int(dev.split(":")[-1] or 0)) if dev.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
+        train = bench_train(model, dev, a.imgsz, a.batch, a.steps, a.warmup)
+        infer = bench_predict(model, dev, a.imgsz, a.images, a.warmup)
+        rows.append((dev, label, train, infer))
+    print(f"\nYOLO-World v2 {name} ({params:.1f}M params), imgsz {a.imgsz}, train batch {a.batch}, predict batch 1")
+    print(f"| device | hardware | train img/s | predict img/s |\n|---|---|---:|---:|")
+    for dev, label, train, infer in rows:
+        print(f"| {dev} | {label} | {train:.2f} | {infer:.2f} |")
+    print(f"bench_yolo_world: {len(rows)} device(s) measured")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
