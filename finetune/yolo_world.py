@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 
 from converters.errors import DatasetError
 from converters.io import atomic_write_text
+from converters.mvtec import IMAGE_SUFFIXES
 from finetune.offline import go_offline, strip_network_callbacks
 from finetune.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS, RANDOM_WARNING, MissingWeightsError, encode_prompts
 
@@ -127,6 +129,26 @@ def read_data_yaml(path: Path) -> dict:
     if bad:
         raise DatasetError(f"{path}: class names must not contain '/': {bad}")
     return data
+
+
+def small_data_settings(data_yaml: Path, data: dict, batch: int, epochs: int) -> dict:
+    """Ultralytics' defaults assume thousands of images: gradients accumulated to a nominal batch of 64 and at
+    least 100 warm-up iterations. On a few dozen defect images that means one optimizer step every few epochs,
+    all of them in warm-up. Below those sizes, step every batch and skip the warm-up."""
+    root = Path(data.get("path") or data_yaml.parent)
+    train = root / str(data.get("train", "images/train"))
+    n_train = sum(1 for p in train.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if train.is_dir() else 0
+    if batch <= 0 or n_train == 0:
+        return {}
+    settings = {}
+    if n_train < 4 * 64:
+        settings["nbs"] = batch
+    if epochs * math.ceil(n_train / batch) < 400:
+        settings["warmup_epochs"] = 0
+    if settings:
+        LOG.info("small dataset (%d training images): %s (override with key=value)", n_train,
+                 ", ".join(f"{k}={v}" for k, v in settings.items()))
+    return settings
 
 
 def class_prompts(names: list[str], coco_dir: Path, template: str, category: str) -> tuple[list[str], list[int]]:
@@ -316,6 +338,7 @@ def run(args: argparse.Namespace, callbacks: dict | None = None) -> dict:
     )
     if args.freeze is not None:
         train_args["freeze"] = args.freeze
+    train_args.update(small_data_settings(args.data, data, args.batch, args.epochs))
     train_args.update(overrides)
     if args.resume:
         train_args["resume"] = str(last)

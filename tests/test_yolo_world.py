@@ -165,7 +165,7 @@ def test_loop_learns_trivially_learnable_set(tmp_path, no_network):
     data, coco = _convert(make_shapes(tmp_path / "mvtec").parent, "toy_shapes", tmp_path / "export")
     out = tmp_path / "run"
     argv = _args(data, coco, out, "--epochs", "24", "--batch", "4", "--lr0", "0.002", "--eval-zero-shot",
-                 "mosaic=0", "warmup_epochs=0", "nbs=4", "scale=0", "translate=0.05")  # many small steps, no zoom-out
+                 "mosaic=0", "scale=0", "translate=0.05")  # no zoom-out; small-data settings (nbs, warm-up) are the CLI's own
     assert yolo_world.main(argv) == 0
     meta = json.loads((out / "best.json").read_text())
     ft, zs = meta["metrics"]["fine_tuned"], meta["metrics"]["zero_shot"]
@@ -281,3 +281,16 @@ def test_script_help_lists_options_with_defaults():
                 "--eval-zero-shot", "--resume", "key=value", "yolov8s-worldv2.pt", "weights/clip/ViT-B-32.pt"):
         assert opt in res.stdout, opt
     assert "(default: Adam)" in res.stdout and "(default: 50)" in res.stdout
+
+
+def test_small_data_settings_step_every_batch_without_warmup(tmp_path):
+    """A few dozen images: one optimizer step per batch and no warm-up; a large set keeps ultralytics' defaults."""
+    train = tmp_path / "images" / "train"
+    train.mkdir(parents=True)
+    for i in range(30):
+        (train / f"{i}.png").write_bytes(b"")
+    data = {"path": str(tmp_path), "train": "images/train"}
+    assert yolo_world.small_data_settings(tmp_path / "data.yaml", data, batch=8, epochs=50) == {"nbs": 8, "warmup_epochs": 0}
+    for i in range(30, 2000):
+        (train / f"{i}.png").write_bytes(b"")
+    assert yolo_world.small_data_settings(tmp_path / "data.yaml", data, batch=8, epochs=50) == {}
