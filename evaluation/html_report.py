@@ -1,0 +1,431 @@
+"""One HTML page per run: every stage's metrics, the weights used, and the best and worst test images.
+
+Reads `runs/<C>/{yolo_world/best.json, sam/best.json, eval/metrics.json, eval_gt_boxes/metrics.json,
+predict/predictions.json, pipeline.json}` (whatever exists) and writes `runs/<C>/report/` with
+`index.html`, `report.json` (the numbers on the page), `thumbs/*.png` and `plots/*.png`.
+Smoke runs (random-init weights) are labelled as such on the page: their numbers test the plumbing only.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import shutil
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from converters.errors import DatasetError
+from converters.io import atomic_dir
+from converters.masks import decode_rle, polygons_to_mask
+from converters.mvtec import read_image
+
+THUMB_SIDE = 256
+
+
+@dataclass
+class ImageScore:
+    """Binary defect-mask IoU of one test image (1.0 for a good image with no prediction)."""
+    image_id: int
+    file_name: str
+    iou: float
+    n_gt: int
+    n_pred: int
+    thumb: str = ""
+
+
+@dataclass
+class RunReport:
+    category: str
+    run: str
+    weights: dict[str, str] = field(default_factory=dict)
+    smoke: bool = False
+    detector: dict[str, dict | None] = field(default_factory=dict)
+    sam_finetune: dict | None = None
+    segmentation: dict[str, dict | None] = field(default_factory=dict)
+    per_class: list[dict] = field(default_factory=list)
+    best: list[ImageScore] = field(default_factory=list)
+    worst: list[ImageScore] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    thumb_thresholds: str | None = None
+    settings: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+
+def read_json(path: Path, missing: list[str]) -> dict | list | None:
+    """Parsed JSON, or None (recorded in `missing`) when the file is absent; DatasetError when unreadable."""
+    if not path.is_file():
+        missing.append(str(path))
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+
+def dig(d, *keys):
+    """d[k0][k1]... or None when any level is missing."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def number(x) -> float | None:
+    """A finite float, else None (NaN, None and non-numbers all show as n/a)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def segmentation_row(metrics: dict | None) -> dict | None:
+    """The numbers one evaluation (metrics.json) contributes to the main table."""
+    if metrics is None:
+        return None
+    return {
+        "mask_iou_instance": number(dig(metrics, "mask_iou", "mean_instance")),
+        "mask_iou_image": number(dig(metrics, "mask_iou", "mean_image")),
+        "bbox_AP": number(dig(metrics, "coco", "bbox", "AP")),
+        "bbox_AP50": number(dig(metrics, "coco", "bbox", "AP50")),
+        "segm_AP": number(dig(metrics, "coco", "segm", "AP")),
+        "segm_AP50": number(dig(metrics, "coco", "segm", "AP50")),
+        "pixel_auroc": number(dig(metrics, "pixel", "auroc")),
+        "aupro": number(dig(metrics, "pixel", "aupro")),
+        "max_f1": number(dig(metrics, "pixel", "max_f1")),
+        "region_max_f1": number(dig(metrics, "pixel", "region_max_f1")),
+        "image_auroc": number(metrics.get("image_auroc")),
+        "mask_iou_calibrated": number(dig(metrics, "calibrated", "mask_iou", "mean_instance")),
+        "good_fp_images": dig(metrics, "mask_iou", "good_fp_images"),
+    }
+
+
+def detector_row(metrics: dict | None) -> dict | None:
+    if metrics is None:
+        return None
+    return {"map50": number(metrics.get("map50")), "map50_95": number(metrics.get("map50_95"))}
+
+
+def per_class_rows(det: dict | None, seg: dict | None) -> list[dict]:
+    """One row per defect class: fine-tuned detector AP50 and mask IoU / AP of the pipeline."""
+    sources = {  # column -> (table {class: number | {key: number}}, keys to take from a dict, in order)
+        "det_map50": (dig(det, "metrics", "fine_tuned", "per_class"), ("map50", "AP50", "ap50")),
+        "mask_iou": (dig(seg, "mask_iou", "per_class"), ("mean_instance", "mean_image")),
+        "bbox_AP": (dig(seg, "coco", "bbox", "per_class"), ("AP",)),
+        "segm_AP": (dig(seg, "coco", "segm", "per_class"), ("AP",)),
+    }
+    rows: dict[str, dict] = defaultdict(dict)
+    for col, (table, keys) in sources.items():
+        if not isinstance(table, dict):
+            continue
+        for name, value in table.items():
+            if isinstance(value, dict):
+                value = next((value[k] for k in keys if k in value), None)
+            rows[name][col] = number(value)
+    return [{"class": name, **vals} for name, vals in sorted(rows.items())]
+
+
+def passing(preds: list[dict], gt: dict, thresholds: dict | None) -> list[dict]:
+    """The predictions at or above their class threshold (thresholds.json of evaluation.calibrate)."""
+    if not thresholds:
+        return preds
+    names = {c["id"]: c["name"] for c in gt.get("categories", [])}
+    th, default = thresholds.get("thresholds", {}), thresholds.get("default", 0.0)
+    return [p for p in preds if p.get("score", 0) >= th.get(names.get(p.get("category_id")), default)]
+
+
+def gt_masks(gt: dict) -> dict[int, np.ndarray]:
+    """image id -> union of its ground-truth instance masks (bool)."""
+    images = {im["id"]: im for im in gt["images"]}
+    out = {i: np.zeros((im["height"], im["width"]), bool) for i, im in images.items()}
+    for ann in gt.get("annotations", []):
+        im = images.get(ann["image_id"])
+        if im is None:
+            continue
+        seg = ann.get("segmentation")
+        m = decode_rle(seg) if isinstance(seg, dict) else polygons_to_mask(seg or [], im["height"], im["width"])
+        out[im["id"]] |= m
+    return out
+
+
+def pred_masks(preds: list[dict], shapes: dict[int, tuple[int, int]]) -> tuple[dict[int, np.ndarray], dict[int, int]]:
+    """image id -> union of its predicted masks (bool), and the number of predictions per image."""
+    out = {i: np.zeros(s, bool) for i, s in shapes.items()}
+    counts: dict[int, int] = defaultdict(int)
+    for p in preds:
+        i = p.get("image_id")
+        if i not in out:
+            continue
+        counts[i] += 1
+        seg = p.get("segmentation")
+        if isinstance(seg, dict) and seg.get("counts") is not None:
+            m = decode_rle(seg)
+        else:  # box-only predictions: fill the box
+            m = np.zeros(shapes[i], bool)
+            x, y, w, h = (int(round(v)) for v in p["bbox"])
+            m[max(y, 0):y + h, max(x, 0):x + w] = True
+        if m.shape == out[i].shape:
+            out[i] |= m
+    return out, counts
+
+
+def score_images(gt: dict, preds: list[dict]) -> tuple[list[ImageScore], dict[int, np.ndarray], dict[int, np.ndarray]]:
+    gts = gt_masks(gt)
+    preds_m, counts = pred_masks(preds, {i: m.shape for i, m in gts.items()})
+    n_gt: dict[int, int] = defaultdict(int)
+    for ann in gt.get("annotations", []):
+        n_gt[ann["image_id"]] += 1
+    scores = []
+    for im in gt["images"]:
+        g, p = gts[im["id"]], preds_m[im["id"]]
+        union = np.logical_or(g, p).sum()
+        iou = 1.0 if union == 0 else float(np.logical_and(g, p).sum() / union)
+        scores.append(ImageScore(im["id"], im["file_name"], iou, n_gt[im["id"]], counts[im["id"]]))
+    return scores, gts, preds_m
+
+
+def pick_best_worst(scores: list[ImageScore], k: int) -> tuple[list[ImageScore], list[ImageScore]]:
+    """Best: highest IoU, defect images first on ties; worst: lowest IoU among the rest."""
+    best = sorted(scores, key=lambda s: (-s.iou, s.n_gt == 0, s.file_name))[:k]
+    chosen = {s.image_id for s in best}
+    worst = sorted((s for s in scores if s.image_id not in chosen), key=lambda s: (s.iou, s.n_gt == 0, s.file_name))[:k]
+    return best, worst
+
+
+def draw_thumb(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """RGB thumbnail: prediction filled red, ground truth outlined green."""
+    if image is None:
+        image = np.full((*gt.shape, 3), 128, np.uint8)
+    out = image.astype(np.float32)
+    out[pred] = 0.55 * out[pred] + 0.45 * np.array([255, 40, 40], np.float32)
+    out = out.astype(np.uint8)
+    contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (40, 255, 40), max(1, round(max(gt.shape) / 200)))
+    scale = THUMB_SIDE / max(out.shape[:2])
+    if scale < 1:
+        out = cv2.resize(out, (round(out.shape[1] * scale), round(out.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
+    """Everything the page shows, plus what the thumbnails need (images, masks)."""
+    missing: list[str] = []
+    pipeline = read_json(run / "pipeline.json", [])  # optional: written by scripts/run_pipeline.sh
+    pipeline = pipeline if isinstance(pipeline, dict) else {}
+    det = read_json(run / "yolo_world" / "best.json", missing)
+    sam = read_json(run / "sam" / "best.json", missing)
+    ev = read_json(run / "eval" / "metrics.json", missing)
+    ev_gt = read_json(run / "eval_gt_boxes" / "metrics.json", missing)
+    rep = RunReport(category=pipeline.get("category") or run.name, run=str(run))
+    rep.settings = pipeline.get("settings") or {}
+    rep.seconds = pipeline.get("seconds") or {}
+    rep.weights = {"detector": (det or {}).get("weights", "unknown"), "sam": (sam or {}).get("weights", "unknown")}
+    rep.smoke = any(w == "random-init" for w in rep.weights.values())
+    rep.detector = {"zero_shot": detector_row(dig(det, "metrics", "zero_shot")),
+                    "fine_tuned": detector_row(dig(det, "metrics", "fine_tuned"))}
+    if sam is not None:
+        rep.sam_finetune = {k2: sam.get(k2) for k2 in ("model_type", "epochs", "val_iou_start", "val_iou_best")}
+        if det is not None:
+            rep.weights["detector_text_encoder"] = str(det.get("text_encoder", "unknown"))
+        rep.weights["sam_model_type"] = str(sam.get("model_type", "unknown"))
+    rep.segmentation = {"detected_boxes": segmentation_row(ev), "gt_boxes": segmentation_row(ev_gt)}
+    rep.per_class = per_class_rows(det, ev)
+    rep.plots = sorted(p.name for p in (run / "eval").glob("*.png")) if (run / "eval").is_dir() else []
+
+    gt_path = gt_path or (Path(pipeline["gt_test"]) if pipeline.get("gt_test") else None)
+    images: dict = {}
+    preds = read_json(run / "predict" / "predictions.json", missing)
+    if gt_path is None:
+        missing.append("test ground truth (pass --gt instances_test.json)")
+    elif preds is not None:
+        gt = read_json(gt_path, missing)
+        if gt is not None:
+            if not isinstance(preds, list):
+                raise DatasetError(f"{run / 'predict' / 'predictions.json'}: expected a list of COCO results")
+            th_path = next((q for q in (run / "eval" / "thresholds.json", run / "thresholds.json") if q.is_file()), None)
+            thresholds = read_json(th_path, missing) if th_path else None
+            rep.thumb_thresholds = str(th_path) if th_path else None
+            scores, gts, pms = score_images(gt, passing(preds, gt, thresholds if isinstance(thresholds, dict) else None))
+            rep.best, rep.worst = pick_best_worst(scores, k)
+            root = Path(dig(gt, "info", "image_root") or gt_path.parent)
+            images = {"root": root, "gt": gts, "pred": pms}
+    rep.missing = missing
+    return rep, images
+
+
+def fmt(x, digits: int = 3) -> str:
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(x)
+    x = number(x)
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+SEG_COLUMNS = [("mask_iou_instance", "mask IoU (instance)"), ("mask_iou_image", "mask IoU (image)"),
+               ("mask_iou_calibrated", "mask IoU at val thresholds"),
+               ("bbox_AP", "box AP"), ("bbox_AP50", "box AP50"), ("segm_AP", "mask AP"), ("segm_AP50", "mask AP50"),
+               ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"), ("max_f1", "max-F1"),
+               ("region_max_f1", "region max-F1"), ("image_auroc", "image AUROC")]
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #bbb;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}thead{background:#eee}
+.banner{padding:1em;border-radius:6px;margin:1em 0;font-weight:600}
+.smoke{background:#fde2e1;border:3px solid #c0392b;color:#7b1c13}.official{background:#e3f4e1;border:2px solid #2e7d32}
+.custom{background:#fff4d6;border:2px solid #b7791f}
+figure{display:inline-block;margin:.4em;text-align:center;font-size:.85em}figure img{display:block;border:1px solid #999}
+.missing{color:#a66}"""
+
+
+def render(rep: RunReport) -> str:
+    e = html.escape
+    w = rep.weights
+    if rep.smoke:
+        banner = (f'<div id="weights" class="banner smoke">SMOKE RUN — weights: detector {e(w["detector"])}, '
+                  f'SAM {e(w["sam"])}. Random-initialised models built from config: these numbers only show that '
+                  f'every stage runs end to end. They say nothing about model quality. Put the official weights in '
+                  f'weights/ (scripts/download_weights.sh) for real numbers.</div>')
+    elif all(w[k] == "official" for k in ("detector", "sam")):
+        banner = (f'<div id="weights" class="banner official">Official pretrained weights, fine-tuned: '
+                  f'detector {e(w["detector"])}, SAM {e(w["sam"])}.</div>')
+    else:
+        banner = (f'<div id="weights" class="banner custom">Start weights not (all) the official release files: '
+                  f'detector {e(w["detector"])}, SAM {e(w["sam"])} (see the stages\' best.json for the files).</div>')
+    details = ", ".join(f"{e(k)}: {e(str(v))}" for k, v in w.items())
+    det_rows = [[label, fmt(dig(rep.detector, key, "map50")), fmt(dig(rep.detector, key, "map50_95"))]
+                if rep.detector.get(key) else [label] + ["not run" + (" (random-init: nothing to measure)"
+                                                                      if rep.smoke and key == "zero_shot" else "")] * 2
+                for key, label in (("zero_shot", "zero-shot (prompts only)"), ("fine_tuned", "fine-tuned"))]
+    seg_rows = []
+    for key, label in (("gt_boxes", "SAM on ground-truth boxes"), ("detected_boxes", "SAM on detected boxes (pipeline)")):
+        row = rep.segmentation.get(key)
+        seg_rows.append([label] + ([fmt(row[c]) for c, _ in SEG_COLUMNS] if row else ["missing"] * len(SEG_COLUMNS)))
+    sam = rep.sam_finetune
+    sam_rows = [[e(str(sam.get("model_type"))), fmt(sam.get("epochs")), fmt(sam.get("val_iou_start")),
+                 fmt(sam.get("val_iou_best"))]] if sam else [["missing", "", "", ""]]
+    pc_rows = [[e(r["class"]), fmt(r.get("det_map50")), fmt(r.get("mask_iou")), fmt(r.get("bbox_AP")),
+                fmt(r.get("segm_AP"))] for r in rep.per_class]
+
+    def figures(items: list[ImageScore]) -> str:
+        return "".join(f'<figure><img src="{e(s.thumb)}" alt="{e(s.file_name)}" width="{THUMB_SIDE}">'
+                       f'<figcaption>{e(s.file_name)}<br>IoU {s.iou:.3f} · {s.n_gt} GT · {s.n_pred} pred</figcaption></figure>'
+                       for s in items) or "<p>no test images scored</p>"
+
+    parts = [
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>defect-vision report: {e(rep.category)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>defect-vision report: {e(rep.category)}</h1>",
+        banner, f"<p>Weights: {details}. Run folder: <code>{e(rep.run)}</code>.</p>",
+        (f"<p id=settings>Settings: {e(', '.join(f'{k} {v}' for k, v in rep.settings.items()))}. Stage times (s): "
+         f"{e(', '.join(f'{k} {v}' for k, v in rep.seconds.items()))}.</p>" if rep.settings else ""),
+        "<h2>Detector (YOLO-World): zero-shot vs fine-tuned, validation split</h2>",
+        table(["detector", "mAP50", "mAP50-95"], det_rows, "detector"),
+        "<h2>Segmentation on the test split: SAM on ground-truth boxes vs on detected boxes</h2>",
+        table(["boxes"] + [h for _, h in SEG_COLUMNS], seg_rows, "segmentation"),
+        "<h2>SAM fine-tune (validation mask IoU)</h2>",
+        table(["model type", "epochs", "IoU before", "IoU best"], sam_rows, "sam-finetune"),
+        "<h2>Per class (pipeline on detected boxes)</h2>",
+        table(["class", "detector AP50", "mask IoU", "box AP", "mask AP"], pc_rows, "per-class") if pc_rows
+        else "<p>no per-class numbers</p>",
+        "<h2>Best test images</h2><p>Red: predicted masks"
+        + (f" at the per-class thresholds calibrated on val (<code>{e(rep.thumb_thresholds)}</code>)" if rep.thumb_thresholds
+           else " (all predictions)") + ". Green outline: ground truth. IoU: defect pixels, predicted vs true.</p>",
+        f'<div id="best">{figures(rep.best)}</div>',
+        "<h2>Worst test images</h2>", f'<div id="worst">{figures(rep.worst)}</div>',
+    ]
+    if rep.plots:
+        parts.append("<h2>Evaluation plots</h2><div id=plots>" + "".join(
+            f'<figure><img src="plots/{e(p)}" alt="{e(p)}" width="400"><figcaption>{e(p)}</figcaption></figure>'
+            for p in rep.plots) + "</div>")
+    if rep.missing:
+        parts.append('<h2>Missing inputs</h2><ul class="missing">' + "".join(f"<li>{e(m)}</li>" for m in rep.missing) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run: Path, out: Path, gt_path: Path | None = None, k: int = 4) -> RunReport:
+    """Build `out` (default run/report) atomically and return what it shows."""
+    if not run.is_dir():
+        raise DatasetError(f"{run}: no such run folder")
+    rep, images = collect(run, gt_path, k)
+    if all(v is None for v in (*rep.detector.values(), rep.sam_finetune, *rep.segmentation.values())):
+        raise DatasetError(f"{run}: no stage output found (expected yolo_world/best.json, sam/best.json, eval/metrics.json)")
+    with atomic_dir(out) as tmp:
+        (tmp / "thumbs").mkdir()
+        if images:
+            by_id = {}
+            for s in tqdm([*rep.best, *rep.worst], desc="thumbnails", unit="img", disable=None):
+                path = images["root"] / s.file_name
+                try:
+                    img = read_image(path)
+                except DatasetError:
+                    img = None
+                    rep.missing.append(f"{path} (thumbnail drawn without the image)")
+                gt, pred = images["gt"][s.image_id], images["pred"][s.image_id]
+                if img is not None and img.shape[:2] != gt.shape:
+                    img = None
+                s.thumb = f"thumbs/{s.image_id:05d}.png"
+                if s.image_id not in by_id:
+                    thumb = draw_thumb(img, gt, pred)
+                    cv2.imwrite(str(tmp / s.thumb), cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
+                    by_id[s.image_id] = s.thumb
+        if rep.plots:
+            (tmp / "plots").mkdir()
+            for p in rep.plots:
+                shutil.copy2(run / "eval" / p, tmp / "plots" / p)
+        (tmp / "index.html").write_text(render(rep))
+        (tmp / "report.json").write_text(json.dumps(asdict(rep), indent=2))
+    return rep
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except empty ones (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None or action.required else super()._get_help_string(action)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.html_report",
+        description="Write an HTML report of one pipeline run (runs/<category>): detector zero-shot vs fine-tuned, "
+                    "SAM on GT vs detected boxes, mask IoU, mAP, pixel AUROC, AUPRO, max-F1, the weights used, "
+                    "and thumbnails of the best and worst test images.",
+        formatter_class=_Help)
+    p.add_argument("--run", type=Path, required=True, help="run folder, e.g. runs/wood")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/report)")
+    p.add_argument("--gt", type=Path, default=None,
+                   help="COCO ground truth of the test split for the thumbnails (default: gt_test in <run>/pipeline.json)")
+    p.add_argument("--top-k", type=int, default=4, help="number of best and of worst test images shown")
+    p.add_argument("--seed", type=int, default=0, help="unused: the report is deterministic (kept for uniformity)")
+    a = p.parse_args(argv)
+    try:
+        rep = write_report(a.run, a.out or a.run / "report", a.gt, a.top_k)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = a.out or a.run / "report"
+    seg = rep.segmentation.get("detected_boxes") or {}
+    kind = "SMOKE RUN, random-init weights" if rep.smoke else f"weights: detector {rep.weights['detector']}, SAM {rep.weights['sam']}"
+    print(f"report: {out / 'index.html'} ({kind}; "
+          f"mask IoU {fmt(seg.get('mask_iou_instance'))}, pixel AUROC {fmt(seg.get('pixel_auroc'))}; "
+          f"{len(rep.best) + len(rep.worst)} thumbnails; {len(rep.missing)} missing inputs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
