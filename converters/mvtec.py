@@ -26,24 +26,34 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
 
+def _png_is_cut_short(f) -> bool:
+    """True if an open PNG file lacks its closing IEND chunk (a truncated copy or download): one seek, no decoding."""
+    f.seek(0, 2)
+    f.seek(max(0, f.tell() - 1024))
+    return b"IEND" not in f.read()
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image header alone; DatasetError if it is not a readable image."""
+    """(height, width) from the image header alone; DatasetError if it is not a readable image or a cut-short PNG."""
     try:
         with Image.open(path) as im:
             width, height = im.size
+            truncated = im.format == "PNG" and _png_is_cut_short(im.fp)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    if truncated:
+        raise DatasetError(f"{path}: not a readable image (truncated PNG: no IEND chunk)")
     return height, width
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Binary mask (> 0) of a ground-truth PNG; any channel counts."""
+    """Binary mask (> 0) of a ground-truth PNG; any colour channel counts (an alpha channel does not)."""
     data = np.fromfile(path, np.uint8) if path.is_file() else np.zeros(0, np.uint8)
     mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if mask is None:
         raise DatasetError(f"{path}: not a readable mask image")
     if mask.ndim == 3:
-        mask = mask.max(axis=2)
+        mask = mask[..., :3].max(axis=2)  # BGR(A): an opaque alpha channel is not a defect
     return mask > 0
 
 

@@ -7,6 +7,8 @@ holes, stains and cracks, their masks in ground_truth/, a few grayscale images, 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -115,19 +117,28 @@ def make_category(out_root: Path, category: str = "toy_wood", style: str = "wood
     return root
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Write a synthetic category in MVTec AD layout (for tests and the demo).")
-    p.add_argument("--out", type=Path, default=Path("datasets/synthetic"), help="root folder (default: %(default)s)")
-    p.add_argument("--category", default="toy_wood", help="category folder name (default: %(default)s)")
-    p.add_argument("--style", choices=("wood", "capsule"), default="wood")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default: %(default)s)")
-    p.add_argument("--per-defect", type=int, default=6, help="images per defect type (default: %(default)s)")
-    p.add_argument("--contrast", type=float, default=0.6, help="defect contrast, 1.0 = obvious (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Write a synthetic category in MVTec AD layout (for tests and the demo).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("datasets/synthetic"), help="root folder")
+    p.add_argument("--category", default="toy_wood", help="category folder name")
+    p.add_argument("--style", choices=("wood", "capsule"), default="wood", help="background: wood grain or a capsule")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--per-defect", type=int, default=6, help="images per defect type")
+    p.add_argument("--contrast", type=float, default=0.6, help="defect contrast, 1.0 = obvious")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     a = p.parse_args(argv)
+    if a.size < 64 or a.per_defect < 1 or a.contrast <= 0:
+        p.error(f"need --size >= 64, --per-defect >= 1 and --contrast > 0 (got {a.size}, {a.per_defect}, {a.contrast})")
+    start = time.perf_counter()
     root = make_category(a.out, a.category, a.style, a.size, per_defect=a.per_defect, contrast=a.contrast, seed=a.seed)
-    print(f"wrote {root}")
+    n_good = sum(1 for _ in root.glob("*/good/*.png"))
+    n_defect = sum(1 for _ in (root / "ground_truth").glob("*/*_mask.png"))
+    types = sorted(d.name for d in (root / "ground_truth").iterdir())
+    print(f"synthetic {a.category}: {root}: {n_good + n_defect} images ({n_good} good, {n_defect} defect: "
+          f"{', '.join(types)}), {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

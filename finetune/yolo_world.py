@@ -113,6 +113,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def text_encoder_device(device: str) -> str:
+    """ultralytics' device string ("cpu", "0", "1,2", "mps") -> the torch device the CLIP text tower runs on."""
+    if device in ("cpu", "mps"):
+        return "cpu"
+    return f"cuda:{device.split(',')[0]}"
+
+
 def read_data_yaml(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file (run converters/mvtec_to_yolo.py for the category first)")
@@ -281,6 +288,22 @@ def read_history(results_csv: Path) -> list[dict]:
     return rows
 
 
+def check_resumable(last: Path, out: Path) -> None:
+    """DatasetError unless `last` is an interrupted run's checkpoint (a finished run's last.pt has no optimizer)."""
+    import torch
+
+    if not last.is_file():
+        raise DatasetError(f"{last}: nothing to resume (no interrupted run in {out})")
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise DatasetError(f"{last}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if ckpt.get("optimizer") is None:
+        epochs = (ckpt.get("train_args") or {}).get("epochs", "?")
+        raise DatasetError(f"{last}: the run in {out} finished ({epochs} epochs); nothing to resume "
+                           "(start a new run without --resume, or raise --epochs in a new --out)")
+
+
 def save_final(best_src: Path, out: Path, meta: dict) -> None:
     """<out>/best.pt (ultralytics checkpoint + our metadata) and <out>/best.json, each written atomically."""
     import os
@@ -312,12 +335,12 @@ def run(args: argparse.Namespace, callbacks: dict | None = None) -> dict:
     dhash = data_hash(args.data, data)
     out = args.out.resolve()
     last = out / "weights" / "last.pt"
-    if args.resume and not last.is_file():
-        raise DatasetError(f"{last}: nothing to resume (no interrupted run in {out})")
+    if args.resume:
+        check_resumable(last, out)
     model_spec, weights_tag = start_model(args)
     device = resolve_device(args.device)
     embeddings, enc = encode_prompts(prompts, args.text_encoder, args.clip, args.embedding_cache,
-                                     device="cuda" if device not in ("cpu", "mps") else "cpu")
+                                     device=text_encoder_device(device))
     if args.text_encoder == "random":
         print(f"WARNING: {RANDOM_WARNING}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,13 @@ def test_corrupt_image_png(tiny, tmp_path, capsys):
     assert line.startswith(f"error: {image}: not a readable image")
 
 
+def test_truncated_image_png_with_a_valid_header(tiny, tmp_path, capsys):
+    image = tiny / "tiny" / "test" / "stain" / "000.png"
+    image.write_bytes(image.read_bytes()[:300])  # header and size intact, pixel data cut off
+    line = convert(tmp_path, tiny, capsys, main=mvtec_to_yolo.main, out=tmp_path / "out" / "yolo")
+    assert line == f"error: {image}: not a readable image (truncated PNG: no IEND chunk)"
+
+
 def test_corrupt_mask_png(tiny, tmp_path, capsys):
     mask = tiny / "tiny" / "ground_truth" / "stain" / "000_mask.png"
     mask.write_bytes(mask.read_bytes()[:40])  # truncated

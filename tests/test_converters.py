@@ -314,3 +314,24 @@ def test_category_without_train_folder_and_copied_yolo_images(tmp_path, capsys):
         assert (out / "labels" / split_dir / f"{p.stem}.txt").is_file()
     m = SUMMARY.match(capsys.readouterr().out.strip())
     assert m and int(m["n"]) == len(images) == 6 + 3  # 6 defect images (2 per split) + ceil(0.5 x 2) good per split
+
+
+def test_synthetic_cli_is_deterministic_and_summarises(tmp_path, capsys):
+    from converters import synthetic
+
+    def run(out: Path, seed: int) -> dict[str, bytes]:
+        assert synthetic.main(["--out", str(out), "--category", "syn", "--size", "64", "--per-defect", "1",
+                               "--seed", str(seed)]) == 0
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+    a, b, c = run(tmp_path / "a", 1), run(tmp_path / "b", 1), run(tmp_path / "c", 2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert a == b and a != c and a.keys() == c.keys()
+    good = [f for f in a if "/good/" in f]
+    masks = [f for f in a if f.endswith("_mask.png")]
+    assert len(good) == 12 and len(masks) == 4 + 2  # 1 per defect type, 2 combined
+    assert lines[0] == (f"synthetic syn: {tmp_path / 'a' / 'syn'}: 18 images (12 good, 6 defect: combined, crack, "
+                        "hole, scratch, stain), " + lines[0].rsplit(", ", 1)[1])
+    with pytest.raises(SystemExit) as exc:
+        synthetic.main(["--out", str(tmp_path / "d"), "--size", "16"])
+    assert exc.value.code == 2 and "--size >= 64" in capsys.readouterr().err and not (tmp_path / "d").exists()

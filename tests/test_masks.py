@@ -127,3 +127,9 @@ def test_masks_are_binarised_with_greater_than_zero(tmp_path):
     cv2.imwrite(str(tmp_path / "c.png"), rgb)
     mask = read_mask(tmp_path / "c.png")
     assert mask.shape == (20, 30) and mask.sum() == 4
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque alpha everywhere: not a defect
+    rgba[1:4, 2:4, 1] = 90
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    mask = read_mask(tmp_path / "a.png")
+    assert mask.shape == (20, 30) and mask.sum() == 6 and mask[1:4, 2:4].all()

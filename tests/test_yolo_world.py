@@ -119,7 +119,7 @@ class Interrupt(Exception):
     pass
 
 
-def test_offline_train_interrupt_resume_and_reload_without_text_encoder(easy_data, tmp_path, no_network):
+def test_offline_train_interrupt_resume_and_reload_without_text_encoder(easy_data, tmp_path, capsys, no_network):
     data, coco = easy_data
     out = tmp_path / "run"
     argv = _args(data, coco, out, "--epochs", "3", "mosaic=0", "warmup_epochs=0", "nbs=8")
@@ -135,6 +135,12 @@ def test_offline_train_interrupt_resume_and_reload_without_text_encoder(easy_dat
 
     assert yolo_world.main(argv + ["--resume"]) == 0
     meta = json.loads((out / "best.json").read_text())
+    before = (out / "best.pt").stat().st_mtime_ns
+    assert yolo_world.main(argv + ["--resume"]) == 2  # a finished run: one line, not ultralytics' AssertionError
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {out / 'weights' / 'last.pt'}: the run in {out} finished (3 epochs); nothing to resume "
+        "(start a new run without --resume, or raise --epochs in a new --out)")
+    assert (out / "best.pt").stat().st_mtime_ns == before
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]  # epochs 2 and 3 continued the interrupted run
     assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in meta["history"])
     assert meta["classes"] == ["hole", "scratch", "stain"] and meta["category_ids"] == [1, 2, 3]
@@ -281,6 +287,11 @@ def test_script_help_lists_options_with_defaults():
                 "--eval-zero-shot", "--resume", "key=value", "yolov8s-worldv2.pt", "weights/clip/ViT-B-32.pt"):
         assert opt in res.stdout, opt
     assert "(default: Adam)" in res.stdout and "(default: 50)" in res.stdout
+
+
+def test_device_strings():
+    assert [yolo_world.resolve_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "0", "1"]
+    assert [yolo_world.text_encoder_device(d) for d in ("cpu", "0", "1", "2,3")] == ["cpu", "cuda:0", "cuda:1", "cuda:2"]
 
 
 def test_small_data_settings_step_every_batch_without_warmup(tmp_path):
