@@ -20,7 +20,8 @@ from pycocotools import mask as mask_utils
 
 from converters.errors import DatasetError
 from converters.io import atomic_write_text
-from evaluation.data import GroundTruth, Prediction, load_ground_truth, load_predictions, predictions_by_image
+from evaluation.data import (GroundTruth, Prediction, image_id_map, load_ground_truth, load_predictions,
+                             predictions_by_image)
 
 
 @dataclass
@@ -119,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     try:
         gt = load_ground_truth(args.gt)
-        preds = load_predictions(args.pred, gt)
+        preds = load_predictions(args.pred, gt, image_id_map(args.pred, gt))
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     classes = calibrate(gt, preds, args.iou)
     doc = thresholds_document(classes, args.default)
-    atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
+    try:
+        atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:  # e.g. --out is a folder, or not writable
+        print(f"error: {args.out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     done = [c for c in classes if c.threshold is not None]
     shown = ", ".join(f"{c.name} {c.threshold:.3f} (F1 {c.f1:.2f})" for c in done) or "none"
     print(f"calibrated {len(done)}/{len(classes)} classes on {len(preds)} predictions: {shown}; "

@@ -18,7 +18,8 @@ from converters.errors import DatasetError
 from evaluation import calibrate as cal
 from evaluation import mask_iou, pixel_metrics, plots, report_md
 from evaluation.coco_metrics import coco_metrics
-from evaluation.data import GroundTruth, Prediction, load_ground_truth, load_predictions, predictions_by_image
+from evaluation.data import (GroundTruth, Prediction, image_id_map, load_ground_truth, load_predictions,
+                             predictions_by_image)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,11 +86,12 @@ def detection_at_thresholds(gt: GroundTruth, preds: list[Prediction], doc: dict,
 
 def evaluate(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
     gt = load_ground_truth(args.gt)
-    preds = load_predictions(args.pred, gt)
+    remap = image_id_map(args.pred, gt)
+    preds = load_predictions(args.pred, gt, remap)
     val = None
     if args.val_gt:
         val_gt = load_ground_truth(args.val_gt)
-        val = (val_gt, load_predictions(args.val_pred, val_gt))
+        val = (val_gt, load_predictions(args.val_pred, val_gt, image_id_map(args.val_pred, val_gt)))
     by_image = predictions_by_image(preds)
 
     levels = np.array([p.score for p in preds] + [0.0])
@@ -99,7 +101,8 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
     coco = coco_metrics(gt, preds)
     n_good = sum(im.is_good for im in gt.images.values())
     metrics = {
-        "inputs": {"gt": str(args.gt), "pred": str(args.pred), "score_threshold": args.score_threshold},
+        "inputs": {"gt": str(args.gt), "pred": str(args.pred), "score_threshold": args.score_threshold,
+                   "image_ids_matched_by_path": remap is not None},
         "counts": {"images": len(gt.images), "good_images": n_good, "defect_images": len(gt.images) - n_good,
                    "gt_instances": len(instances), "predictions": len(preds),
                    "predictions_without_mask": sum(not p.has_mask for p in preds)},
@@ -157,16 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     start = time.perf_counter()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent))
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: {args.out}: exists and is not a folder (--out is the report folder)", file=sys.stderr)
+        return 2
+    workdir = None
     try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent))
         _, line = evaluate(args, workdir)
         publish(workdir, args.out)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. --out is a file, or not writable
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(f"{line} ({time.perf_counter() - start:.1f} s) -> {args.out}")
     return 0
 

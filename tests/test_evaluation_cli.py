@@ -118,3 +118,58 @@ def test_calibrate_cli_writes_the_thresholds_file(tmp_path, capsys):
 def test_help_lists_options_and_defaults():
     res = subprocess.run([sys.executable, "-m", "evaluation.evaluate", "--help"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "--val-pred" in res.stdout and "default: 200" in res.stdout
+
+
+def test_predictions_on_a_folder_are_matched_to_the_gt_by_path(case, capsys):
+    """inference on a folder numbers images 1..N; its image_ids.json maps them to the GT's ids by resolved path."""
+    tmp, gt, _ = case
+    root = Path(json.loads(gt.read_text())["info"]["image_root"])
+    run = tmp / "predict"
+    run.mkdir()
+    # folder order: an extra image outside the split first, then the split's images in reverse: ids all shifted
+    files = ["train/good/000.png", "test/good/003.png", "test/defect/002.png", "test/defect/001.png"]
+    (run / "image_ids.json").write_text(json.dumps(
+        [{"id": i, "file_name": f, "path": str(root / f)} for i, f in enumerate(files, 1)]))
+    folder_id = {1: 4, 2: 3, 3: 2}  # GT id -> folder id
+    preds = [{**p, "image_id": folder_id[p["image_id"]]} for p in perfect_preds()]
+    preds.append(pred(1, 1, rect(0, 0, 5, 5), 0.9))  # on the image outside the split: ignored
+    (run / "predictions.json").write_text(json.dumps(preds))
+    assert evaluate.main(["--gt", str(gt), "--pred", str(run / "predictions.json"), "--out", str(tmp / "r"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "predictions on 1 image(s) outside" in err
+    m = json.loads((tmp / "r" / "metrics.json").read_text())
+    assert m["mask_iou"]["mean_instance"] == 1.0 and m["coco"]["segm"]["AP"] == pytest.approx(1.0)
+    assert m["counts"]["predictions"] == 2 and m["inputs"]["image_ids_matched_by_path"] is True
+
+    # a listing of another dataset's images is an error, not a silent match of equal ids
+    (run / "image_ids.json").write_text(json.dumps(
+        [{"id": i, "file_name": f, "path": str(tmp / "elsewhere" / f)} for i, f in enumerate(files, 1)]))
+    assert evaluate.main(["--gt", str(gt), "--pred", str(run / "predictions.json"), "--out", str(tmp / "r2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {run / 'image_ids.json'}: none of its 4 images is in {gt}")
+    assert not (tmp / "r2").exists()
+
+
+def test_predictions_on_the_gt_json_keep_their_ids_after_the_images_moved(case):
+    tmp, gt, _ = case
+    run = tmp / "predict"
+    run.mkdir()
+    images = json.loads(gt.read_text())["images"]
+    (run / "image_ids.json").write_text(json.dumps(
+        [{"id": im["id"], "file_name": im["file_name"], "path": str(tmp / "moved" / im["file_name"])} for im in images]))
+    (run / "predictions.json").write_text(json.dumps(perfect_preds()))
+    assert evaluate.main(["--gt", str(gt), "--pred", str(run / "predictions.json"), "--out", str(tmp / "r"), "--no-plots"]) == 0
+    m = json.loads((tmp / "r" / "metrics.json").read_text())
+    assert m["mask_iou"]["mean_instance"] == 1.0 and m["inputs"]["image_ids_matched_by_path"] is False
+
+
+def test_an_out_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    gt = make_gt(tmp_path / "gt.json")
+    (tmp_path / "p.json").write_text(json.dumps(perfect_preds()))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert evaluate.main(["--gt", str(gt), "--pred", str(tmp_path / "p.json"), "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'taken'}: ")
+    assert (tmp_path / "taken").read_text() == "a file, not a folder" and not list(tmp_path.glob(".taken.*"))
+    assert calibrate.main(["--gt", str(gt), "--pred", str(tmp_path / "p.json"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: cannot write (Is a directory)"

@@ -286,3 +286,51 @@ def test_malformed_inputs_are_rejected(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps([{**small, "category_id": 7}]))
     with pytest.raises(DatasetError, match=r"category id 7"):
         load_predictions(tmp_path / "p.json", load_ground_truth(gt_path))
+
+
+def _corrupt_counts(rle: dict) -> dict:
+    return {**rle, "counts": rle["counts"] + "1"}  # valid string, one run too many
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image_id", [1], r"entry 0 has image_id \[1\] \(expected an integer\)"),
+    ("bbox", [1, 2, 3], r"entry 0 has bbox \[1, 2, 3\] \(expected \[x, y, w, h\]\)"),
+    ("counts", "!!garbage", r"entry 0 \(image id 1\): RLE counts string has a character outside the COCO alphabet"),
+    ("counts", "corrupt", r"entry 0 \(image id 1\): RLE counts do not describe a 64x64 mask"),
+    ("counts", [10, 5], r"entry 0 \(image id 1\): RLE counts do not describe a 64x64 mask"),
+])
+def test_malformed_prediction_fields_are_one_line_errors(tmp_path, field, value, message):
+    """Bad ids/boxes raise DatasetError, and a corrupt RLE is caught before pycocotools (which loops or crashes on it)."""
+    gt = load_ground_truth(make_gt(tmp_path / "gt.json"))
+    entry = pred(1, 1, rect(10, 10, 20, 20), 0.9)
+    if field == "counts":
+        value = _corrupt_counts(entry["segmentation"])["counts"] if value == "corrupt" else value
+        entry["segmentation"] = {**entry["segmentation"], "counts": value}
+    else:
+        entry[field] = value
+    (tmp_path / "p.json").write_text(json.dumps([entry]))
+    with pytest.raises(DatasetError, match=rf"p\.json: {message}"):
+        load_predictions(tmp_path / "p.json", gt)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["images"][0].update(height="abc"), r"images\[0\] has height/width 'abc'/64"),
+    (lambda d: d["images"].__setitem__(0, "x"), r"images\[0\] is not an object"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2]), r"annotation 1 has bbox \[1, 2\]"),
+    (lambda d: d["categories"][0].update(id=[1]), r"categories\[0\] has id \[1\]"),
+])
+def test_malformed_ground_truth_fields_are_one_line_errors(tmp_path, change, message):
+    path = make_gt(tmp_path / "gt.json", polygons=False)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=rf"gt\.json: {message}"):
+        load_ground_truth(path)
+
+
+def test_rle_string_counts_round_trip():
+    from evaluation.data import rle_string_counts
+
+    m = rect(3, 5, 7, 9) | rect(30, 40, 2, 20)
+    counts = rle_string_counts(encode_rle(m)["counts"].encode())
+    assert sum(counts) == H * W and sum(counts[1::2]) == m.sum()  # column-major runs, starting with background

@@ -304,3 +304,14 @@ def test_model_type_hint_from_the_state_dict(tmp_path):
     torch.save(fake_vit_b, tmp_path / "b.pth")
     assert guess_model_type(tmp_path / "b.pth") == "vit_b"
     assert guess_model_type(tmp_path / "absent.pth") is None
+
+
+def test_classes_keeps_only_the_named_classes(odd_folder, models, category, tmp_path):
+    common = ["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only", "--conf", "0.1", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "all")]) == 0
+    found = {p["category_id"] for p in read_outputs(tmp_path / "all")[0]}
+    keep = min(found)
+    assert main([*common, "--out", str(tmp_path / "one"), "--classes", category.defect_types[keep - 1]]) == 0
+    preds, _, summary = read_outputs(tmp_path / "one")
+    assert preds and {p["category_id"] for p in preds} == {keep}
+    assert list(summary["detections_per_class"]) == [category.defect_types[keep - 1]]
