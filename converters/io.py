@@ -1,12 +1,27 @@
-"""Atomic outputs: write to a temporary path beside the target, rename at the end."""
+"""File I/O every stage shares: JSON read with errors that name the file; atomic outputs (write to a temporary
+path beside the target, rename at the end)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from converters.errors import DatasetError
+
+
+def read_json(path: Path, what: str = "") -> object:
+    """Parsed JSON; DatasetError naming the file (and what it should be, e.g. "COCO json") when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such {what + ' ' if what else ''}file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

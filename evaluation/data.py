@@ -1,7 +1,6 @@
 """Load and check the inputs of the evaluation: a COCO ground truth and a COCO-results predictions file."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from converters.errors import DatasetError
+from converters.io import read_json
 
 
 @dataclass
@@ -45,15 +45,6 @@ class GroundTruth:
     def class_names(self) -> list[str]:
         return [self.categories[k] for k in sorted(self.categories)]
 
-
-def read_json(path: Path) -> object:
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: malformed JSON ({exc})") from None
 
 
 def rle_string_counts(counts: bytes) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converters.errors import DatasetError
-from converters.io import atomic_dir
+from converters.io import atomic_dir, read_json
 from converters.masks import decode_rle, polygons_to_mask
 from converters.mvtec import read_image
 
@@ -59,15 +59,12 @@ class RunReport:
     missing: list[str] = field(default_factory=list)
 
 
-def read_json(path: Path, missing: list[str]) -> dict | list | None:
+def read_optional_json(path: Path, missing: list[str]) -> dict | list | None:
     """Parsed JSON, or None (recorded in `missing`) when the file is absent; DatasetError when unreadable."""
     if not path.is_file():
         missing.append(str(path))
         return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(path)
 
 
 def dig(d, *keys):
@@ -219,12 +216,12 @@ def draw_thumb(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray) -> np
 def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
     """Everything the page shows, plus what the thumbnails need (images, masks)."""
     missing: list[str] = []
-    pipeline = read_json(run / "pipeline.json", [])  # optional: written by scripts/run_pipeline.sh
+    pipeline = read_optional_json(run / "pipeline.json", [])  # optional: written by scripts/run_pipeline.sh
     pipeline = pipeline if isinstance(pipeline, dict) else {}
-    det = read_json(run / "yolo_world" / "best.json", missing)
-    sam = read_json(run / "sam" / "best.json", missing)
-    ev = read_json(run / "eval" / "metrics.json", missing)
-    ev_gt = read_json(run / "eval_gt_boxes" / "metrics.json", missing)
+    det = read_optional_json(run / "yolo_world" / "best.json", missing)
+    sam = read_optional_json(run / "sam" / "best.json", missing)
+    ev = read_optional_json(run / "eval" / "metrics.json", missing)
+    ev_gt = read_optional_json(run / "eval_gt_boxes" / "metrics.json", missing)
     rep = RunReport(category=pipeline.get("category") or run.name, run=str(run))
     rep.settings = pipeline.get("settings") or {}
     rep.seconds = pipeline.get("seconds") or {}
@@ -243,16 +240,16 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
 
     gt_path = gt_path or (Path(pipeline["gt_test"]) if pipeline.get("gt_test") else None)
     images: dict = {}
-    preds = read_json(run / "predict" / "predictions.json", missing)
+    preds = read_optional_json(run / "predict" / "predictions.json", missing)
     if gt_path is None:
         missing.append("test ground truth (pass --gt instances_test.json)")
     elif preds is not None:
-        gt = read_json(gt_path, missing)
+        gt = read_optional_json(gt_path, missing)
         if gt is not None:
             if not isinstance(preds, list):
                 raise DatasetError(f"{run / 'predict' / 'predictions.json'}: expected a list of COCO results")
             th_path = next((q for q in (run / "eval" / "thresholds.json", run / "thresholds.json") if q.is_file()), None)
-            thresholds = read_json(th_path, missing) if th_path else None
+            thresholds = read_optional_json(th_path, missing) if th_path else None
             rep.thumb_thresholds = str(th_path) if th_path else None
             scores, gts, pms = score_images(gt, passing(preds, gt, thresholds if isinstance(thresholds, dict) else None))
             rep.best, rep.worst = pick_best_worst(scores, k)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import DatasetError
-from converters.io import atomic_dir
+from converters.io import atomic_dir, read_json
 from inference.devices import PRECISIONS, DeviceError, Timings, autocast_dtype, resolve_device, timed
-from inference.sources import Loaded, Source, SourceImage, load_json, prefetch, resolve_source
+from inference.sources import Loaded, Source, SourceImage, prefetch, resolve_source
 from inference.thresholds import ClassThresholds, load_thresholds
 from inference.writers import box_masks, label_mask, overlay, result_entries, write_png
 
@@ -99,7 +99,7 @@ class GtBoxes:
     """Ground-truth boxes of a COCO json, looked up by image id (same json as --source) or by resolved path."""
 
     def __init__(self, path: Path, source: Source):
-        coco = load_json(path, "COCO json")
+        coco = read_json(path, "COCO json")
         if not isinstance(coco, dict) or not isinstance(coco.get("annotations"), list) or not isinstance(coco.get("images"), list):
             raise DatasetError(f"{path}: not a COCO instances json (needs 'images' and 'annotations')")
         try:

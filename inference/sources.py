@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import queue
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import DatasetError
+from converters.io import read_json
 from converters.mvtec import IMAGE_SUFFIXES, read_image
 
 
@@ -34,16 +34,6 @@ class Source:
     coco: dict | None = None  # the json when kind == "coco"
     origin: str = ""
 
-
-def load_json(path: Path, what: str = "JSON") -> object:
-    """Parsed JSON; DatasetError naming the file when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such {what} file")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
 
 
 def output_name(file_name: str) -> str:
@@ -66,7 +56,7 @@ def _is_image(path: Path) -> bool:
 
 def from_coco(path: Path) -> Source:
     """Images of a COCO instances json (converters' format): info.image_root + file_name, keeping its ids."""
-    coco = load_json(path, "COCO json")
+    coco = read_json(path, "COCO json")
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise DatasetError(f"{path}: not a COCO instances json (no 'images' list)")
     root = (coco.get("info") or {}).get("image_root")

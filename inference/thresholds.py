@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import DatasetError
-from inference.sources import load_json
+from converters.io import read_json
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ClassThresholds:
 
 def load_thresholds(path: Path, names: dict[int, str], conf: float) -> ClassThresholds:
     """{"thresholds": {"<class name>": t, ...}, "default": t}; classes not listed use 'default', else `conf`."""
-    data = load_json(path, "thresholds")
+    data = read_json(path, "thresholds")
     if not isinstance(data, dict) or not isinstance(data.get("thresholds"), dict):
         raise DatasetError(f"{path}: expected {{\"thresholds\": {{\"<class name>\": 0.3, ...}}, \"default\": 0.25}}")
     default = data.get("default", conf)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         infer = bench_predict(model, dev, a.imgsz, a.images, a.warmup)
         rows.append((dev, label, train, infer))
     print(f"\nYOLO-World v2 {name} ({params:.1f}M params), imgsz {a.imgsz}, train batch {a.batch}, predict batch 1")
-    print(f"| device | hardware | train img/s | predict img/s |\n|---|---|---:|---:|")
+    print("| device | hardware | train img/s | predict img/s |\n|---|---|---:|---:|")
     for dev, label, train, infer in rows:
         print(f"| {dev} | {label} | {train:.2f} | {infer:.2f} |")
     print(f"bench_yolo_world: {len(rows)} device(s) measured")

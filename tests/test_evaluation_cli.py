@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from evaluation import calibrate, evaluate
-from test_evaluation_metrics import GT_MASKS, H, W, make_gt, perfect_preds, pred, rect, shifted_preds
+from test_evaluation_metrics import H, W, make_gt, perfect_preds, pred, rect, shifted_preds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_evaluate_without_images_skips_the_overlay_grid(tmp_path):
 @pytest.mark.parametrize("problem, content, message", [
     ("unknown ids", [{"image_id": 42, "category_id": 1, "bbox": [0, 0, 2, 2], "score": 0.5}],
      "image id(s) not in"),
-    ("malformed", '[{"image_id": 1,', "malformed JSON"),
+    ("malformed", '[{"image_id": 1,', "not valid JSON"),
     ("missing", None, "no such file"),
     ("not a list", {"annotations": []}, "not a COCO results list"),
 ])
@@ -111,7 +111,7 @@ def test_calibrate_cli_writes_the_thresholds_file(tmp_path, capsys):
     assert "calibrated 2/2 classes" in capsys.readouterr().out
     (tmp_path / "p.json").write_text("{")
     assert calibrate.main(["--gt", str(gt), "--pred", str(tmp_path / "p.json"), "--out", str(tmp_path / "t2.json")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'p.json'}: malformed JSON")
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'p.json'}: not valid JSON")
     assert not (tmp_path / "t2.json").exists()
 
 

@@ -273,9 +273,9 @@ def test_unknown_image_ids_are_rejected(tmp_path):
 def test_malformed_inputs_are_rejected(tmp_path):
     gt_path = make_gt(tmp_path / "gt.json")
     (tmp_path / "bad.json").write_text('[{"image_id": 1, ')
-    with pytest.raises(DatasetError, match=r"bad\.json: malformed JSON"):
+    with pytest.raises(DatasetError, match=r"bad\.json: not valid JSON"):
         load_predictions(tmp_path / "bad.json", load_ground_truth(gt_path))
-    with pytest.raises(DatasetError, match=r"bad\.json: malformed JSON"):
+    with pytest.raises(DatasetError, match=r"bad\.json: not valid JSON"):
         load_ground_truth(tmp_path / "bad.json")
     with pytest.raises(DatasetError, match=r"nope\.json: no such file"):
         load_ground_truth(tmp_path / "nope.json")

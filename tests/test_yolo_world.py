@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from copy import deepcopy
 from pathlib import Path
 
