@@ -333,6 +333,8 @@ def render(rep: RunReport) -> str:
         table(["detector", "mAP50", "mAP50-95"], det_rows, "detector"),
         "<h2>Segmentation on the test split: SAM on ground-truth boxes vs on detected boxes</h2>",
         table(["boxes"] + [h for _, h in SEG_COLUMNS], seg_rows, "segmentation"),
+        '<p id="gt-box-note">On ground-truth boxes the boxes are the answer: box AP is 1 and image AUROC is 1 (only '
+        "defect images get a box) by construction. That row is SAM's upper bound; compare its mask columns.</p>",
         "<h2>SAM fine-tune (validation mask IoU)</h2>",
         table(["model type", "epochs", "IoU before", "IoU best"], sam_rows, "sam-finetune"),
         "<h2>Per class (pipeline on detected boxes)</h2>",
@@ -410,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=4, help="number of best and of worst test images shown")
     p.add_argument("--seed", type=int, default=0, help="unused: the report is deterministic (kept for uniformity)")
     a = p.parse_args(argv)
+    if a.top_k < 0:
+        print(f"error: --top-k {a.top_k}: must be >= 0", file=sys.stderr)
+        return 2
     try:
         rep = write_report(a.run, a.out or a.run / "report", a.gt, a.top_k)
     except DatasetError as exc:

@@ -61,7 +61,7 @@ fetch() {  # fetch SOURCE TARGET: download or copy one file; non-zero on failure
       else
         wget -q --show-progress -O "$2" "$1"
       fi ;;
-    *) cp "$1" "$2" ;;
+    *) cp "$1" "$2" 2>/dev/null ;;
   esac
 }
 
@@ -91,8 +91,12 @@ for name in "${names[@]}"; do
   echo "fetching   $source_url"
   if ! fetch "$source_url" "$part" || [ ! -s "$part" ]; then
     rm -f "$part"
-    echo "error: $source_url: download failed (no network? behind a proxy? Without internet, copy the files by hand" \
-         "into $dest/ or use --mirror DIR; see weights/README.md)" >&2
+    case "$source_url" in
+      http://*|https://*)
+        echo "error: $source_url: download failed (no network? behind a proxy? Without internet, copy the files by hand" \
+             "into $dest/ or use --mirror DIR; see weights/README.md)" >&2 ;;
+      *) echo "error: $source_url: missing or unreadable in the --mirror folder" >&2 ;;
+    esac
     failed=$((failed + 1)); continue
   fi
   got=$(sha "$part")

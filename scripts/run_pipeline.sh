@@ -84,7 +84,8 @@ done
 for n in "$yolo_epochs" "$sam_epochs" "$imgsz" "$batch" "$seed"; do
   [[ "$n" =~ ^[0-9]+$ ]] || die "$n: not a non-negative integer (see --help)"
 done
-[[ "$conf" =~ ^[0-9]*\.?[0-9]+$ ]] || die "$conf: --conf must be a number in [0, 1]"
+[[ "$conf" =~ ^[0-9]*\.?[0-9]+$ ]] && awk -v c="$conf" 'BEGIN { exit !(c <= 1) }' \
+  || die "$conf: --conf must be a number in [0, 1]"
 [ -d "$root/$category/test" ] || die "$root/$category: no MVTec category here (expected $root/$category/test/)"
 [ -x "$PY" ] || die "$PY: no Python environment (run scripts/setup_env.sh)"
 cd "$REPO"
@@ -113,8 +114,7 @@ else
   done
   yolo_args=(--model "$yolo_model" --text-encoder clip --clip "$clip")
   sam_args=(--model-type "$sam_type")
-  # finetune.sam records weights "official" only for its default file (weights/<official name>), "checkpoint" else
-  [ "$sam_ckpt" -ef "$REPO/weights/$sam_file" ] || sam_args+=(--checkpoint "$sam_ckpt")
+  sam_args+=(--checkpoint "$sam_ckpt")
 fi
 [ "$zero_shot" = 1 ] && yolo_args+=(--eval-zero-shot)
 
@@ -160,6 +160,8 @@ step sam "$PY" -m finetune.sam --category "$category" --prompts "$datasets/sam/$
 predict=("$PY" -m inference.predict --detector "$run/yolo_world/best.pt" --sam "$run/sam/best.pth"
          --model-type "$sam_type" --conf "$conf" --device "$device")
 val_eval=()
+# a previous run's thresholds must not outlive it: the report draws its thumbnails at runs/<C>/thresholds.json
+[ "$calibrate" = 1 ] || rm -rf "$run/thresholds.json" "$run/predict_val"
 if [ "$calibrate" = 1 ]; then
   step predict_val "${predict[@]}" --source "$coco/instances_val.json" --out "$run/predict_val"
   step calibrate "$PY" -m evaluation.calibrate --gt "$coco/instances_val.json" \

@@ -67,3 +67,11 @@ def test_check_reports_missing_files(tmp_path):
     assert r.returncode == 1
     assert f"error: {tmp_path}/yolov8s-worldv2.pt: missing" in r.stderr
     assert "weights: 0 verified, 0 unverified, 3 failed" in r.stdout
+
+
+def test_missing_file_in_a_mirror_folder_is_named(tmp_path):
+    (tmp_path / "mirror").mkdir()
+    r = download("--dest", str(tmp_path / "w"), "--mirror", str(tmp_path / "mirror"), "sam_vit_b")
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"error: {tmp_path}/mirror/sam_vit_b_01ec64.pth: missing or unreadable in the --mirror folder"
+    assert not (tmp_path / "w" / "sam_vit_b_01ec64.pth").exists() and not list((tmp_path / "w").glob("*.part"))

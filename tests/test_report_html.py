@@ -106,6 +106,7 @@ def test_report_json_holds_every_stage_and_page_shows_smoke(tmp_path):
     assert data["per_class"] == [{"class": "hole", "det_map50": 0.25, "mask_iou": 0.75, "bbox_AP": 0.5, "segm_AP": 0.4375}]
     page = (run / "report" / "index.html").read_text()
     assert 'class="banner smoke"' in page and "SMOKE RUN" in page and "nothing about model" in page
+    assert "box AP is 1 and image AUROC is 1" in page  # the GT-box row's perfect numbers are explained, not claimed
     for shown in ("0.719", "0.125", "0.938", "0.688", "0.812", "0.594", "not run"):
         assert shown in page
     assert (run / "report" / "plots" / "pr_curve.png").is_file()
@@ -192,3 +193,10 @@ def test_chromium_renders_tables_and_thumbnails(tmp_path):
     assert len(thumbs) == 4 and all(i["ok"] and i["w"] > 0 for i in thumbs), seen["imgs"]
     assert any(i["src"] == "plots/pr_curve.png" and i["ok"] for i in seen["imgs"])
     assert seen["banner"] == "rgb(253, 226, 225)"  # the smoke-run banner is styled, not plain text
+
+
+def test_negative_top_k_is_refused(tmp_path, capsys):
+    run, gt_path = make_run(tmp_path)
+    assert html_report.main(["--run", str(run), "--gt", str(gt_path), "--top-k", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --top-k -1: must be >= 0"
+    assert not (run / "report").exists()
