@@ -21,7 +21,7 @@ options (defaults in brackets):
   --weights DIR          folder of the official weights [weights]
   --yolo-model PT        YOLO-World weights [<weights>/yolov8s-worldv2.pt]
   --clip PT              CLIP ViT-B/32 text encoder [<weights>/clip/ViT-B-32.pt]
-  --sam-model-type T     vit_b | vit_l | vit_h [vit_b]
+  --sam-model-type T     vit_b | vit_l | vit_h [vit_b] (ignored with --from-scratch, which always builds vit_tiny)
   --sam-checkpoint PTH   SAM weights [<weights>/sam_<type>_*.pth, the official file name]
   --from-scratch         smoke run: YOLO-World from --yolo-cfg with a random text encoder and SAM vit_tiny,
                          both random-init (no weights needed)
