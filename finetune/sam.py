@@ -31,6 +31,7 @@ from finetune.sam_losses import mask_iou, sam_loss
 from finetune.sam_model import MODEL_TYPES, CheckpointError, build_sam, default_checkpoint
 
 RESUME_FILE = "resume.pt"
+RESUME_KEYS = ("model_type", "epochs", "seed", "batch_images", "train_prompt_encoder")  # must match to --resume
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "box prompts of converters/mvtec_to_sam.py. Writes <out>/best.pth, last.pth (plain state_dicts that "
         "segment_anything.sam_model_registry[model_type](checkpoint=...) loads) and best.json. Runs under "
         "`torchrun --nproc_per_node N` with DDP.",
+        epilog="scripts/finetune_sam.sh takes the same options; NPROC=N there runs N processes under torchrun "
+        "(DDP: nccl on GPUs, gloo on CPU). --resume continues after the last finished epoch (resume.pt).",
         formatter_class=_Help,
     )
     p.add_argument("--category", required=True, help="MVTec category (names the default paths)")
@@ -255,7 +258,7 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def cpu_state(sam: Sam) -> dict:
+def cpu_state(sam: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in sam.state_dict().items()}
 
 
@@ -302,10 +305,14 @@ def run(args: argparse.Namespace, on_step: Callable[[int, int], None] | None = N
     if args.resume and state is None and d.main:
         print(f"note: {resume_path} not found; starting a new run", file=sys.stderr)
     if state is not None:
-        for key in ("model_type", "epochs", "seed"):
-            if state["config"][key] != getattr(args, key):
-                raise ValueError(f"{resume_path}: run was started with --{key.replace('_', '-')} {state['config'][key]}, not {getattr(args, key)}")
-        sam = build_sam(args.model_type, args.out / "last.pth")
+        for key in RESUME_KEYS:
+            started = state["config"].get(key, getattr(args, key))
+            if started != getattr(args, key):
+                raise ValueError(f"{resume_path}: run was started with --{key.replace('_', '-')} {started}, not {getattr(args, key)}")
+        sam = build_sam(args.model_type, args.out / "last.pth")  # the frozen encoder; trained parts from resume.pt
+        for name in ("mask_decoder", "prompt_encoder"):
+            if name in state:  # resume.pt is the commit point: last.pth may already hold the next, unfinished epoch
+                getattr(sam, name).load_state_dict(state[name])
         weights, checkpoint = state["weights"], state["checkpoint"]
     else:
         sam, weights, checkpoint = start_model(args, d)
@@ -372,8 +379,9 @@ def run(args: argparse.Namespace, on_step: Callable[[int, int], None] | None = N
             atomic_torch_save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "scaler": scaler.state_dict(), "best_iou": best_iou, "best_epoch": best_epoch,
                                "history": history, "weights": weights, "checkpoint": checkpoint,
-                               "config": {"model_type": args.model_type, "epochs": args.epochs, "seed": args.seed}},
-                              args.out / RESUME_FILE)
+                               "mask_decoder": cpu_state(sam.mask_decoder), "prompt_encoder": cpu_state(sam.prompt_encoder),
+                               "config": {key: getattr(args, key) for key in RESUME_KEYS}},
+                              args.out / RESUME_FILE)  # written last: the commit point of the epoch
         d.barrier()
 
     if state is not None:
@@ -419,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out or --cache-dir not writable
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -25,20 +25,32 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0)
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def mask_loss_per_instance(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """20 x focal + dice per instance: (N, H, W) -> (N,)."""
+    return FOCAL_WEIGHT * focal_per_instance(logits, target) + dice_per_instance(logits, target)
+
+
+def iou_loss_per_instance(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(predicted IoU - true IoU of the thresholded mask)^2 per instance: (N,)."""
+    return (iou_pred - mask_iou(logits.detach(), target)) ** 2
+
+
 def sam_loss_per_instance(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N, H, W) logits, (N,) predicted IoU, (N, H, W) target in [0, 1] -> (N,) loss per instance."""
-    true_iou = mask_iou(logits.detach(), target)
-    return FOCAL_WEIGHT * focal_per_instance(logits, target) + dice_per_instance(logits, target) + (iou_pred - true_iou) ** 2
+    return mask_loss_per_instance(logits, target) + iou_loss_per_instance(logits, iou_pred, target)
 
 
 def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over instances (not over all pixels of the batch, so small masks weigh as much as big ones).
 
     logits (N, M, H, W) and iou_pred (N, M) with M candidate masks per instance: with M > 1 (multimask
-    output) each instance takes its best candidate, as in the SAM paper.
+    output) the mask loss takes each instance's best candidate, as in the SAM paper, while the IoU term
+    trains every candidate's IoU prediction (they choose the mask at prediction time).
     """
     if logits.dim() == 3:
         logits, iou_pred = logits[:, None], iou_pred[:, None]
     n, m = logits.shape[:2]
-    per = sam_loss_per_instance(logits.flatten(0, 1), iou_pred.flatten(), target.repeat_interleave(m, 0)).view(n, m)
-    return per.min(1).values.mean()
+    flat, targets = logits.flatten(0, 1), target.repeat_interleave(m, 0)
+    mask = mask_loss_per_instance(flat, targets).view(n, m)
+    iou = iou_loss_per_instance(flat, iou_pred.flatten(), targets).view(n, m)
+    return (mask.min(1).values + iou.mean(1)).mean()

@@ -22,7 +22,7 @@ import torch
 from converters.mvtec import read_image
 from converters.mvtec_to_sam import main as mvtec_to_sam
 from converters.synthetic import make_category
-from finetune.sam import PromptedDecoder, Samples, resolve_device, Dist, train_epoch
+from finetune.sam import Dist, PromptedDecoder, Samples, _Help, resolve_device, train_epoch
 from finetune.sam_data import load_prompts
 from finetune.sam_embeddings import EmbeddingCache
 from finetune.sam_model import MODEL_TYPES, build_sam
@@ -34,14 +34,14 @@ def sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=_Help)
+    p.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES, help="SAM size to time")
     p.add_argument("--checkpoint", type=Path, help="weights to load (default: random init)")
     p.add_argument("--images", type=int, default=4, help="training images per epoch")
     p.add_argument("--size", type=int, default=1024, help="side of the synthetic images (MVTec wood: 1024)")
     p.add_argument("--epochs", type=int, default=2, help="cached epochs to time (the mean is reported)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and the random init")
     args = p.parse_args(argv)
     device = resolve_device(args.device, Dist())
     torch.manual_seed(args.seed)

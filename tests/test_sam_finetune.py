@@ -13,6 +13,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor, sam_model_registry
 
+import finetune.sam
 from converters.mvtec import read_image
 from converters.mvtec_to_sam import main as mvtec_to_sam
 from finetune.sam import main as sam_main
@@ -104,7 +105,7 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_after_interrupt_loses_and_repeats_no_epoch(trained, prompts, tmp_path):
+def test_resume_after_interrupt_loses_and_repeats_no_epoch(trained, prompts, tmp_path, monkeypatch):
     out, _ = trained
     common = ["--category", "toy_easy", "--prompts", str(prompts), "--cache-dir", str(out / "cache"),
               "--epochs", "2", "--batch-images", "4", *FAST]
@@ -128,6 +129,26 @@ def test_resume_after_interrupt_loses_and_repeats_no_epoch(trained, prompts, tmp
     # resuming a finished run trains nothing more
     again = run(parse_args([*common, "--out", str(tmp_path / "cut"), "--resume"]))
     assert [h["epoch"] for h in again["history"]] == [0, 1, 2]
+    # a kill after last.pth of epoch 2 is written but before resume.pt: epoch 2 is redone from epoch 1's weights
+    real_save = finetune.sam.atomic_torch_save
+
+    def save_then_die(obj, path):
+        if path.name == "resume.pt" and obj["epoch"] == 2:
+            raise Interrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(finetune.sam, "atomic_torch_save", save_then_die)
+    with pytest.raises(Interrupt):
+        run(parse_args([*common, "--out", str(tmp_path / "torn")]))
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "torn" / "resume.pt", weights_only=True)["epoch"] == 1
+    resumed = run(parse_args([*common, "--out", str(tmp_path / "torn"), "--resume"]))
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    c = torch.load(tmp_path / "torn" / "last.pth", weights_only=True)
+    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+    # a resume with other settings than the run's is refused, naming resume.pt
+    with pytest.raises(ValueError, match=r"resume.pt: run was started with --batch-images 4, not 2"):
+        run(parse_args([*common, "--out", str(tmp_path / "torn"), "--resume", "--batch-images", "2"]))
 
 
 def test_cli_errors_are_one_line_and_write_nothing(prompts, tmp_path, capsys, monkeypatch):
@@ -142,6 +163,10 @@ def test_cli_errors_are_one_line_and_write_nothing(prompts, tmp_path, capsys, mo
     assert sam_main(["--category", "toy_easy", "--prompts", str(prompts), "--out", str(out), "--model-type", "vit_tiny"]) == 2
     assert "vit_tiny has no official checkpoint" in capsys.readouterr().err
     assert not out.exists()
+    (tmp_path / "a_file").write_text("")  # an output folder that cannot be made: one line naming the path
+    assert sam_main(["--category", "toy_easy", "--prompts", str(prompts), "--out", str(tmp_path / "a_file" / "sam"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {tmp_path / 'a_file' / 'sam'}") and err.endswith(": Not a directory")
 
 
 def test_script_help_and_ddp_under_torchrun_with_gloo(prompts, tmp_path):

@@ -63,4 +63,11 @@ def test_multimask_takes_the_best_candidate():
     good = torch.where(target[0] > 0, 10.0, -10.0)
     logits = torch.stack([-good, good, -good])[None]  # the second candidate is right
     single = sam_loss(good[None, None], torch.ones(1, 1), target)
-    assert sam_loss(logits, torch.ones(1, 3), target).item() == pytest.approx(single.item(), rel=1e-6)
+    right = torch.tensor([[0.0, 1.0, 0.0]])  # predicted IoUs that match the candidates' true IoUs (0, 1, 0)
+    assert sam_loss(logits, right, target).item() == pytest.approx(single.item(), rel=1e-6)
+    # the IoU head learns every candidate's IoU (it picks the mask at prediction time), not only the best one's
+    wrong = torch.tensor([[0.6, 1.0, 0.3]], requires_grad=True)
+    loss = sam_loss(logits, wrong, target)
+    assert loss.item() == pytest.approx(single.item() + (0.6**2 + 0.3**2) / 3, rel=1e-6)
+    loss.backward()
+    assert wrong.grad[0].tolist() == pytest.approx([2 * 0.6 / 3, 0.0, 2 * 0.3 / 3])
