@@ -24,7 +24,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from converters.errors import DatasetError
-from converters.io import atomic_write_text
+from converters.io import atomic_path, atomic_write_text
 from finetune.sam_data import PromptSet, SamImage, jitter_boxes, load_prompts, lowres_target, padded_points
 from finetune.sam_embeddings import EmbeddingCache
 from finetune.sam_losses import mask_iou, sam_loss
@@ -253,9 +253,8 @@ def evaluate(sam: Sam, decoder: PromptedDecoder, samples: Samples, indices: list
 
 # ---------------------------------------------------------------- checkpoints
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def cpu_state(sam: torch.nn.Module) -> dict:

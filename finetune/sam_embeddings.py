@@ -7,8 +7,6 @@ counts how often the image encoder really ran (once per distinct image on a cold
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
+from converters.io import atomic_path
 from converters.mvtec import read_image
 
 
@@ -77,15 +76,8 @@ class EmbeddingCache:
 
     def save(self, key: str, emb: torch.Tensor) -> None:
         """Atomic write of one fp16 embedding (temporary file + rename)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, emb.detach().to("cpu", torch.float16).numpy())
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
+            np.save(f, emb.detach().to("cpu", torch.float16).numpy())
 
     def load(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """The cached embedding as float32 on `device`, or None when absent or unreadable."""

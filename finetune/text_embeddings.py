@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from converters.errors import DatasetError
+from converters.io import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -115,20 +116,10 @@ def _read_cache(path: Path, weights_sha: str) -> dict[str, torch.Tensor]:
 
 
 def _write_cache(path: Path, encoder: str, weights_sha: str, table: dict[str, torch.Tensor]) -> None:
-    import os
-    import tempfile
-
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"encoder": encoder, "weights_sha256": weights_sha, "embeddings": table}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_prompts(prompts: list[str], encoder: str = "clip", clip_path: Path = DEFAULT_CLIP,

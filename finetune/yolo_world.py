@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from converters.errors import DatasetError
-from converters.io import atomic_write_text
+from converters.io import atomic_path, atomic_write_text
 from converters.mvtec import IMAGE_SUFFIXES
 from finetune.offline import go_offline, strip_network_callbacks
 from finetune.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS, RANDOM_WARNING, MissingWeightsError, encode_prompts
@@ -306,21 +306,12 @@ def check_resumable(last: Path, out: Path) -> None:
 
 def save_final(best_src: Path, out: Path, meta: dict) -> None:
     """<out>/best.pt (ultralytics checkpoint + our metadata) and <out>/best.json, each written atomically."""
-    import os
-    import tempfile
-
     import torch
 
     ckpt = torch.load(best_src, map_location="cpu", weights_only=False)
     ckpt["defect_vision"] = {k: meta[k] for k in ("classes", "category_ids", "prompts", "text_encoder", "weights", "data_hash")}
-    fd, tmp = tempfile.mkstemp(prefix=".best.pt.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
+    with atomic_path(out / "best.pt") as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, out / "best.pt")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     atomic_write_text(out / "best.json", json.dumps(meta, indent=2) + "\n")
 
 

@@ -335,3 +335,21 @@ def test_synthetic_cli_is_deterministic_and_summarises(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         synthetic.main(["--out", str(tmp_path / "d"), "--size", "16"])
     assert exc.value.code == 2 and "--size >= 64" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 entries; outputs must come out as open()/mkdir() would make them."""
+    import os
+    import stat
+
+    from converters.io import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "x.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
