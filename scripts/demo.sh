@@ -17,7 +17,7 @@ usage: scripts/demo.sh [--fast] [--root DIR [--category C]] [--work DIR] [--devi
   --device D   training/inference device [auto]
   --seed N     seed of the synthetic data, split and training [0]
 
-Default settings: ~5-6 min on 2 CPU cores on toy_wood (both random-init models visibly learn: detector val
+Default settings: ~3-6 min on 2 CPU cores on toy_wood (both random-init models visibly learn: detector val
 mAP50 ~0.5, SAM val IoU ~0.2); a real category has more and larger images and takes longer.
 Result: <work>/runs/<category>/report/index.html.
 EOF
