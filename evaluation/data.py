@@ -75,12 +75,17 @@ def _check_counts(counts: list[int], height: int, width: int) -> None:
         raise ValueError(f"RLE counts do not describe a {width}x{height} mask (corrupt or for another image size)")
 
 
+def union_rle(rles: list[dict], height: int, width: int) -> dict:
+    """The union of compressed RLEs; an empty mask when there are none."""
+    if not rles:
+        return mask_utils.encode(np.asfortranarray(np.zeros((height, width), np.uint8)))
+    return mask_utils.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
+
+
 def to_rle(segmentation, height: int, width: int) -> dict:
     """Compressed RLE (bytes counts) of a COCO segmentation: polygons, compressed or uncompressed RLE."""
     if isinstance(segmentation, list):
-        if not segmentation:
-            return mask_utils.encode(np.asfortranarray(np.zeros((height, width), np.uint8)))
-        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        return union_rle(mask_utils.frPyObjects(segmentation, height, width) if segmentation else [], height, width)
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
             h, w = segmentation["size"]

@@ -23,8 +23,10 @@ from tqdm import tqdm
 
 from converters.errors import DatasetError
 from converters.io import atomic_dir, read_json
-from converters.masks import decode_rle, polygons_to_mask
 from converters.mvtec import read_image
+from evaluation.calibrate import apply_thresholds
+from evaluation.data import GroundTruth, Prediction, image_id_map, load_ground_truth, load_predictions, predictions_by_image
+from evaluation.plots import tint_and_outline, union_mask
 
 THUMB_SIDE = 256
 
@@ -131,63 +133,19 @@ def per_class_rows(det: dict | None, seg: dict | None) -> list[dict]:
     return [{"class": name, **vals} for name, vals in sorted(rows.items())]
 
 
-def passing(preds: list[dict], gt: dict, thresholds: dict | None) -> list[dict]:
-    """The predictions at or above their class threshold (thresholds.json of evaluation.calibrate)."""
-    if not thresholds:
-        return preds
-    names = {c["id"]: c["name"] for c in gt.get("categories", [])}
-    th, default = thresholds.get("thresholds", {}), thresholds.get("default", 0.0)
-    return [p for p in preds if p.get("score", 0) >= th.get(names.get(p.get("category_id")), default)]
-
-
-def gt_masks(gt: dict) -> dict[int, np.ndarray]:
-    """image id -> union of its ground-truth instance masks (bool)."""
-    images = {im["id"]: im for im in gt["images"]}
-    out = {i: np.zeros((im["height"], im["width"]), bool) for i, im in images.items()}
-    for ann in gt.get("annotations", []):
-        im = images.get(ann["image_id"])
-        if im is None:
-            continue
-        seg = ann.get("segmentation")
-        m = decode_rle(seg) if isinstance(seg, dict) else polygons_to_mask(seg or [], im["height"], im["width"])
-        out[im["id"]] |= m
-    return out
-
-
-def pred_masks(preds: list[dict], shapes: dict[int, tuple[int, int]]) -> tuple[dict[int, np.ndarray], dict[int, int]]:
-    """image id -> union of its predicted masks (bool), and the number of predictions per image."""
-    out = {i: np.zeros(s, bool) for i, s in shapes.items()}
-    counts: dict[int, int] = defaultdict(int)
-    for p in preds:
-        i = p.get("image_id")
-        if i not in out:
-            continue
-        counts[i] += 1
-        seg = p.get("segmentation")
-        if isinstance(seg, dict) and seg.get("counts") is not None:
-            m = decode_rle(seg)
-        else:  # box-only predictions: fill the box
-            m = np.zeros(shapes[i], bool)
-            x, y, w, h = (int(round(v)) for v in p["bbox"])
-            m[max(y, 0):y + h, max(x, 0):x + w] = True
-        if m.shape == out[i].shape:
-            out[i] |= m
-    return out, counts
-
-
-def score_images(gt: dict, preds: list[dict]) -> tuple[list[ImageScore], dict[int, np.ndarray], dict[int, np.ndarray]]:
-    gts = gt_masks(gt)
-    preds_m, counts = pred_masks(preds, {i: m.shape for i, m in gts.items()})
-    n_gt: dict[int, int] = defaultdict(int)
-    for ann in gt.get("annotations", []):
-        n_gt[ann["image_id"]] += 1
-    scores = []
-    for im in gt["images"]:
-        g, p = gts[im["id"]], preds_m[im["id"]]
+def score_images(gt: GroundTruth, preds: list[Prediction]) -> tuple[list[ImageScore], dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Per test image: the IoU of the union of its predicted masks with the union of its GT masks, and both unions."""
+    by_image = predictions_by_image(preds)
+    scores, gts, pms = [], {}, {}
+    for im in gt.images.values():
+        mine = by_image.get(im.id, [])
+        g = union_mask([a["rle"] for a in im.annotations], im.height, im.width)
+        p = union_mask([q.rle for q in mine], im.height, im.width)
         union = np.logical_or(g, p).sum()
         iou = 1.0 if union == 0 else float(np.logical_and(g, p).sum() / union)
-        scores.append(ImageScore(im["id"], im["file_name"], iou, n_gt[im["id"]], counts[im["id"]]))
-    return scores, gts, preds_m
+        scores.append(ImageScore(im.id, im.file_name, iou, len(im.annotations), len(mine)))
+        gts[im.id], pms[im.id] = g, p
+    return scores, gts, pms
 
 
 def pick_best_worst(scores: list[ImageScore], k: int) -> tuple[list[ImageScore], list[ImageScore]]:
@@ -199,14 +157,10 @@ def pick_best_worst(scores: list[ImageScore], k: int) -> tuple[list[ImageScore],
 
 
 def draw_thumb(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """RGB thumbnail: prediction filled red, ground truth outlined green."""
+    """RGB thumbnail: prediction tinted red, ground truth outlined green (as in evaluation's worst-case grid)."""
     if image is None:
         image = np.full((*gt.shape, 3), 128, np.uint8)
-    out = image.astype(np.float32)
-    out[pred] = 0.55 * out[pred] + 0.45 * np.array([255, 40, 40], np.float32)
-    out = out.astype(np.uint8)
-    contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, (40, 255, 40), max(1, round(max(gt.shape) / 200)))
+    out = tint_and_outline(image, pred, gt, max(1, round(max(gt.shape) / 200)))
     scale = THUMB_SIDE / max(out.shape[:2])
     if scale < 1:
         out = cv2.resize(out, (round(out.shape[1] * scale), round(out.shape[0] * scale)), interpolation=cv2.INTER_AREA)
@@ -240,21 +194,24 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
 
     gt_path = gt_path or (Path(pipeline["gt_test"]) if pipeline.get("gt_test") else None)
     images: dict = {}
-    preds = read_optional_json(run / "predict" / "predictions.json", missing)
+    pred_path = run / "predict" / "predictions.json"
     if gt_path is None:
         missing.append("test ground truth (pass --gt instances_test.json)")
-    elif preds is not None:
-        gt = read_optional_json(gt_path, missing)
-        if gt is not None:
-            if not isinstance(preds, list):
-                raise DatasetError(f"{run / 'predict' / 'predictions.json'}: expected a list of COCO results")
-            th_path = next((q for q in (run / "eval" / "thresholds.json", run / "thresholds.json") if q.is_file()), None)
-            thresholds = read_optional_json(th_path, missing) if th_path else None
-            rep.thumb_thresholds = str(th_path) if th_path else None
-            scores, gts, pms = score_images(gt, passing(preds, gt, thresholds if isinstance(thresholds, dict) else None))
-            rep.best, rep.worst = pick_best_worst(scores, k)
-            root = Path(dig(gt, "info", "image_root") or gt_path.parent)
-            images = {"root": root, "gt": gts, "pred": pms}
+    elif not pred_path.is_file():
+        missing.append(str(pred_path))
+    elif not Path(gt_path).is_file():
+        missing.append(str(gt_path))
+    else:
+        gt = load_ground_truth(gt_path)
+        preds = load_predictions(pred_path, gt, image_id_map(pred_path, gt))
+        th_path = next((q for q in (run / "eval" / "thresholds.json", run / "thresholds.json") if q.is_file()), None)
+        thresholds = read_optional_json(th_path, missing) if th_path else None
+        rep.thumb_thresholds = str(th_path) if th_path else None
+        if isinstance(thresholds, dict) and "thresholds" in thresholds:
+            preds = apply_thresholds(preds, gt, {"default": 0.0, **thresholds})
+        scores, gts, pms = score_images(gt, preds)
+        rep.best, rep.worst = pick_best_worst(scores, k)
+        images = {"root": gt.image_root or Path(gt_path).parent, "gt": gts, "pred": pms}
     rep.missing = missing
     return rep, images
 

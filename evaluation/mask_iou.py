@@ -7,7 +7,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from evaluation.data import GtImage, Prediction
+from evaluation.data import GtImage, Prediction, union_rle
 
 
 @dataclass
@@ -34,12 +34,6 @@ class ImageIoU:
     pixels: int  # image area
 
 
-def _union(rles: list[dict], height: int, width: int) -> dict:
-    if not rles:
-        return mask_utils.encode(np.asfortranarray(np.zeros((height, width), np.uint8)))
-    return mask_utils.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
-
-
 def iou_matrix(pred_rles: list[dict], gt_rles: list[dict]) -> np.ndarray:
     """IoU of every prediction (rows) with every GT instance (columns), by pycocotools."""
     if not pred_rles or not gt_rles:
@@ -59,8 +53,8 @@ def image_ious(image: GtImage, preds: list[Prediction]) -> tuple[ImageIoU, list[
     """IoU figures of one image: class-agnostic matching (classification is measured by the COCO AP)."""
     gt_rles = [a["rle"] for a in image.annotations]
     pred_rles = [p.rle for p in preds]
-    gt_union = _union(gt_rles, image.height, image.width)
-    pred_union = _union(pred_rles, image.height, image.width)
+    gt_union = union_rle(gt_rles, image.height, image.width)
+    pred_union = union_rle(pred_rles, image.height, image.width)
     gt_px = int(mask_utils.area(gt_union))
     pred_px = int(mask_utils.area(pred_union))
     inter = int(mask_utils.area(mask_utils.merge([gt_union, pred_union], intersect=True))) if gt_px and pred_px else 0
@@ -87,7 +81,7 @@ def class_image_iou(image: GtImage, preds: list[Prediction], category_id: int) -
     pr = [p.rle for p in preds if p.category_id == category_id]
     if not pr:
         return 0.0
-    g, p = _union(gt, image.height, image.width), _union(pr, image.height, image.width)
+    g, p = union_rle(gt, image.height, image.width), union_rle(pr, image.height, image.width)
     return float(mask_utils.iou([p], [g], [0])[0][0])
 
 

@@ -16,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from pycocotools import mask as mask_utils
 
+from evaluation.data import union_rle
+
 
 def score_map(rles: list[dict], scores: list[float], height: int, width: int) -> np.ndarray:
     """Pixel = max score of the masks that cover it, 0 elsewhere (float64 HxW, the scores exactly)."""
@@ -26,9 +28,7 @@ def score_map(rles: list[dict], scores: list[float], height: int, width: int) ->
 
 
 def gt_map(rles: list[dict], height: int, width: int) -> np.ndarray:
-    if not rles:
-        return np.zeros((height, width), bool)
-    return mask_utils.decode(mask_utils.merge(rles, intersect=False) if len(rles) > 1 else rles[0]).astype(bool)
+    return mask_utils.decode(union_rle(rles, height, width)).astype(bool)
 
 
 def _region_counts(pred: np.ndarray, gt_labels: np.ndarray, n_gt: int, overlap: float) -> tuple[int, int]:

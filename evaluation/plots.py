@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 from converters.errors import DatasetError  # noqa: E402
 from converters.mvtec import read_image  # noqa: E402
-from evaluation.data import GtImage, Prediction  # noqa: E402
+from evaluation.data import GtImage, Prediction, union_rle  # noqa: E402
 from evaluation.mask_iou import ImageIoU  # noqa: E402
 
 
@@ -50,18 +50,25 @@ def worst_cases(images: list[ImageIoU], k: int) -> list[ImageIoU]:
     return (defect + good_fp)[:k]
 
 
+def tint_and_outline(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, thick: int) -> np.ndarray:
+    """RGB copy of `image` with the predicted pixels tinted red and the ground truth outlined green."""
+    out = image.astype(np.float32)
+    out[pred] = 0.55 * out[pred] + 0.45 * np.array([255, 0, 0], np.float32)
+    out = out.astype(np.uint8)
+    contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (0, 255, 0), thick)
+    return out
+
+
+def union_mask(rles: list[dict], height: int, width: int) -> np.ndarray:
+    return mask_utils.decode(union_rle(rles, height, width)).astype(bool)
+
+
 def overlay(image: np.ndarray, gt: GtImage, preds: list[Prediction], names: dict[int, str] | None = None) -> np.ndarray:
     """Predicted masks tinted red, GT outlines green, predicted boxes yellow with class name and score."""
-    out = image.astype(np.float32)
-    for p in preds:
-        m = mask_utils.decode(p.rle).astype(bool)
-        out[m] = 0.55 * out[m] + 0.45 * np.array([255, 0, 0], np.float32)
-    out = out.astype(np.uint8)
     thick = max(1, round(max(gt.height, gt.width) / 256))
-    for a in gt.annotations:
-        m = mask_utils.decode(a["rle"]).astype(np.uint8)
-        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, (0, 255, 0), thick)
+    out = tint_and_outline(image, union_mask([p.rle for p in preds], gt.height, gt.width),
+                           union_mask([a["rle"] for a in gt.annotations], gt.height, gt.width), thick)
     for p in preds:
         x, y, w, h = (round(v) for v in p.bbox)
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 0), thick)
