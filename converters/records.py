@@ -74,10 +74,6 @@ class ImageRecord:
     def is_good(self) -> bool:
         return self.defect_type == GOOD
 
-    @property
-    def stem(self) -> str:
-        return Path(self.file_name).stem
-
 
 @dataclass
 class Category:
@@ -87,9 +83,6 @@ class Category:
     root: Path  # <root>/<name>
     images: list[ImageRecord]  # sorted by file_name; image id = index + 1
     defect_types: list[str]  # sorted; category id = index + 1
-
-    def image_id(self, rec: ImageRecord) -> int:
-        return self.images.index(rec) + 1
 
     def category_id(self, defect_type: str) -> int:
         return self.defect_types.index(defect_type) + 1

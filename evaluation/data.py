@@ -41,11 +41,6 @@ class GroundTruth:
     categories: dict[int, str]  # id -> name
     image_root: Path | None
 
-    @property
-    def class_names(self) -> list[str]:
-        return [self.categories[k] for k in sorted(self.categories)]
-
-
 
 def rle_string_counts(counts: bytes) -> list[int]:
     """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString, in Python)."""

@@ -158,10 +158,6 @@ class PixelAccumulator:
         k = int(np.argmax(f1))
         return float(f1[k]), float(self.region_thresholds[k])
 
-    @property
-    def image_scores(self) -> tuple[list[float], list[int]]:
-        return self._image_scores, self._image_labels
-
 
 def aupro_from_curve(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO(FPR) curve up to fpr_limit, as the MVTec AD reference computes it."""
