@@ -3,21 +3,18 @@
 reading every image header). Prints a table; the target is a ratio <= 1.3x."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import contextlib
 import io
 import os
 import tempfile
+import sys
 import time
+from pathlib import Path
 
-from converters import mvtec_to_coco
-from converters.mvtec import image_size, iter_image_paths, list_categories, mask_path_for, read_mask
-from converters.records import GOOD
+from defect_vision.cli.convert import main as convert_main
+from defect_vision.data.mvtec import image_size, iter_image_paths, list_categories, mask_path_for, read_mask
+from defect_vision.data.records import GOOD
 
 DEFAULT_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
 
@@ -39,7 +36,7 @@ def coco_pass(root: Path, category: str, out: Path, rle: bool) -> None:
     args = ["--category", category, "--root", str(root), "--out", str(out / "coco"), "--no-progress",
             "--splits", str(out / f"{category}_splits.json")] + (["--rle"] if rle else [])
     with contextlib.redirect_stdout(io.StringIO()):
-        assert mvtec_to_coco.main(args) == 0
+        assert convert_main(fmt="coco", argv=args) == 0
 
 
 def best_of(repeat: int, fn, clock=time.process_time) -> float:

@@ -1,6 +1,7 @@
-"""Benchmark `evaluation.evaluate` on synthetic categories: time per phase vs image size and count; prints a table.
+"""Benchmark `defect_vision.evaluation.evaluate` on synthetic categories: seconds vs image size and count, with and
+without plots; prints a markdown table.
 
-Ground truth: a synthetic MVTec-layout category (converters.synthetic) with every image in one COCO split.
+Ground truth: a synthetic MVTec-layout category (defect_vision.data.synthetic) with every image in one COCO split.
 Predictions: each GT instance dilated/eroded by a random 0-3 px with a random score, a missed instance now and
 then, and low-scored false-positive blobs on a third of the images.
 """
@@ -16,13 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from converters import coco as coco_format  # noqa: E402
-from converters.masks import decode_rle, encode_rle  # noqa: E402
-from converters.mvtec import read_category  # noqa: E402
-from converters.synthetic import make_category  # noqa: E402
-from evaluation import evaluate  # noqa: E402
+from defect_vision.data.mvtec import read_category
+from defect_vision.data.synthetic import make_category
+from defect_vision.evaluation import EvalConfig, evaluate
+from defect_vision.formats import coco as coco_format
+from defect_vision.masks import decode_rle, encode_rle
 
 
 def build(root: Path, size: int, per_defect: int, seed: int) -> tuple[Path, Path, int]:
@@ -76,14 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             n_pred = len(json.loads(pred.read_text()))
             for plots in (False, True):
                 t0 = time.perf_counter()
-                argv_ = ["--gt", str(gt), "--pred", str(pred), "--out", str(Path(tmp) / "report"), "--seed", str(args.seed)]
-                rc = evaluate.main(argv_ + ([] if plots else ["--no-plots"]))
-                if rc:
-                    return rc
+                m = evaluate(gt, pred, EvalConfig(plots=plots), Path(tmp) / "report")
                 seconds = time.perf_counter() - t0
-                m = json.loads((Path(tmp) / "report" / "metrics.json").read_text())
                 rows.append((size, n, n_pred, "yes" if plots else "no", seconds, seconds / n,
-                             m["mask_iou"]["mean_instance"], m["coco"]["segm"]["AP"], m["pixel"]["aupro"]))
+                             m.mean_instance_iou, m.mask_ap, m.pixel["aupro"]))
     print("\n| image px | images | predictions | plots | seconds | s/image | mean inst IoU | mask AP | AUPRO |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark python -m inference.predict: per-image time in load, detector, SAM encoder, SAM decoder and write,
+"""Benchmark `defect-vision predict` (defect_vision.inference.predict_run): per-image time in load, detector, SAM encoder, SAM decoder and write,
 and the ratio of the whole run to the sum of the three model forwards (target <= 1.15).
 
 Models are random-init checkpoints in the real formats and real sizes (YOLO-World v2 at --detector-cfg, SAM at
@@ -13,11 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from converters.synthetic import make_category  # noqa: E402
-from inference.predict import build_parser, run  # noqa: E402
-from inference.random_models import save_random_detector, save_random_sam  # noqa: E402
+from defect_vision.data.synthetic import make_category
+from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+from defect_vision.inference.run import RunOptions, predict_run
+from defect_vision.models.random_init import save_random_detector, save_random_sam
 
 STAGES = ("load", "detector", "sam_encoder", "sam_decoder", "write")
 
@@ -34,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda:N")
     p.add_argument("--precision", default="auto", help="auto|fp32|fp16|bf16 (autocast on CUDA)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-size", type=int, default=2000,
+                   help="image side of the peak-memory table (SAM masks of 1..100 boxes; 0: skip it)")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
@@ -51,12 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     columns: dict[str, dict] = {}
     for sam_type in args.sam_types:
         sam = save_random_sam(work / f"sam_{sam_type}.pth", sam_type, seed=args.seed)
-        common = ["--detector", str(detector), "--sam", str(sam), "--model-type", sam_type, "--conf", "0.01",
-                  "--max-det", str(args.max_det), "--batch", str(args.batch), "--device", args.device,
-                  "--precision", args.precision, "--seed", str(args.seed), "--quiet"]
-        run(build_parser().parse_args(["--source", str(warm), "--out", str(work / "out_warm"), *common]), progress=False)
-        summary, _ = run(build_parser().parse_args(["--source", str(measured), "--out", str(work / f"out_{sam_type}"),
-                                                    *common]), progress=False)
+        config = PredictConfig(conf=0.01, max_det=args.max_det, model_type=sam_type, device=args.device,
+                               precision=args.precision, seed=args.seed)
+        options = RunOptions(batch=args.batch, progress=False, force=True)
+        predict_run(DefectPredictor(detector, sam, config), warm, work / "out_warm", options)
+        summary = predict_run(DefectPredictor(detector, sam, config), measured, work / f"out_{sam_type}", options)
         t, n = summary.timings, max(1, summary.images)
         columns[sam_type] = {**{s: 1000 * getattr(t, s) / n for s in STAGES}, "forwards": 1000 * t.forwards / n,
                              "whole": 1000 * t.wall / n, "ratio": t.overhead_ratio, "images": summary.images,
@@ -72,7 +72,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | " + " | ".join(f"{columns[h][row]:.1f}" for h in heads) + " |")
     print("| whole / forwards (target <= 1.15) | " + " | ".join(f"{columns[h]['ratio']:.3f}" for h in heads) + " |")
     print("| images/s | " + " | ".join(f"{1000 / columns[h]['whole']:.2f}" for h in heads) + " |")
+    if args.memory_size:
+        memory_table(work, args.memory_size, args.device)
     return 0
+
+
+PEAK = """
+import resource, sys, numpy as np, torch
+from defect_vision.inference.segmenter import Segmenter
+from defect_vision.models.sam import load_sam
+from defect_vision.devices import resolve_device
+size, n, budget, sam, device = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+rng = np.random.default_rng(1)
+xy = rng.uniform(0, size * 0.8, (n, 2)); boxes = np.hstack([xy, xy + rng.uniform(20, size * 0.2, (n, 2))])
+seg = Segmenter(load_sam(sam, "vit_tiny"), resolve_device(device), budget=int(budget) if budget > 0 else 1 << 62)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rles, _ = seg.segment(image, boxes)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024, seg.upsample_chunks, len(rles))
+"""
+
+
+def memory_table(work: Path, size: int, device: str) -> None:
+    """Peak resident memory added by SAM's mask step for 1..100 boxes on one size x size image: chunked (the default
+    budget) vs all boxes upsampled at once, each in a fresh process (ru_maxrss)."""
+    import subprocess
+
+    from defect_vision.inference.segmenter import MASK_BUDGET_BYTES
+
+    sam = save_random_sam(work / "sam_mem.pth", "vit_tiny")
+    print(f"\nSAM mask step, peak memory added (MB), one {size}x{size} image, vit_tiny decoder, device {device}")
+    print("| boxes | chunked (budget 256 MB) | all at once | chunks |")
+    print("|---:|---:|---:|---:|")
+    for n in (1, 10, 100):
+        row = []
+        for budget in (MASK_BUDGET_BYTES, 0):
+            r = subprocess.run([sys.executable, "-c", PEAK, str(size), str(n), str(budget), str(sam), device],
+                               capture_output=True, text=True, timeout=1200)
+            mb, chunks, _ = r.stdout.split() if r.returncode == 0 else ("failed", "-", "-")
+            row.append((mb, chunks))
+        fmt = lambda v: v if v == "failed" else f"{float(v):.0f}"  # noqa: E731
+        print(f"| {n} | {fmt(row[0][0])} | {fmt(row[1][0])} | {row[0][1]} |")
 
 
 def summary_device(work: Path, sam_type: str) -> str:

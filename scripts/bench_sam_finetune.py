@@ -1,40 +1,35 @@
 """Benchmark: SAM fine-tune epoch time with the fp16 embedding cache vs recomputing the image encoder each step.
 
 python scripts/bench_sam_finetune.py [--model-type vit_b] [--images 4] [--size 1024] [--device auto]
-Prints a table: cold-cache encode time, epoch time with / without cache, ratio, encoder calls per image,
-cache MB per image. Random-init weights unless --checkpoint (timings do not depend on the weights).
+Prints a table: cold-cache encode time, epoch time with / without cache (after one untimed warm-up epoch),
+ratio, encoder calls per image, cache MB per image. Random-init weights unless --checkpoint (timings do not depend on the weights).
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from converters.mvtec import read_image
-from converters.mvtec_to_sam import main as mvtec_to_sam
-from converters.synthetic import make_category
-from finetune.sam import Dist, PromptedDecoder, Samples, _Help, resolve_device, train_epoch
-from finetune.sam_data import load_prompts
-from finetune.sam_embeddings import EmbeddingCache
-from finetune.sam_model import MODEL_TYPES, build_sam
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from defect_vision.cli.common import parser, run_command
+from defect_vision.cli.convert import main as convert
+from defect_vision.data.mvtec import read_image
+from defect_vision.data.synthetic import make_category
+from defect_vision.devices import resolve_device, synchronize
+from defect_vision.errors import DatasetError
+from defect_vision.models.sam import MODEL_TYPES, build_random_sam, load_sam
+from defect_vision.training.sam import trainable_parameters
+from defect_vision.training.sam_config import SamTrainConfig
+from defect_vision.training.sam_data import load_prompts
+from defect_vision.training.sam_embeddings import EmbeddingCache
+from defect_vision.training.sam_steps import PromptedDecoder, Samples, train_epoch
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=_Help)
+    p = parser("scripts/bench_sam_finetune.py", __doc__.splitlines()[0])
     p.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES, help="SAM size to time")
     p.add_argument("--checkpoint", type=Path, help="weights to load (default: random init)")
     p.add_argument("--images", type=int, default=4, help="training images per epoch")
@@ -43,47 +38,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and the random init")
     args = p.parse_args(argv)
-    device = resolve_device(args.device, Dist())
-    torch.manual_seed(args.seed)
-    sam = build_sam(args.model_type, args.checkpoint).to(device)
-    for prm in sam.parameters():
-        prm.requires_grad_(prm in set(sam.mask_decoder.parameters()))
+    device = resolve_device(args.device)
+    sam = (load_sam(args.checkpoint, args.model_type) if args.checkpoint else build_random_sam(args.model_type, args.seed)).to(device)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_category(tmp / "root", "bench", size=args.size, per_defect=max(2, args.images), good_train=1, good_test=1,
                       combined=0, seed=args.seed)
-        mvtec_to_sam(["--category", "bench", "--root", str(tmp / "root"), "--out", str(tmp / "sam"), "--splits",
-                      str(tmp / "split.json"), "--split", "0.8", "0.1", "0.1", "--no-progress"])
+        if convert(["--category", "bench", "--root", str(tmp / "root"), "--out", str(tmp / "sam"), "--splits",
+                    str(tmp / "split.json"), "--split", "0.8", "0.1", "0.1", "--no-progress"], fmt="sam") != 0:
+            raise DatasetError(f"{tmp / 'sam'}: the synthetic category's SAM export failed (see above)")
         prompts = load_prompts(tmp / "sam" / "prompts_train.json")
         prompts.images = prompts.with_instances[: args.images]
         samples = Samples(prompts, sam)
         cache = EmbeddingCache(tmp / "cache", sam, args.model_type)
-        opt_args = argparse.Namespace(batch_images=1, jitter=0.1, jitter_max=20.0, points=False, multimask=False, clip_grad=1.0)
+        config = SamTrainConfig(tmp / "sam", tmp / "run", model_type=args.model_type, batch_images=1)
         decoder = PromptedDecoder(sam)
-        optimizer = torch.optim.AdamW(sam.mask_decoder.parameters(), lr=1e-5)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        optimizer = torch.optim.AdamW(trainable_parameters(sam, train_prompt_encoder=False), lr=1e-5)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)  # a constant rate: timings only
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
         order = list(range(len(samples)))
-        for im in samples.images:  # targets and hashes prepared outside the timings
-            samples.target(im)
-            cache.key_of(im.path)
+        for det in samples.images:  # targets and hashes prepared outside the timings
+            samples.target(det)
+            cache.key_of(det.image.path)
 
         def epoch(embed) -> float:
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
-            train_epoch(decoder, samples, order, embed, optimizer, scheduler, scaler, np.random.default_rng(0), opt_args, device)
-            sync(device)
+            train_epoch(decoder, samples, order, embed, optimizer, scheduler, scaler, np.random.default_rng(0), config, device)
+            synchronize(device)
             return time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        cache.ensure([im.path for im in samples.images], device, progress=True)
-        sync(device)
+        cache.ensure(samples.paths, device, progress=True)
+        synchronize(device)
         cold = time.perf_counter() - t0
         cold_calls = cache.encoder_calls
+        epoch(lambda path: cache.get(path, device))  # untimed warm-up: first backward, optimizer state, allocator
         cached = [epoch(lambda path: cache.get(path, device)) for _ in range(args.epochs)]
         warm_calls = cache.encoder_calls - cold_calls
-        images = {im.path: read_image(im.path) for im in samples.images}
+        images = {path: read_image(path) for path in samples.paths}
         before = cache.encoder_calls
         uncached = epoch(lambda path: cache.encode(images[path], device))
         uncached_calls = cache.encoder_calls - before
@@ -109,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def samples_total(samples: Samples) -> int:
-    return sum(len(im.instances) for im in samples.images)
+    return sum(len(det) for det in samples.images)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))  # bad input (a missing checkpoint, no CUDA): one error line, exit 2

@@ -3,7 +3,9 @@
 
 Training: forward + loss + backward + optimizer step on synthetic batches (3 boxes per image), i.e. the model's
 cost without data loading. Inference: `YOLOWorld(path).predict` on synthetic images, end to end (letterbox,
-forward, NMS), batch 1. Random-init weights unless --model names a checkpoint; offline.
+forward, NMS), batch 1. Checkpoint save: one epoch's last.pt (half-precision EMA + Adam state, as ultralytics
+serialises it) written in place (ultralytics) vs to a temporary file + fsync + rename (DefectWorldTrainer, which
+survives a kill -9 inside the write). Random-init weights unless --model names a checkpoint; offline.
 """
 from __future__ import annotations
 
@@ -15,9 +17,7 @@ import time
 from copy import deepcopy
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from finetune.offline import go_offline  # noqa: E402
+from defect_vision.offline import go_offline  # noqa: E402
 
 go_offline()
 
@@ -29,8 +29,8 @@ from tqdm import tqdm  # noqa: E402
 def build_model(cfg: str, model_path: Path | None, nc: int):
     from ultralytics.nn.tasks import WorldModel, load_checkpoint
 
-    from finetune.text_embeddings import random_embed
-    from finetune.world_trainer import set_class_embeddings
+    from defect_vision.models.text_embeddings import random_embed
+    from defect_vision.training.world_trainer import set_class_embeddings
 
     model = load_checkpoint(str(model_path))[0] if model_path else WorldModel(cfg, nc=nc, verbose=False)
     names = [f"defect {i}" for i in range(nc)]
@@ -93,6 +93,38 @@ def bench_predict(model, device: str, imgsz: int, images: int, warmup: int) -> f
     return len(times) / sum(times)
 
 
+def bench_save(model, repeats: int, folder: Path | None = None) -> tuple[float, float, float]:
+    """(MB, ms per in-place write, ms per temporary write + fsync + rename) of one epoch's checkpoint."""
+    import io
+
+    from ultralytics.utils.torch_utils import convert_optimizer_state_dict_to_fp16
+
+    from defect_vision.io import replace_durably, temp_name
+
+    model = deepcopy(model).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for p in model.parameters():  # Adam state (exp_avg, exp_avg_sq) for every parameter, as after a step
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    buffer = io.BytesIO()
+    state = convert_optimizer_state_dict_to_fp16(deepcopy(opt.state_dict()))  # what ultralytics stores
+    torch.save({"epoch": 0, "ema": deepcopy(model).half(), "optimizer": state, "train_args": {}}, buffer)
+    data = buffer.getvalue()
+    in_place, atomic = [], []
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        target = Path(tmp) / "last.pt"
+        for _ in range(repeats):
+            t = time.perf_counter()
+            target.write_bytes(data)
+            in_place.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            part = temp_name(target)
+            part.write_bytes(data)
+            replace_durably(part, target)
+            atomic.append(time.perf_counter() - t)
+    return len(data) / 1e6, 1000 * float(np.median(in_place)), 1000 * float(np.median(atomic))
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -108,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=10, help="timed inference images per device")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps/images")
     p.add_argument("--nc", type=int, default=5, help="number of classes (prompts)")
-    p.add_argument("--devices", nargs="*", default=None, help="devices to run (default: cpu, and cuda:0 if available)")
+    p.add_argument("--devices", nargs="*", default=None, help="devices to run (default: cpu, and cuda:0 if available; none: only the checkpoint save)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--save-repeats", type=int, default=5, help="timed checkpoint saves (0: skip)")
+    p.add_argument("--save-dir", type=Path, default=None, help="folder for the checkpoint-save timing (default: system temp)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads or os.cpu_count() or 1)  # importing ultralytics sets OMP_NUM_THREADS=1
-    devices = a.devices or (["cpu"] + (["cuda:0"] if torch.cuda.is_available() else []))
+    devices = a.devices if a.devices is not None else ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
     model = build_model(a.model_cfg, a.model, a.nc)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     name = a.model.name if a.model else a.model_cfg
@@ -128,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| device | hardware | train img/s | predict img/s |\n|---|---|---:|---:|")
     for dev, label, train, infer in rows:
         print(f"| {dev} | {label} | {train:.2f} | {infer:.2f} |")
+    if a.save_repeats > 0:
+        mb, in_place, atomic = bench_save(model, a.save_repeats, a.save_dir)
+        print(f"checkpoint save ({mb:.1f} MB, median of {a.save_repeats}): in place {in_place:.0f} ms, "
+              f"temporary + fsync + rename {atomic:.0f} ms")
     print(f"bench_yolo_world: {len(rows)} device(s) measured")
     return 0
 

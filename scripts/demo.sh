@@ -63,7 +63,7 @@ fi
 if [ -z "$root" ]; then
   category=toy_wood root=$work/datasets/synthetic
   echo "demo: generating the synthetic category $category in $root"
-  "$PY" -m converters.synthetic --out "$root" --category "$category" --seed "$seed" "${synth[@]}"
+  "$PY" -m defect_vision.data.synthetic --out "$root" --category "$category" --seed "$seed" "${synth[@]}"
 else
   echo "demo: real MVTec AD category $category from $root"
 fi

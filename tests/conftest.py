@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.synthetic import make_category
+from defect_vision.data.synthetic import make_category
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", REPO.parent / "shared" / "data" / "mvtec_ad"))

@@ -7,8 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from converters import mvtec_to_all, mvtec_to_coco, mvtec_to_voc, mvtec_to_yolo
-from converters.synthetic import make_category
+from functools import partial
+
+from defect_vision.cli.convert import main as convert_main
+
+to_all = partial(convert_main, prog="mvtec_to_all.py")
+to_coco, to_yolo, to_voc, to_sam = (partial(convert_main, prog=f"mvtec_to_{f}.py", fmt=f) for f in ("coco", "yolo", "voc", "sam"))
+from defect_vision.data.synthetic import make_category
 
 
 @pytest.fixture
@@ -19,7 +24,7 @@ def tiny(tmp_path) -> Path:
     return tmp_path / "mvtec"
 
 
-def convert(tmp_path: Path, root: Path, capsys, main=mvtec_to_coco.main, category: str = "tiny",
+def convert(tmp_path: Path, root: Path, capsys, main=to_coco, category: str = "tiny",
             out: Path | None = None) -> str:
     """Run a converter expecting bad input: exit 2, one stderr line, nothing written; return that line."""
     out = out or tmp_path / "out" / "coco"
@@ -51,21 +56,21 @@ def test_mask_size_differs_from_its_image(tiny, tmp_path, capsys):
 def test_empty_mask(tiny, tmp_path, capsys):
     mask = tiny / "tiny" / "ground_truth" / "hole" / "001_mask.png"
     cv2.imwrite(str(mask), np.zeros((96, 96), np.uint8))
-    line = convert(tmp_path, tiny, capsys, main=mvtec_to_yolo.main, out=tmp_path / "out" / "yolo")
+    line = convert(tmp_path, tiny, capsys, main=to_yolo, out=tmp_path / "out" / "yolo")
     assert line == f"error: {mask}: mask is empty (no defect pixel) for defect image 001.png"
 
 
 def test_corrupt_image_png(tiny, tmp_path, capsys):
     image = tiny / "tiny" / "test" / "hole" / "001.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    line = convert(tmp_path, tiny, capsys, main=mvtec_to_voc.main, out=tmp_path / "out" / "voc")
+    line = convert(tmp_path, tiny, capsys, main=to_voc, out=tmp_path / "out" / "voc")
     assert line.startswith(f"error: {image}: not a readable image")
 
 
 def test_truncated_image_png_with_a_valid_header(tiny, tmp_path, capsys):
     image = tiny / "tiny" / "test" / "stain" / "000.png"
     image.write_bytes(image.read_bytes()[:300])  # header and size intact, pixel data cut off
-    line = convert(tmp_path, tiny, capsys, main=mvtec_to_yolo.main, out=tmp_path / "out" / "yolo")
+    line = convert(tmp_path, tiny, capsys, main=to_yolo, out=tmp_path / "out" / "yolo")
     assert line == f"error: {image}: not a readable image (truncated PNG: no IEND chunk)"
 
 
@@ -99,16 +104,16 @@ def test_unwritable_output_folder(tiny, tmp_path, capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the output folder's parent should be")
     line = convert(tmp_path, tiny, capsys, out=blocker / "coco")
-    assert line.startswith(f"error: {blocker}: cannot write output (")
+    assert line == f"error: {blocker}: a file is in the way of an output folder [errno 17]"
     assert blocker.read_text().startswith("a file")
 
 
 def test_output_path_is_a_file(tiny, tmp_path, capsys):
     target = tmp_path / "target.json"
     target.write_text("{}")
-    rc = mvtec_to_coco.main(["--category", "tiny", "--root", str(tiny), "--out", str(target),
+    rc = to_coco(["--category", "tiny", "--root", str(tiny), "--out", str(target),
                              "--splits", str(tmp_path / "s.json"), "--no-progress"])
-    assert rc == 2 and capsys.readouterr().err.strip() == f"error: {target}: output exists and is not a folder"
+    assert rc == 2 and capsys.readouterr().err.strip() == f"error: {target}: exists and is not a folder; choose another output folder"
     assert target.read_text() == "{}" and not (tmp_path / "s.json").exists()
 
 
@@ -128,29 +133,31 @@ def test_read_only_output_folder(tiny, tmp_path, capsys):
 
 
 def test_a_failure_half_way_through_leaves_no_format_behind(tiny, tmp_path, capsys, monkeypatch):
-    def broken(job, folder):
+    import defect_vision.formats.voc as voc
+
+    def broken(job, folder, final, config):
         (folder / "Annotations").mkdir()
         raise OSError(28, "No space left on device", str(folder / "Annotations" / "x.xml"))
 
-    monkeypatch.setattr(mvtec_to_all, "write_voc", broken)
+    monkeypatch.setattr(voc, "write_voc", broken)
     out = tmp_path / "datasets"
-    rc = mvtec_to_all.main(["--category", "tiny", "--root", str(tiny), "--out", str(out), "--no-progress",
+    rc = to_all(["--category", "tiny", "--root", str(tiny), "--out", str(out), "--no-progress",
                             "--splits", str(out / "splits" / "tiny.json")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: ") and "x.xml: cannot write output (No space left on device)" in err
+    assert rc == 2 and err.startswith("error: ") and "x.xml: No space left on device [errno 28]" in err
     assert not out.exists()
 
 
 def test_a_changed_split_config_needs_resplit(tiny, tmp_path, capsys):
     splits = tmp_path / "splits.json"
     base = ["--category", "tiny", "--root", str(tiny), "--splits", str(splits), "--no-progress"]
-    assert mvtec_to_coco.main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert to_coco([*base, "--out", str(tmp_path / "a")]) == 0
     before = splits.read_text()
-    rc = mvtec_to_coco.main([*base, "--out", str(tmp_path / "b"), "--seed", "1"])
+    rc = to_coco([*base, "--out", str(tmp_path / "b"), "--seed", "1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(f"error: {splits}: existing split was made with") and "--resplit" in err
     assert not (tmp_path / "b").exists() and splits.read_text() == before
-    assert mvtec_to_coco.main([*base, "--out", str(tmp_path / "b"), "--seed", "1", "--resplit"]) == 0
+    assert to_coco([*base, "--out", str(tmp_path / "b"), "--seed", "1", "--resplit"]) == 0
     assert splits.read_text() != before
 
 
@@ -162,6 +169,6 @@ def test_a_changed_split_config_needs_resplit(tiny, tmp_path, capsys):
 ])
 def test_bad_arguments_exit_2_with_a_usage_error(tiny, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
-        mvtec_to_coco.main(["--category", "tiny", "--root", str(tiny), "--out", str(tmp_path / "o"), *args])
+        to_coco(["--category", "tiny", "--root", str(tiny), "--out", str(tmp_path / "o"), *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

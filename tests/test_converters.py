@@ -15,14 +15,19 @@ import yaml
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from converters import mvtec_to_all, mvtec_to_coco, mvtec_to_sam, mvtec_to_yolo
-from converters.masks import decode_rle
-from converters.mvtec import iter_image_paths, read_category, read_mask
-from converters.sam_prompts import to_sam_prompts
-from converters.splits import load_split
-from converters.synthetic import make_category
-from converters.splits import SPLITS
-from converters.voc import parse_voc_boxes
+from functools import partial
+
+from defect_vision.cli.convert import main as convert_main
+
+to_all = partial(convert_main, prog="mvtec_to_all.py")
+to_coco, to_yolo, to_voc, to_sam = (partial(convert_main, prog=f"mvtec_to_{f}.py", fmt=f) for f in ("coco", "yolo", "voc", "sam"))
+from defect_vision.masks import decode_rle
+from defect_vision.data.mvtec import iter_image_paths, read_category, read_mask
+from defect_vision.formats.sam_prompts import to_sam_prompts
+from defect_vision.data.splits import load_split
+from defect_vision.data.synthetic import make_category
+from defect_vision.data.splits import SPLITS
+from defect_vision.formats.voc import parse_voc_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(
@@ -38,7 +43,7 @@ def export_all(root: Path, category: str, out: Path, *extra: str) -> str:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = mvtec_to_all.main(["--category", category, "--root", str(root), "--out", str(out), "--min-area", "1",
+        rc = to_all(["--category", category, "--root", str(root), "--out", str(out), "--min-area", "1",
                                 "--splits", str(out / "splits" / f"{category}.json"), "--no-progress", *extra])
     assert rc == 0
     return buf.getvalue().strip().splitlines()[-1]
@@ -203,7 +208,7 @@ def test_rle_export_uses_the_same_split_and_exact_masks(synthetic_root, exported
     out, _ = exported
     splits = out / "splits" / "toy_wood.json"
     before = splits.read_bytes()
-    rc = mvtec_to_coco.main(["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(tmp_path / "rle"),
+    rc = to_coco(["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(tmp_path / "rle"),
                              "--splits", str(splits), "--seed", "5", "--min-area", "1", "--rle", "--no-progress"])
     assert rc == 0 and splits.read_bytes() == before
     poly = load_coco(out, "toy_wood")
@@ -222,7 +227,7 @@ def test_yolo_detect_dataset_loads_in_ultralytics(synthetic_root, exported, tmp_
     from ultralytics.data.utils import check_det_dataset
 
     out, _ = exported
-    rc = mvtec_to_yolo.main(["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(tmp_path / "yolo" / "toy_wood"),
+    rc = to_yolo(["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(tmp_path / "yolo" / "toy_wood"),
                              "--splits", str(out / "splits" / "toy_wood.json"), "--seed", "5", "--min-area", "1", "--no-progress"])
     assert rc == 0
     check_yolo(tmp_path, "toy_wood", load_coco(out, "toy_wood"))  # detect boxes round-trip (+-1 px)
@@ -240,7 +245,7 @@ def test_sam_points_are_seeded(synthetic_root, exported, tmp_path):
     out, _ = exported
     args = ["--category", "toy_wood", "--root", str(synthetic_root), "--splits", str(out / "splits" / "toy_wood.json"),
             "--min-area", "1", "--negative-points", "3", "--positive-points", "2", "--seed", "5", "--no-progress"]
-    assert mvtec_to_sam.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert to_sam([*args, "--out", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "prompts_test.json").read_text() == (out / "sam" / "toy_wood" / "prompts_test.json").read_text()
     cat = read_category(synthetic_root, "toy_wood", min_area=1)
     split = load_split(out / "splits" / "toy_wood.json")
@@ -262,24 +267,58 @@ def test_specks_below_min_area_are_dropped_and_counted(tmp_path, capsys):
     mask[0:2, 0:2] = 255  # a 4-px speck in a corner
     cv2.imwrite(str(mask_file), mask)
     base = ["--category", "tiny", "--root", str(root), "--no-progress", "--splits", str(tmp_path / "s.json")]
-    assert mvtec_to_coco.main([*base, "--out", str(tmp_path / "a"), "--min-area", "5"]) == 0
+    assert to_coco([*base, "--out", str(tmp_path / "a"), "--min-area", "5"]) == 0
     m = SUMMARY.match(capsys.readouterr().out.strip())
     assert m and m["specks"] == "1"
-    assert mvtec_to_coco.main([*base, "--out", str(tmp_path / "b"), "--min-area", "1"]) == 0
+    assert to_coco([*base, "--out", str(tmp_path / "b"), "--min-area", "1"]) == 0
     m1 = SUMMARY.match(capsys.readouterr().out.strip())
     assert m1["specks"] == "0" and int(m1["inst"]) == int(m["inst"]) + 1
 
 
-def test_rerun_replaces_the_output_and_leaves_no_temporary_folders(synthetic_root, exported, tmp_path):
+def test_rerun_replaces_only_a_previous_output(synthetic_root, exported, tmp_path, capsys):
+    """A folder this converter wrote is replaced; any other non-empty folder is refused (one line, untouched)
+    unless --force; a folder holding the input never is, --force or not."""
     out, _ = exported
     target = tmp_path / "coco"
     target.mkdir()
-    (target / "stale.json").write_text("{}")
+    (target / "notes.txt").write_text("the user's own file")
     args = ["--category", "toy_wood", "--root", str(synthetic_root), "--out", str(target),
             "--splits", str(out / "splits" / "toy_wood.json"), "--seed", "5", "--min-area", "1", "--no-progress"]
-    assert mvtec_to_coco.main(args) == 0
-    assert sorted(p.name for p in target.iterdir()) == [f"instances_{s}.json" for s in ("test", "train", "val")]
-    assert [p.name for p in tmp_path.iterdir()] == ["coco"]
+    assert to_coco(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: {target}: folder exists and is not a previous convert-coco output (no .defect-vision.json "
+                       "in it); pass --force to replace it, or choose another folder")
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    assert to_coco([*args, "--force"]) == 0
+    names = [f"instances_{s}.json" for s in ("test", "train", "val")]
+    assert sorted(p.name for p in target.iterdir()) == sorted([".defect-vision.json", *names])
+    assert to_coco(args) == 0  # our own output: replaced without --force
+    assert [p.name for p in tmp_path.iterdir()] == ["coco"]  # no temporary folder left
+    cat = synthetic_root / "toy_wood"
+    for inside, how in ((synthetic_root, "holds"), (cat, "is"), (cat / "test", "lies inside")):
+        argv = [a if a != str(target) else str(inside) for a in args]
+        assert to_coco([*argv, "--force"]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: {inside}: output folder {how} the input {cat}; choose "
+                                                   "another output folder (it would be replaced as a whole)")
+    assert (synthetic_root / "toy_wood" / "test" / "hole" / "000.png").is_file()
+
+
+def test_voc_export_loads_in_supervision_as_is(synthetic_root, exported):
+    """Standard readers (supervision's from_pascal_voc) load the VOC folder: images and annotations share stems."""
+    sv = pytest.importorskip("supervision")
+    out, _ = exported
+    voc = out / "voc" / "toy_wood"
+    ds = sv.DetectionDataset.from_pascal_voc(str(voc / "JPEGImages"), str(voc / "Annotations"))
+    coco = json.loads((out / "coco" / "toy_wood" / "instances_train.json").read_text())
+    n_images = sum(len((voc / "ImageSets" / "Main" / f"{s}.txt").read_text().split()) for s in ("train", "val", "test"))
+    assert len(ds) == n_images
+    assert sorted(ds.classes) == sorted(c["name"] for c in coco["categories"])
+    n_boxes = sum(len(d) for _, _, d in ds)
+    total = sum(len(json.loads((out / "coco" / "toy_wood" / f"instances_{s}.json").read_text())["annotations"])
+                for s in ("train", "val", "test"))
+    assert n_boxes == total
+    stems = {Path(p).stem for p in ds.image_paths}
+    assert stems == {p.stem for p in (voc / "Annotations").iterdir()}
 
 
 def test_scripts_run_as_files_from_anywhere(synthetic_root, tmp_path):
@@ -302,7 +341,7 @@ def test_category_without_train_folder_and_copied_yolo_images(tmp_path, capsys):
                   combined=0, gray_every=0, seed=4)
     shutil.rmtree(root / "tiny" / "train")  # real partial copies have none
     out = tmp_path / "yolo"
-    assert mvtec_to_yolo.main(["--category", "tiny", "--root", str(root), "--out", str(out), "--copy",
+    assert to_yolo(["--category", "tiny", "--root", str(root), "--out", str(out), "--copy",
                                "--splits", str(tmp_path / "s.json"), "--no-progress"]) == 0
     images = sorted(p for p in (out / "images").rglob("*.png"))
     assert images and not any(p.is_symlink() for p in images)
@@ -317,7 +356,7 @@ def test_category_without_train_folder_and_copied_yolo_images(tmp_path, capsys):
 
 
 def test_synthetic_cli_is_deterministic_and_summarises(tmp_path, capsys):
-    from converters import synthetic
+    from defect_vision.data import synthetic
 
     def run(out: Path, seed: int) -> dict[str, bytes]:
         assert synthetic.main(["--out", str(out), "--category", "syn", "--size", "64", "--per-defect", "1",
@@ -342,14 +381,90 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from converters.io import atomic_dir, atomic_write_text
+    from defect_vision.io import atomic_dir, atomic_write_text
 
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.json", "{}")
-        with atomic_dir(tmp_path / "out") as d:
+        with atomic_dir(tmp_path / "out", "test") as d:
             (d / "x.txt").write_text("x")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def _split_of_each_format(out: Path, category: str) -> dict[str, dict[str, set[str]]]:
+    """Per format, per split: the image files it holds (as category-relative paths)."""
+    got: dict[str, dict[str, set[str]]] = {}
+    for s in ("train", "val", "test"):
+        coco = json.loads((out / "coco" / category / f"instances_{s}.json").read_text())
+        got.setdefault("coco", {})[s] = {im["file_name"] for im in coco["images"]}
+        sam = json.loads((out / "sam" / category / f"prompts_{s}.json").read_text())
+        got.setdefault("sam", {})[s] = {im["file_name"] for im in sam["images"]}
+        names = (out / "yolo" / category / "images" / s).iterdir()
+        got.setdefault("yolo", {})[s] = {p.name.replace("_", "/", 2) for p in names}
+        stems = (out / "voc" / category / "ImageSets" / "Main" / f"{s}.txt").read_text().split()
+        got.setdefault("voc", {})[s] = {f"{x.replace('_', '/', 2)}.png" for x in stems}
+    split = json.loads((out / "splits" / f"{category}.json").read_text())["splits"]
+    got["splits.json"] = {s: set(v) for s, v in split.items()}
+    return got
+
+
+def test_a_reexport_killed_in_its_commit_is_completed_by_the_next_run(tmp_path):
+    """kill -9 between the renames of a re-export (new split): the next run completes the commit, so every format
+    and splits.json agree (the old behaviour left COCO on one split and YOLO/VOC/SAM on another)."""
+    import signal
+
+    root = tmp_path / "mvtec"
+    make_category(root, "tiny", size=96, defects=("hole", "stain"), per_defect=5, good_test=4, good_train=2,
+                  combined=0, gray_every=0, seed=6)
+    out = tmp_path / "datasets"
+    base = ["--category", "tiny", "--root", str(root), "--out", str(out), "--no-progress"]
+    assert to_all(base) == 0
+    old = _split_of_each_format(out, "tiny")
+    assert all(v == old["splits.json"] for v in old.values())
+    # a re-export with another seed, killed (SIGKILL) at the 3rd os.replace: after the journal and the first format
+    killer = (
+        "import os, signal, sys\n"
+        "real, calls = os.replace, []\n"
+        "def replace(a, b):\n"
+        "    calls.append(b)\n"
+        "    if len(calls) == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(a, b)\n"
+        "os.replace = replace\n"
+        "from defect_vision.cli.convert import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    res = subprocess.run([sys.executable, "-c", killer, *base, "--seed", "1", "--resplit"], capture_output=True, text=True)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    journal = out / "splits" / ".tiny.commit.json"
+    assert journal.is_file()
+    half = _split_of_each_format(out, "tiny") if (out / "yolo" / "tiny").is_dir() else None
+    assert half is None or any(v != half["splits.json"] for v in half.values())  # really inconsistent on disk
+    # the next run (any export of the category) completes the commit first
+    assert to_all([*base, "--seed", "1"]) == 0
+    new = _split_of_each_format(out, "tiny")
+    assert all(v == new["splits.json"] for v in new.values()) and new["splits.json"] != old["splits.json"]
+    assert not journal.exists() and not [p for p in out.rglob(".*") if p.name != ".defect-vision.json"]
+
+
+def test_an_interrupted_export_changes_nothing(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the formats are being written: every old format and the split file stay as they were."""
+    import defect_vision.formats.sam_prompts as sam
+
+    root = tmp_path / "mvtec"
+    make_category(root, "tiny", size=96, defects=("hole", "stain"), per_defect=3, good_test=2, good_train=1,
+                  combined=0, gray_every=0, seed=7)
+    out = tmp_path / "datasets"
+    base = ["--category", "tiny", "--root", str(root), "--out", str(out), "--no-progress"]
+    assert to_all(base) == 0
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sam, "write_sam", interrupted)
+    assert to_all([*base, "--seed", "3", "--resplit"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted (nothing half-written was kept)"
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before

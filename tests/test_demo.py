@@ -36,7 +36,7 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path):
         assert "official weights NOT found" in log and "random-init" in log and "SMOKE RUN" in log
 
     pipeline = json.loads((run / "pipeline.json").read_text())
-    assert list(pipeline["seconds"]) == STAGES
+    assert list(pipeline["seconds"]) == [*STAGES, "report"]
     assert pipeline["weights"] == ("official" if OFFICIAL else "random-init")
 
     # converters: the test split the report scored is the COCO test split
@@ -90,106 +90,111 @@ def test_pipeline_requires_official_weights_unless_from_scratch(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--root", "/nonexistent"], "error: --category is required (see --help)"),
     (["--category", "wood", "--root", "/nonexistent"],
      "error: /nonexistent/wood: no MVTec category here (expected /nonexistent/wood/test/)"),
-    (["--category", "wood", "--yolo-epochs", "x"], "error: x: not a non-negative integer (see --help)"),
-    (["--category", "wood", "--bogus"], "error: --bogus: unknown option (see --help)"),
+    (["--category", "wood", "--conf", "1.5"], "error: 1.5: --conf must be a number in [0, 1]"),
+    (["--category", "wood", "--yolo-epochs", "-1"], "--yolo-epochs: must be >= 0, got -1"),
+    (["--category", "wood", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--root", "/nonexistent"], "the following arguments are required: --category"),
 ])
-def test_pipeline_bad_arguments_are_one_line_errors(args, message):
+def test_pipeline_bad_arguments_exit_2_naming_the_problem(args, message):
     r = run_pipeline(*args)
-    assert r.returncode == 2 and r.stderr.strip() == message and r.stdout == ""
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(message) and r.stdout == ""
 
 
 def test_pipeline_help_lists_the_options():
     r = run_pipeline("--help")
     assert r.returncode == 0
     for opt in ("--category", "--root", "--from-scratch", "--yolo-epochs", "--sam-epochs", "--imgsz", "--conf",
-                "--device", "--seed", "[datasets/mvtec_ad]", "[0.01]"):
+                "--device", "--seed", "--force", "(default: datasets/mvtec_ad)", "(default: 0.01)"):
         assert opt in r.stdout
 
 
-STUB = """#!/usr/bin/env bash
-# stands in for .venv/bin/python: records each call; the converter writes the files the pipeline checks for
-printf '%s\\n' "$*" >> "$STUB_CALLS"
-if [ "$1" = - ]; then exec "$REAL_PY" "$@"; fi
-if [ "$1" = converters/mvtec_to_all.py ]; then
-  while [ $# -gt 0 ]; do case "$1" in --out) out=$2 ;; --category) cat=$2 ;; esac; shift; done
-  mkdir -p "$out/coco/$cat" "$out/yolo/$cat"
-  echo '{}' > "$out/coco/$cat/instances_val.json"; echo '{}' > "$out/coco/$cat/instances_test.json"
-  echo 'names: {}' > "$out/yolo/$cat/data.yaml"
-fi
-"""
+def _parsed(stage) -> object:
+    """A stage's arguments as its own command parses them (what the stage will really run with)."""
+    import importlib
+
+    from defect_vision.cli import COMMANDS
+
+    module = importlib.import_module(f"defect_vision.cli.{COMMANDS[stage.argv[0]][0]}")
+    return module.build_parser("x").parse_args(stage.argv[1:])
 
 
-def stub_pipeline(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
-    """run_pipeline.sh with every stage's Python replaced by a recorder: returns the result and {stage: argv}."""
-    stub = tmp_path / "python"
-    stub.write_text(STUB)
-    stub.chmod(0o755)
-    (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True, exist_ok=True)
-    calls = tmp_path / "calls.txt"
-    calls.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHON_BIN": str(stub), "STUB_CALLS": str(calls), "REAL_PY": str(REPO / ".venv/bin/python")}
-    r = subprocess.run(["bash", str(REPO / "scripts" / "run_pipeline.sh"), "--category", "toy", "--root",
-                        str(tmp_path / "mvtec"), "--datasets", str(tmp_path / "ds"), "--runs", str(tmp_path / "runs"),
-                        *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    by_stage = {}
-    for line in calls.read_text().splitlines() if calls.exists() else []:
-        if line.startswith("-m "):
-            mod = line.split()[1]
-            if mod == "inference.predict":  # told apart by their --out folder
-                mod = "predict:" + line.split("--out ")[1].split()[0].rsplit("/", 1)[-1]
-            by_stage[mod] = line
-        elif line.startswith("converters/"):
-            by_stage["convert"] = line
-    return r, by_stage
+def test_pipeline_gives_each_stage_the_official_weights(tmp_path):
+    """With the official weights present, every stage's command receives them (parsed by that command's parser)."""
+    from defect_vision.cli.pipeline import PipelineConfig, plan
 
-
-def test_pipeline_passes_the_official_weights_to_every_stage(tmp_path):
     w = tmp_path / "w"
     for f in ("yolov8s-worldv2.pt", "clip/ViT-B-32.pt", "sam_vit_l_0b3195.pth"):
         (w / f).parent.mkdir(parents=True, exist_ok=True)
         (w / f).write_bytes(b"x")
-    r, calls = stub_pipeline(tmp_path, "--weights", str(w), "--sam-model-type", "vit_l", "--seed", "3")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "OFFICIAL weights" in r.stdout
-    assert f"--model {w}/yolov8s-worldv2.pt --text-encoder clip --clip {w}/clip/ViT-B-32.pt --eval-zero-shot" \
-        in calls["finetune.yolo_world"]
-    assert "--epochs 80 --imgsz 640 --batch 16" in calls["finetune.yolo_world"] and "--seed 3" in calls["finetune.yolo_world"]
-    assert calls["finetune.sam"].endswith(f"--model-type vit_l --checkpoint {w}/sam_vit_l_0b3195.pth")
-    assert "--from-scratch" not in calls["finetune.yolo_world"] + calls["finetune.sam"]
-    for out in ("predict_val", "predict", "predict_gt_boxes"):
-        assert "--model-type vit_l --conf 0.01" in calls[f"predict:{out}"], out
-    assert "--gt-boxes" in calls["predict:predict_gt_boxes"] and "--save-overlays" in calls["predict:predict"]
-    pipeline = json.loads((tmp_path / "runs" / "toy" / "pipeline.json").read_text())
-    assert list(pipeline["seconds"]) == STAGES
-    assert (pipeline["weights"], pipeline["sam_model_type"], pipeline["sam_checkpoint"]) == \
-        ("official", "vit_l", f"{w}/sam_vit_l_0b3195.pth")
-    assert calls["evaluation.html_report"] == f"-m evaluation.html_report --run {tmp_path}/runs/toy"
+    (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True)
+    p = plan(PipelineConfig("toy", tmp_path / "mvtec", tmp_path / "ds", tmp_path / "runs", w, sam_model_type="vit_l", seed=3))
+    stages = {s.name: s for s in p.stages}
+    assert list(stages) == [*STAGES, "report"] and p.weights == "official"
+    det = _parsed(stages["yolo_world"])
+    assert (det.model, det.text_encoder, det.clip, det.eval_zero_shot) == (w / "yolov8s-worldv2.pt", "clip", w / "clip/ViT-B-32.pt", True)
+    assert (det.epochs, det.imgsz, det.batch, det.seed, det.from_scratch) == (80, 640, 16, 3, False)
+    sam = _parsed(stages["sam"])
+    assert (sam.model_type, sam.checkpoint, sam.from_scratch, sam.epochs) == ("vit_l", w / "sam_vit_l_0b3195.pth", False, 20)
+    for name in ("predict_val", "predict", "predict_gt_boxes"):
+        pr = _parsed(stages[name])
+        assert (pr.model_type, pr.conf, pr.detector) == ("vit_l", 0.01, tmp_path / "runs/toy/yolo_world/best.pt"), name
+    assert _parsed(stages["predict_gt_boxes"]).gt_boxes == tmp_path / "ds/coco/toy/instances_test.json"
+    assert _parsed(stages["predict"]).save_overlays and _parsed(stages["evaluate"]).val_gt is not None
 
 
-def test_pipeline_from_scratch_trains_the_prompt_encoder_and_no_calibrate_drops_stale_thresholds(tmp_path):
+def test_pipeline_from_scratch_without_calibration(tmp_path):
+    """--from-scratch trains random-init models (prompt encoder included), --no-calibrate skips val and drops a
+    previous run's thresholds; pipeline.json records the stages that ran."""
+    from defect_vision.cli.pipeline import PipelineConfig, run_pipeline
+
+    (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True)
     run = tmp_path / "runs" / "toy"
     (run / "predict_val").mkdir(parents=True)
     (run / "thresholds.json").write_text('{"thresholds": {}, "default": 0.9}')  # from an earlier run
-    r, calls = stub_pipeline(tmp_path, "--from-scratch", "--no-calibrate", "--yolo-cfg", "yolov8n-worldv2.yaml")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "RANDOM-INIT" in r.stdout and "SMOKE RUN" in r.stdout
-    assert "--from-scratch --model-cfg yolov8n-worldv2.yaml --text-encoder random" in calls["finetune.yolo_world"]
-    assert "--eval-zero-shot" not in calls["finetune.yolo_world"]
-    assert calls["finetune.sam"].endswith("--model-type vit_tiny --from-scratch --train-prompt-encoder --lr 1e-3 "
-                                          "--batch-images 2")
-    assert "predict:predict_val" not in calls and "evaluation.calibrate" not in calls
-    assert "--val-gt" not in calls["evaluation.evaluate"]
+    ran = []
+
+    def runner(argv, log):  # stands in for the stage processes; the converter writes what the next stage checks
+        ran.append(argv)
+        if argv[0] == "convert":
+            for f in ("coco/toy/instances_val.json", "coco/toy/instances_test.json", "yolo/toy/data.yaml"):
+                (tmp_path / "ds" / f).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / "ds" / f).write_text("{}")
+        return 0
+
+    cfg = PipelineConfig("toy", tmp_path / "mvtec", tmp_path / "ds", tmp_path / "runs", tmp_path / "none",
+                         from_scratch=True, yolo_cfg="yolov8n-worldv2.yaml", calibrate=False)
+    summary = run_pipeline(cfg, runner)
+    assert [a[0] for a in ran] == ["convert", "train-detector", "train-sam", "predict", "predict", "evaluate", "evaluate", "report"]
+    det = _parsed(type("S", (), {"argv": ran[1]}))
+    assert (det.from_scratch, det.model_cfg, det.text_encoder, det.eval_zero_shot) == (True, "yolov8n-worldv2.yaml", "random", False)
+    sam = _parsed(type("S", (), {"argv": ran[2]}))
+    assert (sam.model_type, sam.from_scratch, sam.train_prompt_encoder, sam.lr) == ("vit_tiny", True, True, 1e-3)
     assert not (run / "thresholds.json").exists() and not (run / "predict_val").exists()
-    assert json.loads((run / "pipeline.json").read_text())["settings"]["calibrate"] is False
+    assert _parsed(type("S", (), {"argv": ran[5]})).val_gt is None
+    saved = json.loads((run / "pipeline.json").read_text())
+    assert saved == json.loads(json.dumps(summary)) and saved["settings"]["calibrate"] is False
+    assert saved["weights"] == "random-init" and list(saved["seconds"]) == [s for s in STAGES if s not in ("predict_val", "calibrate")] + ["report"]
+    assert "RANDOM-INIT" in (run / "pipeline.log").read_text()
 
 
-@pytest.mark.parametrize("conf", ["1.5", "5", "-0.1", "x"])
-def test_pipeline_rejects_conf_outside_unit_interval(conf):
-    r = run_pipeline("--category", "wood", "--conf", conf)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: {conf}: --conf must be a number in [0, 1]"
+def test_a_failed_stage_stops_the_pipeline_naming_it(tmp_path, capsys):
+    from defect_vision.cli import pipeline
+
+    (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True)
+    cfg = ["--category", "toy", "--root", str(tmp_path / "mvtec"), "--datasets", str(tmp_path / "ds"), "--runs",
+           str(tmp_path / "runs"), "--from-scratch"]
+    calls = []
+    real = pipeline.run_stage
+    pipeline.run_stage = lambda argv, log: calls.append(argv) or 3
+    try:
+        assert pipeline.main(cfg) == 2
+    finally:
+        pipeline.run_stage = real
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(calls) == 1 and err[-1] == (f"error: pipeline stage 'convert' failed (exit 3; see the messages above; "
+                                           f"log: {tmp_path / 'runs' / 'toy' / 'pipeline.log'})")
 
 
 def test_demo_bad_arguments_are_one_line_errors():
@@ -201,22 +206,21 @@ def test_demo_bad_arguments_are_one_line_errors():
 
 
 def test_demo_with_root_runs_the_pipeline_on_that_real_category(tmp_path):
-    stub = tmp_path / "python"
-    stub.write_text(STUB)
-    stub.chmod(0o755)
-    (tmp_path / "mvtec" / "capsule" / "test").mkdir(parents=True)
-    calls = tmp_path / "calls.txt"
-    env = {**os.environ, "PYTHON_BIN": str(stub), "STUB_CALLS": str(calls), "REAL_PY": str(REPO / ".venv/bin/python"),
-           "DEMO_FAST": "1"}
+    """--root uses the real category as is (no synthetic data), through the whole pipeline (smallest settings)."""
+    from defect_vision.data.synthetic import make_category
+
+    make_category(tmp_path / "mvtec", "capsule", style="capsule", size=96, defects=("crack", "hole"), per_defect=4,
+                  good_test=2, good_train=2, combined=0, seed=2)
+    env = {**os.environ, "DEMO_FAST": "1"}
     r = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--root", str(tmp_path / "mvtec"), "--category",
                         "capsule", "--work", str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+                       timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert f"demo: real MVTec AD category capsule from {tmp_path}/mvtec" in r.stdout
     assert not (tmp_path / "work" / "datasets" / "synthetic").exists()  # no synthetic data generated
-    lines = calls.read_text().splitlines()
-    assert lines[0].startswith(f"converters/mvtec_to_all.py --category capsule --root {tmp_path}/mvtec "
-                               f"--out {tmp_path}/work/datasets")
-    sam = next(l for l in lines if l.startswith("-m finetune.sam"))
-    assert "--epochs 1" in sam and ("--from-scratch" in sam) is (not OFFICIAL)
-    assert f"open {tmp_path}/work/runs/capsule/report/index.html" in r.stdout
+    run = tmp_path / "work" / "runs" / "capsule"
+    pipeline = json.loads((run / "pipeline.json").read_text())
+    assert pipeline["root"] == str(tmp_path / "mvtec") and pipeline["settings"]["sam_epochs"] == 1
+    gt = json.loads((tmp_path / "work" / "datasets" / "coco" / "capsule" / "instances_test.json").read_text())
+    assert {c["name"] for c in gt["categories"]} == {"crack", "hole"}
+    assert (run / "report" / "index.html").is_file() and f"open {run}/report/index.html" in r.stdout

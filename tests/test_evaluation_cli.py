@@ -1,4 +1,5 @@
-"""The evaluation CLIs end to end on a hand-built split: outputs, numbers, plots, and bad input."""
+"""`defect-vision evaluate` and `defect-vision calibrate` end to end on a hand-built split: outputs, numbers, plots,
+output-folder safety, box-only results, and bad input."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from evaluation import calibrate, evaluate
+from defect_vision.cli import calibrate, evaluate
+from defect_vision.io import MARKER
 from test_evaluation_metrics import H, W, make_gt, perfect_preds, pred, rect, shifted_preds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +41,6 @@ def test_evaluate_writes_metrics_report_and_plots(case, capsys):
     (tmp / "pred.json").write_text(json.dumps(shifted_preds() + [fp]))
     (tmp / "val_pred.json").write_text(json.dumps(perfect_preds() + [fp]))
     out = tmp / "report"
-    out.mkdir()
-    (out / "index.html").write_text("kept")  # someone else's file in the report folder survives
     rc = evaluate.main(["--gt", str(gt), "--pred", str(tmp / "pred.json"), "--out", str(out),
                         "--val-gt", str(val), "--val-pred", str(tmp / "val_pred.json")])
     assert rc == 0
@@ -59,7 +59,7 @@ def test_evaluate_writes_metrics_report_and_plots(case, capsys):
     assert m["calibrated"]["mask_iou"]["mean_instance"] == 0.0  # test scores 0.8/0.7 fall below 0.9
     th = json.loads((out / "thresholds.json").read_text())
     assert th["default"] == 0.25 and th["thresholds"]["hole"] == pytest.approx(0.9)
-    assert (out / "index.html").read_text() == "kept"
+    assert json.loads((out / MARKER).read_text())["kind"] == "evaluate"
     for png in ("pr_curves.png", "iou_histogram.png", "worst_cases.png"):
         img = cv2.imread(str(out / png))
         assert img is not None and img.shape[0] > 100, png
@@ -67,7 +67,11 @@ def test_evaluate_writes_metrics_report_and_plots(case, capsys):
     assert "| hole | 1 | 0.739 |" in report and "![worst_cases.png](worst_cases.png)" in report
     per_image = json.loads((out / "per_image.json").read_text())
     assert [p["image_id"] for p in per_image] == [1, 2, 3] and per_image[2]["fp_pixels"] == 20
-    assert not list(tmp.glob(".report.*"))  # no temporary folder left
+    assert not list(tmp.glob(".report*"))  # no temporary folder or journal left
+    # a second run replaces the folder as a whole: no stale thresholds.json of the run with val
+    assert evaluate.main(["--gt", str(gt), "--pred", str(tmp / "pred.json"), "--out", str(out), "--no-plots"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "metrics.json", "per_image.json", "report.md"]
+    assert json.loads((out / "metrics.json").read_text())["calibrated"] is None
 
 
 def test_evaluate_without_images_skips_the_overlay_grid(tmp_path):
@@ -83,7 +87,9 @@ def test_evaluate_without_images_skips_the_overlay_grid(tmp_path):
     ("unknown ids", [{"image_id": 42, "category_id": 1, "bbox": [0, 0, 2, 2], "score": 0.5}],
      "image id(s) not in"),
     ("malformed", '[{"image_id": 1,', "not valid JSON"),
-    ("missing", None, "no such file"),
+    ("missing", None, "missing (no such COCO results file)"),
+    ("negative box width", [{"image_id": 1, "category_id": 1, "bbox": [30, 10, -20, 20], "score": 0.9}],
+     "entry 0 has bbox [30, 10, -20, 20] with a negative width or height"),
     ("not a list", {"annotations": []}, "not a COCO results list"),
 ])
 def test_evaluate_bad_input_is_one_line_and_exit_2(tmp_path, capsys, problem, content, message):
@@ -95,7 +101,7 @@ def test_evaluate_bad_input_is_one_line_and_exit_2(tmp_path, capsys, problem, co
     assert evaluate.main(["--gt", str(gt), "--pred", str(p), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {p}: ") and message in err[0]
-    assert not out.exists() and not list(tmp_path.glob(".report.*"))
+    assert not out.exists() and not list(tmp_path.glob(".report*"))
 
 
 def test_calibrate_cli_writes_the_thresholds_file(tmp_path, capsys):
@@ -115,9 +121,20 @@ def test_calibrate_cli_writes_the_thresholds_file(tmp_path, capsys):
     assert not (tmp_path / "t2.json").exists()
 
 
-def test_help_lists_options_and_defaults():
-    res = subprocess.run([sys.executable, "-m", "evaluation.evaluate", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert res.returncode == 0 and "--val-pred" in res.stdout and "default: 200" in res.stdout
+@pytest.mark.parametrize("command, required, options", [
+    ("evaluate", "--gt g --pred p --out o", ["--val-pred", "--score-threshold", "--force", "(default: 200)"]),
+    ("calibrate", "--gt g --pred p --out o", ["--iou", "(default: 0.25)"]),
+    ("report", "--run r", ["--top-k", "--force", "(default: 4)"]),
+])
+def test_every_command_has_help_and_no_seed(command, required, options):
+    res = subprocess.run([sys.executable, "-m", "defect_vision", command, "--help"], cwd=REPO, capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and res.stdout.startswith(f"usage: defect-vision {command} ")
+    text = " ".join(res.stdout.split())  # argparse wraps lines
+    assert all(o in text for o in options) and "--seed" not in text
+    res = subprocess.run([sys.executable, "-m", "defect_vision", command, *required.split(), "--seed", "0"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().endswith("error: unrecognized arguments: --seed 0")
 
 
 def test_predictions_on_a_folder_are_matched_to_the_gt_by_path(case, capsys):
@@ -172,4 +189,91 @@ def test_an_out_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'taken'}: ")
     assert (tmp_path / "taken").read_text() == "a file, not a folder" and not list(tmp_path.glob(".taken.*"))
     assert calibrate.main(["--gt", str(gt), "--pred", str(tmp_path / "p.json"), "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: cannot write (Is a directory)"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: is a folder, not a file (the thresholds json goes there)"
+
+
+def _run(gt: Path, pred: Path, out: Path, *extra: str) -> int:
+    return evaluate.main(["--gt", str(gt), "--pred", str(pred), "--out", str(out), "--no-plots", *extra])
+
+
+def test_evaluate_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    gt = make_gt(tmp_path / "gt.json")
+    (tmp_path / "p.json").write_text(json.dumps(perfect_preds()))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    assert _run(gt, tmp_path / "p.json", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out}: folder exists and is not a previous evaluate output (no {MARKER} in it); "
+                   "pass --force to replace it, or choose another folder"]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and not list(tmp_path.glob(".mine*"))
+    # another command's output is refused too
+    (out / MARKER).write_text(json.dumps({"kind": "report"}))
+    assert _run(gt, tmp_path / "p.json", out) == 2
+    assert "is a report output, not a evaluate one" in capsys.readouterr().err
+    # --force replaces it as a whole
+    assert _run(gt, tmp_path / "p.json", out, "--force") == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "metrics.json", "per_image.json", "report.md"]
+    assert json.loads((out / "metrics.json").read_text())["coco"]["segm"]["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("where", ["folder of the GT", "folder of the predictions", "parent of the GT folder"])
+def test_evaluate_refuses_an_out_folder_that_holds_an_input_even_with_force(tmp_path, capsys, where):
+    data = tmp_path / "data"
+    data.mkdir()
+    gt = make_gt(data / "gt.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predictions.json").write_text(json.dumps(perfect_preds()))
+    out = {"folder of the GT": data, "folder of the predictions": run, "parent of the GT folder": tmp_path}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert _run(gt, run / "predictions.json", out, "--force") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: output folder holds the input ")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_box_only_results_evaluate_through_the_cli(tmp_path, capsys):
+    """Issue 9: COCO bbox results (no segmentation) used to fail in pycocotools ("Argument 'bb' has incorrect
+    type"); they give box AP, and the mask figures come from the boxes, said in metrics.json, summary and report."""
+    gt = make_gt(tmp_path / "gt.json")
+    boxes = [{k: v for k, v in p.items() if k != "segmentation"} for p in perfect_preds()]
+    (tmp_path / "p.json").write_text(json.dumps(boxes))
+    assert _run(gt, tmp_path / "p.json", tmp_path / "r") == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "box AP50 1.000" in line and "mask figures from boxes: 2/2 predictions are box-only" in line
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["coco"]["bbox"]["AP"] == pytest.approx(1.0) and m["coco"]["segm"]["AP"] == pytest.approx(1.0)
+    assert m["inputs"]["mask_source"] == "boxes" and m["counts"]["predictions_without_mask"] == 2
+    assert "**Note: mask figures from boxes: 2/2 predictions" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_negative_box_width_is_refused_naming_the_entry(tmp_path, capsys):
+    """Issue 10: a box with negative width used to pass silently (box AP50 1.000 -> 0.901)."""
+    gt = make_gt(tmp_path / "gt.json")
+    preds = perfect_preds()
+    x, y, w, h = preds[1]["bbox"]
+    preds[1]["bbox"] = [x + w, y, -w, h]
+    (tmp_path / "p.json").write_text(json.dumps(preds))
+    assert _run(gt, tmp_path / "p.json", tmp_path / "r") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'p.json'}: entry 1 has bbox [45.0, 40.0, -40.0, 10.0] with a negative width or height "
+        "(expected [x, y, w, h])"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_calibrate_never_overwrites_its_input(tmp_path, capsys):
+    gt = make_gt(tmp_path / "val.json")
+    (tmp_path / "p.json").write_text(json.dumps(perfect_preds()))
+    before = gt.read_text()
+    assert calibrate.main(["--gt", str(gt), "--pred", str(tmp_path / "p.json"), "--out", str(gt)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {gt}: is an input of this command; choose another output file"
+    assert gt.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "val.json"]
+
+
+def test_val_gt_without_val_pred_is_a_usage_error(tmp_path, capsys):
+    gt = make_gt(tmp_path / "gt.json")
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--gt", str(gt), "--pred", str(gt), "--out", str(tmp_path / "r"), "--val-gt", str(gt)])
+    assert exc.value.code == 2 and "--val-gt and --val-pred go together" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

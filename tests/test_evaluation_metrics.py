@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from converters.errors import DatasetError
-from converters.masks import encode_rle
-from evaluation import calibrate as cal
-from evaluation import mask_iou
-from evaluation.coco_metrics import coco_metrics
-from evaluation.data import load_ground_truth, load_predictions, predictions_by_image
-from evaluation.pixel_metrics import PixelAccumulator, aupro_from_curve, pixel_metrics, region_thresholds
+from defect_vision.coco import load_coco, load_results
+from defect_vision.detections import Detections, ImageInfo
+from defect_vision.errors import DatasetError
+from defect_vision.evaluation import EvalConfig, calibrate, evaluate, mask_iou
+from defect_vision.evaluation.coco_metrics import coco_metrics
+from defect_vision.evaluation.metrics import iou_figures
+from defect_vision.evaluation.pixel_metrics import PixelAccumulator, aupro_from_curve, pixel_metrics, region_thresholds
+from defect_vision.evaluation.thresholds import apply_thresholds
+from defect_vision.masks import encode_rle
 
 H = W = 64
 CATEGORIES = [{"id": 1, "name": "hole", "prompt": "hole", "supercategory": "toy"},
@@ -69,21 +71,15 @@ def shifted_preds() -> list[dict]:
 
 
 def load(tmp_path: Path, preds: list[dict], masks: dict = GT_MASKS, polygons: bool = True):
-    gt = load_ground_truth(make_gt(tmp_path / "gt.json", masks, polygons))
+    """(CocoDataset, {image id: Detections}) of a hand-built GT and predictions, through defect_vision.coco."""
+    gt = load_coco(make_gt(tmp_path / "gt.json", masks, polygons))
     (tmp_path / "pred.json").write_text(json.dumps(preds))
-    return gt, load_predictions(tmp_path / "pred.json", gt)
+    return gt, load_results(tmp_path / "pred.json", gt)
 
 
 def iou_summary(gt, preds) -> dict:
-    by_image = predictions_by_image(preds)
-    images, instances, per_class = [], [], {}
-    for im in gt.images.values():
-        s, inst = mask_iou.image_ious(im, by_image.get(im.id, []))
-        images.append(s)
-        instances += inst
-        for cid in {a["category_id"] for a in im.annotations}:
-            per_class.setdefault(cid, []).append(mask_iou.class_image_iou(im, by_image.get(im.id, []), cid))
-    return mask_iou.summarize(images, instances, per_class, gt.categories)
+    images, instances, per_class = iou_figures(gt, preds)
+    return mask_iou.summarize(images, instances, per_class, gt.class_names)
 
 
 @pytest.mark.parametrize("polygons", [True, False])
@@ -134,36 +130,32 @@ def test_good_image_false_positives_are_counted(tmp_path):
 
 def test_instances_are_matched_one_to_one():
     a, b = rect(0, 0, 10, 10), rect(0, 30, 10, 10)
-    img = mask_iou.GtImage(1, "x.png", H, W, False, [{"id": 1, "category_id": 1, "rle": _rle(a)},
-                                                   {"id": 2, "category_id": 1, "rle": _rle(b)}])
-    one = mask_iou.Prediction(1, 1, bbox(a | b), 0.5, _rle(a | b), True)  # one mask over both
-    s, inst = mask_iou.image_ious(img, [one])
+    im = ImageInfo(1, "x.png", H, W, is_good=False)
+    gt = Detections([[0, 0, 10, 10], [30, 0, 40, 10]], [0, 0], [1, 1], mask=np.stack([a, b]), image=im,
+                    data={"annotation_id": np.array([1, 2])}, class_names=["hole"])
+    one = Detections([[0, 0, 40, 10]], [0], [0.5], mask=(a | b)[None], image=im, class_names=["hole"])  # one mask over both
+    s, inst = mask_iou.image_ious(gt, one)
     assert sorted(i.iou for i in inst) == [0.0, pytest.approx(0.5)]
     assert s.iou == pytest.approx(1.0) and s.unmatched_predictions == 0
-
-
-def _rle(m: np.ndarray) -> dict:
-    r = encode_rle(m)
-    return {"size": r["size"], "counts": r["counts"].encode()}
+    assert [(i.annotation_id, i.class_id) for i in inst] == [(1, 0), (2, 0)]
 
 
 def test_pixel_auroc_matches_sklearn_on_prediction_maps(tmp_path):
     preds = shifted_preds() + [pred(1, 1, rect(5, 40, 8, 8), 0.3), pred(3, 2, rect(50, 50, 6, 6), 0.45),
                                pred(2, 2, rect(38, 0, 6, 64), 0.6)]
     gt, loaded = load(tmp_path, preds)
-    from evaluation.evaluate import iou_figures
-    acc = PixelAccumulator(region_thresholds(np.array([p.score for p in loaded] + [0.0])))
-    iou_figures(gt, predictions_by_image(loaded), pixel=acc)
+    acc = PixelAccumulator(region_thresholds(np.concatenate([d.score for d in loaded.values()] + [[0.0]])))
+    iou_figures(gt, loaded, pixel=acc)
     got = acc.result()
     labels, scores = [], []
-    by_image = predictions_by_image(loaded)
-    for im in gt.images.values():
+    for im in gt.images:
         g = np.zeros((H, W), bool)
         for _, m in GT_MASKS[im.id]:
             g |= m
         s = np.zeros((H, W))
-        for p in sorted(by_image.get(im.id, []), key=lambda p: p.score):
-            s[_decode(p.rle)] = p.score
+        det = loaded.get(im.id)
+        for k in (np.argsort(det.score, kind="stable") if det is not None else []):
+            s[det.masks[k]] = det.score[k]
         labels.append(g.ravel())
         scores.append(s.ravel())
     assert got["auroc"] == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(scores)), abs=1e-3)
@@ -174,11 +166,6 @@ def test_pixel_auroc_matches_sklearn_on_prediction_maps(tmp_path):
     lab, sc = np.concatenate(labels), np.concatenate(scores)
     best = max(2 * (lab & (sc >= t)).sum() / ((sc >= t).sum() + lab.sum()) for t in np.unique(sc))
     assert got["max_f1"] == pytest.approx(best)
-
-
-def _decode(rle: dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-    return mask_utils.decode(rle).astype(bool)
 
 
 def test_pixel_auroc_matches_sklearn_on_continuous_maps():
@@ -255,14 +242,19 @@ def test_calibration_picks_the_f1_maximising_threshold(tmp_path):
              pred(1, 2, rect(0, 0, 8, 8), 0.95)]  # scratch: no GT of its class anywhere -> default
     gt, loaded = load(tmp_path, preds, masks)
     # hole F1 by threshold: .9 -> .4, .8 -> .667, .7 -> .571, .6 -> .75, .5 -> .667, .4 -> .6
-    classes = {c.name: c for c in cal.calibrate(gt, loaded)}
+    th = calibrate(gt, loaded)
+    classes = {c.name: c for c in th.classes}
     assert classes["hole"].threshold == pytest.approx(0.6)
     assert (classes["hole"].f1, classes["hole"].precision, classes["hole"].recall) == pytest.approx((0.75, 0.75, 0.75))
     assert classes["scratch"].threshold is None
-    doc = cal.thresholds_document(list(classes.values()), 0.25)
+    doc = th.to_dict()
     assert doc["thresholds"] == {"hole": pytest.approx(0.6), "scratch": 0.25} and doc["default"] == 0.25
-    kept = cal.apply_thresholds(loaded, gt, doc)
-    assert sorted(p.score for p in kept) == [0.6, 0.7, 0.8, 0.9, 0.95]
+    assert doc["stats"]["scratch"] == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "gt": 0, "predictions": 1,
+                                       "calibrated": False}
+    kept = apply_thresholds(loaded, th.by_name, th.default)
+    assert sorted(np.concatenate([d.score for d in kept.values()]).tolist()) == [0.6, 0.7, 0.8, 0.9, 0.95]
+    # the same thresholds from the files
+    assert calibrate(tmp_path / "gt.json", tmp_path / "pred.json").to_dict() == doc
 
 
 def test_unknown_image_ids_are_rejected(tmp_path):
@@ -274,18 +266,18 @@ def test_malformed_inputs_are_rejected(tmp_path):
     gt_path = make_gt(tmp_path / "gt.json")
     (tmp_path / "bad.json").write_text('[{"image_id": 1, ')
     with pytest.raises(DatasetError, match=r"bad\.json: not valid JSON"):
-        load_predictions(tmp_path / "bad.json", load_ground_truth(gt_path))
+        load_results(tmp_path / "bad.json", load_coco(gt_path))
     with pytest.raises(DatasetError, match=r"bad\.json: not valid JSON"):
-        load_ground_truth(tmp_path / "bad.json")
-    with pytest.raises(DatasetError, match=r"nope\.json: no such file"):
-        load_ground_truth(tmp_path / "nope.json")
+        load_coco(tmp_path / "bad.json")
+    with pytest.raises(DatasetError, match=r"nope\.json: missing \(no such COCO json file\)"):
+        load_coco(tmp_path / "nope.json")
     small = pred(1, 1, rect(0, 0, 3, 3, 32, 32), 0.5)
     (tmp_path / "p.json").write_text(json.dumps([small]))
     with pytest.raises(DatasetError, match=r"p\.json: entry 0 \(image id 1\): mask is 32x32 but the image is 64x64"):
-        load_predictions(tmp_path / "p.json", load_ground_truth(gt_path))
+        load_results(tmp_path / "p.json", load_coco(gt_path))
     (tmp_path / "p.json").write_text(json.dumps([{**small, "category_id": 7}]))
     with pytest.raises(DatasetError, match=r"category id 7"):
-        load_predictions(tmp_path / "p.json", load_ground_truth(gt_path))
+        load_results(tmp_path / "p.json", load_coco(gt_path))
 
 
 def _corrupt_counts(rle: dict) -> dict:
@@ -301,7 +293,7 @@ def _corrupt_counts(rle: dict) -> dict:
 ])
 def test_malformed_prediction_fields_are_one_line_errors(tmp_path, field, value, message):
     """Bad ids/boxes raise DatasetError, and a corrupt RLE is caught before pycocotools (which loops or crashes on it)."""
-    gt = load_ground_truth(make_gt(tmp_path / "gt.json"))
+    gt = load_coco(make_gt(tmp_path / "gt.json"))
     entry = pred(1, 1, rect(10, 10, 20, 20), 0.9)
     if field == "counts":
         value = _corrupt_counts(entry["segmentation"])["counts"] if value == "corrupt" else value
@@ -310,7 +302,7 @@ def test_malformed_prediction_fields_are_one_line_errors(tmp_path, field, value,
         entry[field] = value
     (tmp_path / "p.json").write_text(json.dumps([entry]))
     with pytest.raises(DatasetError, match=rf"p\.json: {message}"):
-        load_predictions(tmp_path / "p.json", gt)
+        load_results(tmp_path / "p.json", gt)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -325,12 +317,66 @@ def test_malformed_ground_truth_fields_are_one_line_errors(tmp_path, change, mes
     change(data)
     path.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=rf"gt\.json: {message}"):
-        load_ground_truth(path)
+        load_coco(path)
 
 
 def test_rle_string_counts_round_trip():
-    from evaluation.data import rle_string_counts
+    from defect_vision.coco import rle_string_counts
 
     m = rect(3, 5, 7, 9) | rect(30, 40, 2, 20)
     counts = rle_string_counts(encode_rle(m)["counts"].encode())
     assert sum(counts) == H * W and sum(counts[1::2]) == m.sum()  # column-major runs, starting with background
+
+
+def test_evaluate_api_takes_files_or_records_and_gives_the_same_figures(tmp_path):
+    gt, loaded = load(tmp_path, shifted_preds())
+    from_records = evaluate(gt, loaded, EvalConfig())
+    from_files = evaluate(tmp_path / "gt.json", tmp_path / "pred.json")
+    a, b = from_records.to_dict(), from_files.to_dict()
+    assert a.pop("inputs")["pred"] is None and b.pop("inputs")["pred"] == str(tmp_path / "pred.json")
+    assert a == b
+    assert list(from_files.to_dict()) == ["inputs", "counts", "mask_iou", "coco", "pixel", "image_auroc", "calibrated",
+                                          "plots"]
+    assert from_files.mask_ap == pytest.approx(0.45) and from_files.box_ap50 == pytest.approx(1.0)
+    assert from_files.mean_instance_iou == pytest.approx((17 / 23 + 2 / 3) / 2)
+    assert from_files.inputs["mask_source"] == "masks" and from_files.plots == [] and from_files.calibrated is None
+    assert [im.iou for im in from_files.per_image] == [pytest.approx(17 / 23), pytest.approx(2 / 3), None]
+    assert from_files.summary_line().startswith("evaluated 3 images (2 defect, 1 good), 2 predictions: mask IoU 0.703 "
+                                                "(instance) / 0.703 (image), mask AP 0.450, box AP50 1.000")
+    # score_threshold drops predictions from the mask IoU only
+    high = evaluate(gt, loaded, EvalConfig(score_threshold=0.75))
+    assert high.mask_iou["per_class"]["scratch"]["mean_instance"] == 0.0 and high.mask_ap == pytest.approx(0.45)
+    with pytest.raises(DatasetError, match=r"predictions: image id\(s\) \[9\] not in .*gt\.json"):
+        evaluate(gt, {**loaded, 9: loaded[1]})
+
+
+def test_box_only_results_evaluate_with_their_boxes_as_masks(tmp_path):
+    """Standard COCO bbox results (no segmentation) give box AP; the mask figures use each box as its mask (said so)."""
+    boxes_only = [{k: v for k, v in p.items() if k != "segmentation"} for p in shifted_preds()]
+    gt, loaded = load(tmp_path, boxes_only)
+    m = evaluate(gt, loaded)
+    # the GT defects are rectangles: a box mask is the same rectangle, so mask and box figures agree
+    assert m.box_ap == pytest.approx(0.45) and m.mask_ap == pytest.approx(0.45)
+    assert m.mask_iou["per_class"]["hole"]["mean_instance"] == pytest.approx(17 / 23)
+    assert (m.inputs["mask_source"], m.counts["predictions_without_mask"]) == ("boxes", 2)
+    assert m.summary_line().endswith("; mask figures from boxes: 2/2 predictions are box-only (no segmentation), "
+                                     "each box taken as its mask")
+    mixed = evaluate(gt, load(tmp_path, boxes_only[:1] + shifted_preds()[1:])[1])
+    assert (mixed.inputs["mask_source"], mixed.counts["predictions_without_mask"]) == ("masks+boxes", 1)
+    assert evaluate(gt, {}).inputs["mask_source"] is None
+
+
+def test_evaluation_imports_no_later_stage():
+    """Data flows data -> formats -> models -> training -> inference -> evaluation; evaluation imports no later
+    stage, nor training/inference/models (it reads their files), nor the CLI."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "defect_vision" / "evaluation"
+    bad = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.split(".")[:2] in (["defect_vision", s] for s in ("training", "inference", "models", "cli"))]
+    assert not bad

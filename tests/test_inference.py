@@ -11,11 +11,11 @@ import torch
 from pycocotools.coco import COCO
 from segment_anything.modeling import ImageEncoderViT, PromptEncoder
 
-from converters.coco import annotations, categories, first_annotation_ids, image_entry
-from converters.masks import decode_rle
-from converters.mvtec import read_category
-from inference.predict import main
-from inference.random_models import save_random_detector, save_random_sam
+from defect_vision.formats.coco import annotations, categories, first_annotation_ids, image_entry
+from defect_vision.masks import decode_rle
+from defect_vision.data.mvtec import read_category
+from defect_vision.cli.predict import main
+from defect_vision.models.random_init import save_random_detector, save_random_sam
 
 IMGSZ = 64  # detector input: tiny on purpose, the tests check plumbing, not accuracy
 SAM_SIZE = 256  # vit_tiny's encoder input (longest side)
@@ -54,7 +54,7 @@ def models(category, tmp_path_factory) -> dict[str, Path]:
         # ultralytics' own init (bias -10): scores ~0, no detection anywhere
         "silent": save_random_detector(d / "silent" / "best.pt", category.defect_types, imgsz=IMGSZ, seed=1),
         "sam": save_random_sam(d / "sam" / "best.pth", "vit_tiny"),
-        # finetune.sam writes best.json beside best.pth; inference takes --model-type from it when not given
+        # defect_vision.training.sam writes best.json beside best.pth; inference takes --model-type from it when not given
         "sam_meta": _write(d / "sam" / "best.json", json.dumps({"model_type": "vit_tiny"})),
     }
 
@@ -297,7 +297,7 @@ def _truncated_sam(path: Path, tmp_path: Path) -> Path:
 
 
 def test_model_type_hint_from_the_state_dict(tmp_path):
-    from inference.segmenter import guess_model_type
+    from defect_vision.models.sam import guess_model_type
 
     fake_vit_b = {"image_encoder.patch_embed.proj.weight": torch.zeros(768, 1, 1, 1),
                   **{f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(12)}}
@@ -315,3 +315,166 @@ def test_classes_keeps_only_the_named_classes(odd_folder, models, category, tmp_
     preds, _, summary = read_outputs(tmp_path / "one")
     assert preds and {p["category_id"] for p in preds} == {keep}
     assert list(summary["detections_per_class"]) == [category.defect_types[keep - 1]]
+
+
+# ---------------------------------------------------------------- data safety ("never lose a user's data")
+def _copy_folder(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["source", "parent", "inside"])
+def test_out_never_replaces_the_source_images(where, odd_folder, models, tmp_path, capsys):
+    src = _copy_folder(odd_folder, tmp_path / "data" / "imgs")
+    before = _tree(tmp_path / "data")
+    out = {"source": src, "parent": tmp_path / "data", "inside": src / "pred"}[where]
+    rc = main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
+               "--quiet", "--force"])
+    assert rc == 2
+    how = {"source": "is", "parent": "holds", "inside": "lies inside"}[where]
+    assert capsys.readouterr().err.strip() == (f"error: {out}: output folder {how} the input {src}; choose another "
+                                               "output folder (it would be replaced as a whole)")
+    assert _tree(tmp_path / "data") == before
+
+
+def test_out_that_is_a_file_or_a_foreign_folder_is_refused(odd_folder, models, tmp_path, capsys):
+    common = ["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only", "--quiet"]
+    a_file = tmp_path / "results.json"
+    a_file.write_text("[]")
+    assert main([*common, "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {a_file}: exists and is not a folder; choose another output folder"
+    assert a_file.read_text() == "[]" and not list(tmp_path.glob(".results.json*"))
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main([*common, "--out", str(foreign)]) == 2
+    assert "is not a previous predict output" in capsys.readouterr().err and (foreign / "notes.txt").is_file()
+    out = tmp_path / "pred"
+    assert main([*common, "--out", str(out)]) == 0
+    assert main([*common, "--out", str(out)]) == 0  # a previous predict run is replaced without --force
+    assert main([*common, "--out", str(foreign), "--force"]) == 0 and not (foreign / "notes.txt").exists()
+
+
+def test_nothing_predicted_is_an_error_and_missing_files_say_so(gt_json, models, tmp_path, capsys):
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.png").write_bytes(b"\x89PNG garbage")
+    common = ["--detector", str(models["detector"]), "--box-only", "--quiet"]
+    assert main(["--source", str(folder), "--out", str(tmp_path / "o1"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: no image could be predicted (2 unreadable; first: {folder / 'a.png'}: not a readable "
+                       "image)") and not (tmp_path / "o1").exists()
+    moved = tmp_path / "moved.json"  # a COCO json whose images are not where it says
+    data = json.loads(gt_json.read_text())
+    data["info"]["image_root"] = str(tmp_path / "gone")
+    moved.write_text(json.dumps(data))
+    assert main(["--source", str(moved), "--out", str(tmp_path / "o2"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'gone'}/test/combined/000.png: missing (no such image file)" in err
+    assert err.strip().splitlines()[-1].startswith("error: no image could be predicted (5 unreadable")
+
+
+def test_a_failed_write_stops_the_run_at_once_naming_file_and_errno(odd_folder, models, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import defect_vision.inference.run as run_mod
+
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(12):
+        (src / f"{i:02d}.png").write_bytes((odd_folder / "a.png").read_bytes())
+    written, real = [], run_mod.write_png
+
+    def full_disk(path, image):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        real(path, image)
+
+    monkeypatch.setattr(run_mod, "write_png", full_disk)
+    detector_images = []
+    real_detect = run_mod.DefectPredictor.detect
+    monkeypatch.setattr(run_mod.DefectPredictor, "detect", lambda self, ims: detector_images.extend(ims) or real_detect(self, ims))
+    out = tmp_path / "out"
+    rc = main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
+               "--batch", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and err[-1].endswith("01.png: No space left on device [errno 28]")
+    assert len(detector_images) <= 4  # stopped within a couple of images, not after all 12
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_stale_temporaries_are_cleaned(odd_folder, models, tmp_path, capsys, monkeypatch):
+    import defect_vision.inference.run as run_mod
+
+    stale = tmp_path / ".out.99999999.k1ll3d.tmp"  # what a killed run leaves (pid 99999999 is not running)
+    (stale / "masks").mkdir(parents=True)
+    (stale / "masks" / "x.png").write_bytes(b"\0" * 1000)
+
+    def interrupt(path, image):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "write_png", interrupt)
+    out = tmp_path / "out"
+    rc = main(["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130 and err == ["interrupted (nothing half-written was kept)"]
+    assert [p.name for p in tmp_path.iterdir()] == []  # the stale folder was cleaned, the interrupted one removed
+
+
+def test_masks_are_upsampled_in_chunks_with_the_same_result(odd_folder, models):
+    """Peak memory is bounded by the chunk budget whatever the box count; the masks do not depend on it."""
+    from defect_vision.data.mvtec import read_image
+    from defect_vision.inference.segmenter import Segmenter, chunk_size
+    from defect_vision.models.sam import load_sam
+
+    assert chunk_size(4000, 4000) == 3 and chunk_size(256, 256) == 819
+    image = read_image(odd_folder / "a.png")
+    boxes = np.array([[10, 10, 60, 80], [100, 20, 200, 90], [30, 150, 90, 250], [0, 0, 255, 255], [50, 50, 52, 53]], np.float32)
+    sam = load_sam(models["sam"], "vit_tiny")
+    big = Segmenter(sam, torch.device("cpu"))
+    small = Segmenter(sam, torch.device("cpu"), budget=2 * 5 * 256 * 256)  # 2 boxes per chunk
+    a, iou_a = big.segment(image, boxes)
+    b, iou_b = small.segment(image, boxes)
+    assert big.upsample_chunks == 1 and small.upsample_chunks == 3 and small.decoder_calls == 1
+    assert [r["counts"] for r in a] == [r["counts"] for r in b]
+    np.testing.assert_allclose(iou_a, iou_b)
+
+
+def test_readme_python_api_example(models, category, tmp_path, monkeypatch):
+    """The README's API example, run as written on a run folder holding random-init checkpoints in the real formats."""
+    import re
+    import shutil
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- api-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    run = tmp_path / "runs" / "wood"
+    (run / "yolo_world").mkdir(parents=True)
+    (run / "sam").mkdir()
+    shutil.copy(models["detector"], run / "yolo_world" / "best.pt")
+    shutil.copy(models["sam"], run / "sam" / "best.pth")
+    shutil.copy(models["sam_meta"], run / "sam" / "best.json")
+    (tmp_path / "new_images").mkdir()
+    shutil.copy(category.root / "test" / "hole" / "000.png", tmp_path / "new_images" / "0001.png")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code.replace("predictor = DefectPredictor.from_run(\"runs/wood\")",
+                              "predictor = DefectPredictor.from_run(\"runs/wood\", conf=0.1)"), "README.md", "exec"), scope)
+    result = scope["result"]
+    n = len(result)
+    assert n > 0 and result.xyxy.shape == (n, 4) and result.scores.shape == (n,)
+    assert result.masks.shape == (n, 256, 256) and result.masks.dtype == bool
+    assert all(name in category.defect_types for name in result.class_names)
+    overlay = cv2.imread(str(tmp_path / "0001_overlay.png"))
+    assert overlay.shape == (256, 256, 3) and (overlay != cv2.imread(str(tmp_path / "new_images" / "0001.png"))).any()
+    entries = scope["entries"]
+    assert len(entries) == n and entries[0]["image_id"] == 1 and {"bbox", "score", "segmentation"} <= set(entries[0])
+    many = scope["predictor"]([cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB)] * 2)
+    assert isinstance(many, list) and len(many) == 2

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from converters.masks import component_polygons, decode_rle, encode_rle, inner_point, mask_to_instances, polygons_to_mask
+from defect_vision.data.records import mask_to_instances
+from defect_vision.masks import component_polygons, decode_rle, encode_rle, inner_point, polygons_to_mask
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -102,7 +103,7 @@ def test_inner_point_is_the_distance_transform_maximum_and_lies_inside():
 
 
 def test_label_components_matches_opencv_stats_for_few_and_many_components():
-    from converters.masks import label_components
+    from defect_vision.masks import label_components
 
     rng = np.random.default_rng(1)
     for density in (0.002, 0.3):  # a few components, then hundreds (OpenCV's own stats path)
@@ -115,7 +116,7 @@ def test_label_components_matches_opencv_stats_for_few_and_many_components():
 
 
 def test_masks_are_binarised_with_greater_than_zero(tmp_path):
-    from converters.mvtec import read_mask
+    from defect_vision.data.mvtec import read_mask
 
     gray = np.zeros((20, 30), np.uint8)
     gray[2:5, 3:9] = 254  # some MVTec-like sets use 254
@@ -133,3 +134,16 @@ def test_masks_are_binarised_with_greater_than_zero(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), rgba)
     mask = read_mask(tmp_path / "a.png")
     assert mask.shape == (20, 30) and mask.sum() == 6 and mask[1:4, 2:4].all()
+
+
+def test_a_read_image_becomes_the_one_record(synthetic_root):
+    """The reader's records convert to Detections whose masks are the ground-truth components, exactly."""
+    from defect_vision.data.mvtec import read_category, read_mask
+
+    cat = read_category(synthetic_root, "toy_wood")
+    rec = next(r for r in cat.images if r.defect_type == "combined")
+    det = rec.to_detections(cat.defect_types, image_id=7)
+    assert len(det) == len(rec.instances) >= 2 and det.image.id == 7 and det.image.is_good is False
+    assert set(det.names) <= set(cat.defect_types) and det.category_id.tolist() == [cat.category_id("combined")] * len(det)
+    assert (det.masks.any(0) == read_mask(rec.mask_path)).all()
+    assert det.xywh.tolist() == [list(i.bbox) for i in rec.instances]

@@ -1,4 +1,5 @@
-"""evaluation.html_report: the numbers on the page, the best/worst choice, and a real headless Chromium rendering it."""
+"""`defect-vision report` / evaluation.write_report: the numbers on the page, the best/worst choice, output-folder
+safety, and a real headless Chromium rendering it."""
 from __future__ import annotations
 
 import html
@@ -13,8 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from converters.masks import encode_rle
-from evaluation import html_report
+from defect_vision.cli import report
+from defect_vision.evaluation import write_report
+from defect_vision.io import MARKER
+from defect_vision.masks import encode_rle
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 SIZE = 64
@@ -76,7 +79,7 @@ def make_run(tmp: Path, weights: str = "random-init") -> tuple[Path, Path]:
 
 def test_scores_best_and_worst_images(tmp_path):
     run, gt_path = make_run(tmp_path)
-    rep = html_report.write_report(run, run / "report", gt_path, k=2)
+    rep = write_report(run, run / "report", gt_path, top_k=2)
     ious = {s.file_name: s.iou for s in [*rep.best, *rep.worst]}
     assert ious == {"test/hole/000.png": 1.0, "test/good/001.png": 1.0, "test/good/000.png": 0.0,
                     "test/hole/001.png": pytest.approx(0.5)}
@@ -90,9 +93,11 @@ def test_scores_best_and_worst_images(tmp_path):
     assert t[20, 20, 0] > t[20, 20, 1] + 50 and t[10, 20, 1] > t[10, 20, 0] + 50
 
 
-def test_report_json_holds_every_stage_and_page_shows_smoke(tmp_path):
+def test_report_json_holds_every_stage_and_page_shows_smoke(tmp_path, capsys):
     run, gt_path = make_run(tmp_path)
-    assert html_report.main(["--run", str(run), "--gt", str(gt_path)]) == 0
+    assert report.main(["--run", str(run), "--gt", str(gt_path)]) == 0
+    assert capsys.readouterr().out.strip() == (f"report: {run / 'report' / 'index.html'} (SMOKE RUN, random-init weights; "
+                                               "mask IoU 0.750, pixel AUROC 0.938; 4 thumbnails; 0 missing inputs)")
     data = json.loads((run / "report" / "report.json").read_text())
     assert data["smoke"] is True and data["weights"]["detector"] == "random-init"
     assert data["detector"] == {"zero_shot": None, "fine_tuned": {"map50": 0.125, "map50_95": 0.0625}}
@@ -118,7 +123,7 @@ def test_thumbnails_use_the_calibrated_thresholds(tmp_path):
     preds[2]["score"] = 0.1  # the false positive on test/good/000.png falls below the hole threshold
     (run / "predict" / "predictions.json").write_text(json.dumps(preds))
     (run / "eval" / "thresholds.json").write_text(json.dumps({"thresholds": {"hole": 0.3}, "default": 0.25}))
-    rep = html_report.write_report(run, run / "report", gt_path, k=4)
+    rep = write_report(run, run / "report", gt_path, top_k=4)
     ious = {s.file_name: s.iou for s in [*rep.best, *rep.worst]}
     assert ious["test/good/000.png"] == 1.0 and ious["test/hole/001.png"] == pytest.approx(0.5)
     assert rep.thumb_thresholds == str(run / "eval" / "thresholds.json")
@@ -127,25 +132,25 @@ def test_thumbnails_use_the_calibrated_thresholds(tmp_path):
 
 @pytest.mark.parametrize("detector, sam, banner", [
     ("official", "official", "official"),
-    ("official", "checkpoint", "custom"),  # finetune.sam's word for a --checkpoint that is not the default file
+    ("official", "checkpoint", "custom"),  # defect_vision.training.sam's word for a --checkpoint that is not the default file
     ("official", "random-init", "smoke"),
 ])
 def test_banner_follows_the_weights_of_both_models(tmp_path, detector, sam, banner):
     run, gt_path = make_run(tmp_path, weights=detector)
     meta = json.loads((run / "sam" / "best.json").read_text())
     (run / "sam" / "best.json").write_text(json.dumps({**meta, "weights": sam}))
-    rep = html_report.write_report(run, run / "report", gt_path)
+    rep = write_report(run, gt=gt_path)
     page = (run / "report" / "index.html").read_text()
     assert rep.smoke is (banner == "smoke") and ("SMOKE RUN" in page) is (banner == "smoke")
     assert f'class="banner {banner}"' in page and f"SAM {sam}" in page
 
 
 def test_bad_input_is_one_line_error_and_leaves_nothing(tmp_path, capsys):
-    assert html_report.main(["--run", str(tmp_path / "nope")]) == 2
+    assert report.main(["--run", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such run folder"
     run, gt_path = make_run(tmp_path)
     (run / "eval" / "metrics.json").write_text("{broken")
-    assert html_report.main(["--run", str(run), "--gt", str(gt_path)]) == 2
+    assert report.main(["--run", str(run), "--gt", str(gt_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {run / 'eval' / 'metrics.json'}: not valid JSON")
     assert not (run / "report").exists() and not list(run.glob(".report*"))
@@ -183,7 +188,7 @@ def render_in_chromium(index: Path) -> dict:
                                               ".ci/run installs it when it can")
 def test_chromium_renders_tables_and_thumbnails(tmp_path):
     run, gt_path = make_run(tmp_path)
-    html_report.write_report(run, run / "report", gt_path, k=2)
+    write_report(run, run / "report", gt_path, top_k=2)
     seen = render_in_chromium(run / "report" / "index.html")
     tables = {t["id"]: t for t in seen["tables"]}
     assert set(tables) == {"detector", "segmentation", "sam-finetune", "per-class"}
@@ -197,6 +202,51 @@ def test_chromium_renders_tables_and_thumbnails(tmp_path):
 
 def test_negative_top_k_is_refused(tmp_path, capsys):
     run, gt_path = make_run(tmp_path)
-    assert html_report.main(["--run", str(run), "--gt", str(gt_path), "--top-k", "-1"]) == 2
+    assert report.main(["--run", str(run), "--gt", str(gt_path), "--top-k", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --top-k -1: must be >= 0"
     assert not (run / "report").exists()
+
+
+def test_report_replaces_only_its_own_folder(tmp_path, capsys):
+    run, gt_path = make_run(tmp_path)
+    out = run / "report"
+    assert report.main(["--run", str(run), "--gt", str(gt_path), "--top-k", "1"]) == 0
+    assert json.loads((out / MARKER).read_text())["kind"] == "report" and len(list((out / "thumbs").iterdir())) == 2
+    data = json.loads((out / "report.json").read_text())
+    assert str(gt_path) in data["inputs"] and str(run / "predict" / "predictions.json") in data["inputs"]
+    # a re-run replaces the whole folder: no thumbnail of the previous run is left over
+    assert report.main(["--run", str(run), "--gt", str(gt_path), "--top-k", "0"]) == 0
+    assert list((out / "thumbs").iterdir()) == []
+    capsys.readouterr()
+    # a folder that is not a report output is refused, untouched, unless --force
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert report.main(["--run", str(run), "--gt", str(gt_path), "--out", str(mine)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {mine}: folder exists and is not a previous report output "
+                                               f"(no {MARKER} in it); pass --force to replace it, or choose another folder")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert report.main(["--run", str(run), "--gt", str(gt_path), "--out", str(mine), "--force"]) == 0
+    assert (mine / "index.html").is_file() and not (mine / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("out", ["run", "run/eval", "gt folder"])
+def test_report_never_replaces_a_folder_holding_what_it_reads(tmp_path, capsys, out):
+    run, gt_path = make_run(tmp_path)
+    target = {"run": run, "run/eval": run / "eval", "gt folder": gt_path.parent}[out]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert report.main(["--run", str(run), "--gt", str(gt_path), "--out", str(target), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {target}: output folder holds the input ")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_page_says_when_mask_figures_come_from_boxes(tmp_path):
+    run, gt_path = make_run(tmp_path)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["counts"] = {"predictions": 3, "predictions_without_mask": 3}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    rep = write_report(run, gt=gt_path)
+    note = "mask figures from boxes: 3/3 predictions are box-only (no segmentation), each box taken as its mask"
+    assert rep.notes == [f"SAM on detected boxes: {note}"]
+    assert f'<p class="mask-note"><b>Note</b>: SAM on detected boxes: {note}.</p>' in (run / "report" / "index.html").read_text()

@@ -1,4 +1,5 @@
-"""build_sam: the project's vit_tiny and the official vit_b through segment_anything's registry."""
+"""Model construction in one place: build_sam (vit_tiny and the official vit_b through segment_anything's
+registry), build_random_sam, load_sam's one-line errors, model_type_for and default_checkpoint."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,12 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, Sam
 
-from finetune.sam_model import CheckpointError, build_sam, default_checkpoint
+import json
+
+from defect_vision.errors import DatasetError
+from defect_vision.models.random_init import save_random_sam
+from defect_vision.models.sam import (CheckpointError, build_random_sam, build_sam, default_checkpoint, load_sam,
+                                      model_type_for)
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -70,3 +76,45 @@ def test_wrong_model_type_and_bad_files_are_clear_errors(tmp_path):
         build_sam("vit_tiny", junk)
     with pytest.raises(ValueError, match="unknown SAM model type"):
         build_sam("vit_xl", None)
+
+
+def test_random_init_is_seeded_and_save_random_sam_writes_that_model(tmp_path):
+    a, b, c = build_random_sam("vit_tiny", 5), build_random_sam("vit_tiny", 5), build_random_sam("vit_tiny", 6)
+    assert _same_state(a.state_dict(), b.state_dict()) and not _same_state(a.state_dict(), c.state_dict())
+    path = save_random_sam(tmp_path / "sub" / "tiny.pth", "vit_tiny", seed=5)
+    assert _same_state(load_sam(path, "vit_tiny").state_dict(), a.state_dict())
+    assert [p.name for p in path.parent.iterdir()] == ["tiny.pth"]  # written atomically: no temporary file left
+
+
+def test_load_sam_errors_are_one_line_and_name_the_file(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        load_sam(tmp_path / "sam_vit_h_4b8939.pth", "vit_h")  # an official file: how to get it
+    assert str(err.value) == (f"{tmp_path / 'sam_vit_h_4b8939.pth'}: SAM checkpoint not found; get it with "
+                              "scripts/download_weights.sh (or https://github.com/facebookresearch/segment-anything#model-checkpoints)")
+    with pytest.raises(DatasetError, match=r"best.pth: SAM checkpoint not found \(expected a SAM best.pth state_dict\)$"):
+        load_sam(tmp_path / "best.pth", "vit_b")
+    tiny = save_random_sam(tmp_path / "tiny.pth")
+    with pytest.raises(DatasetError) as err:
+        load_sam(tiny, "vit_b")
+    msg = str(err.value)
+    assert msg.startswith(f"{tiny}: does not fit SAM model type 'vit_b'") and "\n" not in msg
+    assert msg.endswith("; it looks like a vit_tiny checkpoint: try --model-type vit_tiny")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(DatasetError, match=rf"^{junk}: not a readable PyTorch checkpoint"):
+        load_sam(junk, "vit_tiny")
+
+
+def test_model_type_comes_from_the_option_then_best_json_then_vit_b(tmp_path):
+    ckpt = tmp_path / "best.pth"
+    assert model_type_for(ckpt, None) == "vit_b"
+    (tmp_path / "best.json").write_text(json.dumps({"model_type": "vit_tiny"}))
+    assert model_type_for(ckpt, None) == "vit_tiny" and model_type_for(ckpt, "vit_l") == "vit_l"
+    (tmp_path / "best.json").write_text(json.dumps({"model_type": "vit_xxl"}))
+    assert model_type_for(ckpt, None) == "vit_b"
+
+
+def test_vit_tiny_has_no_official_checkpoint():
+    with pytest.raises(DatasetError, match=r"^--model-type vit_tiny: vit_tiny has no official checkpoint; pass "
+                                           r"--checkpoint PATH or --from-scratch$"):
+        default_checkpoint("vit_tiny")

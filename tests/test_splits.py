@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import DatasetError
-from converters.records import Category, ImageRecord
-from converters.splits import SPLITS, SplitConfig, _counts, load_or_make_split, load_split, make_split, save_split
+from defect_vision.errors import DatasetError
+from defect_vision.data.records import Category, ImageRecord
+from defect_vision.data.splits import SPLITS, SplitConfig, _counts, load_or_make_split, load_split, make_split, save_split
 
 
 def fake_category(per_type: dict[str, int], good: int) -> Category:

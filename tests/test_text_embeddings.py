@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import text_embeddings as te
+from defect_vision.models import text_embeddings as te
 
 
 def _openai_archive(state_dict: dict[str, torch.Tensor], extras: dict[str, int]) -> torch.jit.ScriptModule:

@@ -1,0 +1,42 @@
+"""defect-vision: open-vocabulary defect detection (YOLO-World) and segmentation (SAM), fine-tuned on your defects.
+
+    from defect_vision import DefectPredictor
+    result = DefectPredictor.from_run("runs/wood")("new_images/0001.png")
+
+Names are imported on first use, so `import defect_vision` stays light (no torch until a model is needed).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    # the one record and its COCO I/O
+    "Detections": "defect_vision.detections", "ImageInfo": "defect_vision.detections",
+    "CocoDataset": "defect_vision.coco", "load_coco": "defect_vision.coco", "save_coco": "defect_vision.coco",
+    "load_results": "defect_vision.coco", "save_results": "defect_vision.coco",
+    # data -> formats
+    "MvtecSource": "defect_vision.formats.export", "ExportConfig": "defect_vision.formats.export",
+    "convert": "defect_vision.formats.export", "export": "defect_vision.formats.export",
+    "SplitConfig": "defect_vision.data.splits", "read_category": "defect_vision.data.mvtec",
+    # inference
+    "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.predictor",
+    "Result": "defect_vision.inference.predictor", "predict_run": "defect_vision.inference.run",
+    "RunOptions": "defect_vision.inference.run",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'defect_vision' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

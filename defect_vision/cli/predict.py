@@ -1,0 +1,93 @@
+"""`defect-vision predict`: YOLO-World boxes -> SAM masks on new images -> predictions.json, label masks, overlays."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from defect_vision.cli.common import add_force, parser, run_command
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    from defect_vision.devices import PRECISIONS
+
+    p = parser(prog, "Detect defects with a fine-tuned YOLO-World checkpoint, refine every box into a mask with SAM "
+                     "(image encoder once per image, all boxes decoded in one batched call; no SAM call for images "
+                     "without detections), and write COCO results, label-mask PNGs and optional overlays.",
+               epilog="--run runs/<C> stands for --detector runs/<C>/yolo_world/best.pt --sam runs/<C>/sam/best.pth "
+                      "--thresholds runs/<C>/thresholds.json (when it exists); explicit options win.")
+    p.add_argument("--source", required=True,
+                   help="a folder (searched recursively), a glob ('imgs/*.png'), one image, or a COCO instances json "
+                        "(images from info.image_root + file_name, keeping its image ids)")
+    p.add_argument("--run", type=Path, default=None, help="a pipeline run folder: its detector, SAM and thresholds")
+    p.add_argument("--detector", type=Path, help="YOLO-World checkpoint (runs/<C>/yolo_world/best.pt); "
+                                                 "not needed with --gt-boxes")
+    p.add_argument("--sam", type=Path, help="SAM state_dict (runs/<C>/sam/best.pth); not needed with --box-only")
+    p.add_argument("--model-type", default=None,
+                   help="SAM model type (vit_b|vit_l|vit_h|vit_tiny); default: model_type of best.json beside --sam, "
+                        "else vit_b")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (runs/<C>/predict); replaced as a whole, so it must not hold the source and "
+                        "must be empty or a previous prediction run unless --force")
+    p.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (per-class ones: --thresholds)")
+    p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=100, help="most detections per image")
+    p.add_argument("--classes", nargs="+", default=None, help="keep only these class names (default: all classes)")
+    p.add_argument("--imgsz", type=int, default=None, help="detector input size (default: the checkpoint's, else 640)")
+    p.add_argument("--batch", type=int, default=4, help="images per detector forward")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (CUDA asked for but missing is an error)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast dtype on CUDA (auto: bf16 where supported, else fp16); CPU runs fp32")
+    p.add_argument("--save-overlays", action="store_true", help="also write overlays/<name>.png (boxes, names, scores, masks)")
+    p.add_argument("--box-only", action="store_true", help="skip SAM: the segmentation of a detection is its box")
+    p.add_argument("--gt-boxes", type=Path, default=None,
+                   help="COCO instances json: run SAM on its ground-truth boxes (score 1) instead of the detector "
+                        "(the segmentation upper bound); images matched by id (same json) or path")
+    p.add_argument("--thresholds", type=Path, default=None,
+                   help="per-class confidence thresholds from `defect-vision calibrate` "
+                        "({'thresholds': {name: t}, 'default': t}); classes not listed use 'default', else --conf")
+    p.add_argument("--mask-threshold", type=float, default=0.0, help="SAM mask logit threshold")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: skipped with a warning)")
+    p.add_argument("--prefetch", type=int, default=4, help="images read ahead by the loader thread")
+    p.add_argument("--seed", type=int, default=0, help="seed for torch/numpy/random (inference itself is deterministic)")
+    add_force(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> int:
+    from defect_vision.errors import DatasetError
+
+    a = build_parser(prog).parse_args(argv)
+
+    def body() -> None:
+        from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+        from defect_vision.inference.run import RunOptions, predict_run
+
+        detector, sam, thresholds = a.detector, a.sam, a.thresholds
+        if a.run is not None:
+            if not a.run.is_dir():
+                raise DatasetError(f"{a.run}: no such run folder (--run expects runs/<category>)")
+            detector = detector or a.run / "yolo_world" / "best.pt"
+            sam = sam or a.run / "sam" / "best.pth"
+            if thresholds is None and (a.run / "thresholds.json").is_file():
+                thresholds = a.run / "thresholds.json"
+        if a.gt_boxes is not None:
+            detector = None  # the boxes come from the ground truth
+        elif detector is None:
+            raise DatasetError("--detector: required unless --gt-boxes gives the boxes (or --run gives a run folder)")
+        if not a.box_only and sam is None:
+            raise DatasetError("--sam: required unless --box-only")
+        config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
+                               thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,
+                               box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed)
+        config.check()
+        options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
+                             prefetch=a.prefetch, force=a.force, progress=not a.quiet)
+        from defect_vision.inference.sources import resolve_source
+
+        source = resolve_source(a.source)  # bad sources fail before any model is loaded
+        predictor = DefectPredictor(detector, None if a.box_only else sam, config)
+        summary = predict_run(predictor, source, a.out, options)
+        print(summary.line(a.out))
+
+    return run_command(body, a.out)

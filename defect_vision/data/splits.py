@@ -1,0 +1,120 @@
+"""A seeded split of a category, stratified per defect type, with good images spread as negatives.
+
+Written once to splits.json; every exporter reads the same file, so COCO, YOLO, VOC and SAM agree.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from defect_vision.errors import DatasetError
+from defect_vision.io import atomic_write_text
+from defect_vision.data.records import Category
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 0
+    good_ratio: float = 0.5  # good images per split = ceil(good_ratio * defect images in that split)
+    good_per_split: tuple[int, int, int] | None = None  # overrides good_ratio when given
+
+
+@dataclass
+class Split:
+    category: str
+    config: SplitConfig
+    files: dict[str, list[str]] = field(default_factory=dict)  # split -> file_names (sorted)
+    unused_good: list[str] = field(default_factory=list)
+
+    def split_of(self) -> dict[str, str]:
+        return {f: s for s, names in self.files.items() for f in names}
+
+
+def _counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
+    """Largest-remainder allocation; with n >= number of non-zero ratios every such split gets one."""
+    raw = [n * r / sum(ratios) for r in ratios]
+    counts = [math.floor(x) for x in raw]
+    # ties go to the later split: with 2 images of a type, train and test (not val) get one
+    for i in sorted(range(3), key=lambda i: (raw[i] - counts[i], i), reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    wanted = [i for i in range(3) if ratios[i] > 0]
+    if n >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                counts[max(range(3), key=lambda j: counts[j])] -= 1
+                counts[i] += 1
+    return counts
+
+
+def make_split(cat: Category, config: SplitConfig) -> Split:
+    rng = random.Random(config.seed)
+    files: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for defect in cat.defect_types:
+        names = sorted(r.file_name for r in cat.images if r.defect_type == defect)
+        rng.shuffle(names)
+        start = 0
+        for s, k in zip(SPLITS, _counts(len(names), config.ratios)):
+            files[s] += names[start : start + k]
+            start += k
+    good = sorted(r.file_name for r in cat.images if r.is_good)
+    rng.shuffle(good)
+    if config.good_per_split is not None:
+        want = list(config.good_per_split)
+    else:
+        want = [math.ceil(config.good_ratio * len(files[s])) for s in SPLITS]
+    if sum(want) > len(good):  # too few good images: share them in proportion
+        want = _counts(len(good), tuple(float(k) for k in want)) if sum(want) else [0, 0, 0]
+    start = 0
+    for s, k in zip(SPLITS, want):
+        files[s] += good[start : start + k]
+        start += k
+    return Split(cat.name, config, {s: sorted(v) for s, v in files.items()}, sorted(good[start:]))
+
+
+def split_json(split: Split) -> str:
+    """The text of a splits.json."""
+    data = {"category": split.category, "config": asdict(split.config), "splits": split.files, "unused_good": split.unused_good}
+    return json.dumps(data, indent=1)
+
+
+def save_split(split: Split, path: Path) -> None:
+    atomic_write_text(path, split_json(split))
+
+
+def load_split(path: Path) -> Split:
+    try:
+        data = json.loads(Path(path).read_text())
+        cfg = data["config"]
+        config = SplitConfig(
+            tuple(cfg["ratios"]), int(cfg["seed"]), float(cfg["good_ratio"]),
+            tuple(cfg["good_per_split"]) if cfg.get("good_per_split") is not None else None,
+        )
+        return Split(data["category"], config, {s: list(data["splits"][s]) for s in SPLITS}, list(data.get("unused_good", [])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a valid splits.json ({exc.__class__.__name__}: {exc})") from None
+
+
+def load_or_make_split(cat: Category, path: Path, config: SplitConfig, resplit: bool = False) -> tuple[Split, bool]:
+    """The category's split: read from path when it exists (and fits the data), else made and saved. Returns (split, created)."""
+    path = Path(path)
+    if path.exists() and not resplit:
+        split = load_split(path)
+        if split.config != config:
+            raise DatasetError(
+                f"{path}: existing split was made with {asdict(split.config)}, not {asdict(config)}; "
+                "pass --resplit to replace it (every format must then be exported again)"
+            )
+        known = {r.file_name for r in cat.images}
+        listed = set(split.split_of()) | set(split.unused_good)
+        defects = {r.file_name for r in cat.images if not r.is_good}
+        if not listed <= known or not defects <= set(split.split_of()):
+            raise DatasetError(f"{path}: split does not match the images of {cat.root}; pass --resplit to replace it")
+        return split, False
+    split = make_split(cat, config)
+    return split, True

@@ -1,0 +1,391 @@
+"""One HTML page per run: every stage's metrics, the weights used, and the best and worst test images.
+
+Reads `runs/<C>/{yolo_world/best.json, sam/best.json, eval/metrics.json, eval_gt_boxes/metrics.json,
+predict/predictions.json, pipeline.json}` (whatever exists) and writes `runs/<C>/report/` with
+`index.html`, `report.json` (the numbers on the page), `thumbs/*.png` and `plots/*.png`, as a whole
+(io.atomic_dir, kind "report"). Smoke runs (random-init weights) are labelled as such on the page: their
+numbers test the plumbing only.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from defect_vision.coco import CocoDataset, load_coco
+from defect_vision.data.mvtec import read_image
+from defect_vision.errors import DatasetError
+from defect_vision.evaluation.inputs import Predictions, load_predictions, of_image
+from defect_vision.evaluation.overlays import tint_and_outline, union_mask
+from defect_vision.evaluation.report_md import masks_note
+from defect_vision.evaluation.thresholds import apply_thresholds
+from defect_vision.io import atomic_dir, read_json
+
+THUMB_SIDE = 256
+KIND = "report"  # the marker kind of an output folder
+
+
+@dataclass
+class ImageScore:
+    """Binary defect-mask IoU of one test image (1.0 for a good image with no prediction)."""
+    image_id: int
+    file_name: str
+    iou: float
+    n_gt: int
+    n_pred: int
+    thumb: str = ""
+
+
+@dataclass
+class RunReport:
+    category: str
+    run: str
+    weights: dict[str, str] = field(default_factory=dict)
+    smoke: bool = False
+    detector: dict[str, dict | None] = field(default_factory=dict)
+    sam_finetune: dict | None = None
+    segmentation: dict[str, dict | None] = field(default_factory=dict)
+    per_class: list[dict] = field(default_factory=list)
+    best: list[ImageScore] = field(default_factory=list)
+    worst: list[ImageScore] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    thumb_thresholds: str | None = None
+    settings: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. which mask figures come from boxes
+    missing: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # the files read
+
+
+def read_optional_json(path: Path, missing: list[str], read: list[str]) -> dict | list | None:
+    """Parsed JSON (its path recorded in `read`), or None (recorded in `missing`) when the file is absent;
+    DatasetError when unreadable."""
+    if not path.is_file():
+        missing.append(str(path))
+        return None
+    read.append(str(path))
+    return read_json(path)
+
+
+def read_thresholds(path: Path) -> tuple[dict[str, float], float]:
+    """(class name -> threshold, default) of a thresholds json (default 0: classes not listed keep everything)."""
+    doc = read_json(path, "thresholds")
+    th = doc.get("thresholds") if isinstance(doc, dict) else None
+    default = doc.get("default", 0.0) if isinstance(doc, dict) else None
+    if not isinstance(th, dict) or not all(number(v) is not None for v in [*th.values(), default]):
+        raise DatasetError(f"{path}: expected {{\"thresholds\": {{\"<class name>\": 0.3, ...}}, \"default\": 0.25}}")
+    return {str(k): float(v) for k, v in th.items()}, float(default)
+
+
+def dig(d, *keys):
+    """d[k0][k1]... or None when any level is missing."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def number(x) -> float | None:
+    """A finite float, else None (NaN, None and non-numbers all show as n/a)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def segmentation_row(metrics: dict | None) -> dict | None:
+    """The numbers one evaluation (metrics.json) contributes to the main table."""
+    if metrics is None:
+        return None
+    return {
+        "mask_iou_instance": number(dig(metrics, "mask_iou", "mean_instance")),
+        "mask_iou_image": number(dig(metrics, "mask_iou", "mean_image")),
+        "bbox_AP": number(dig(metrics, "coco", "bbox", "AP")),
+        "bbox_AP50": number(dig(metrics, "coco", "bbox", "AP50")),
+        "segm_AP": number(dig(metrics, "coco", "segm", "AP")),
+        "segm_AP50": number(dig(metrics, "coco", "segm", "AP50")),
+        "pixel_auroc": number(dig(metrics, "pixel", "auroc")),
+        "aupro": number(dig(metrics, "pixel", "aupro")),
+        "max_f1": number(dig(metrics, "pixel", "max_f1")),
+        "region_max_f1": number(dig(metrics, "pixel", "region_max_f1")),
+        "image_auroc": number(metrics.get("image_auroc")),
+        "mask_iou_calibrated": number(dig(metrics, "calibrated", "mask_iou", "mean_instance")),
+        "good_fp_images": dig(metrics, "mask_iou", "good_fp_images"),
+    }
+
+
+def detector_row(metrics: dict | None) -> dict | None:
+    if metrics is None:
+        return None
+    return {"map50": number(metrics.get("map50")), "map50_95": number(metrics.get("map50_95"))}
+
+
+def per_class_rows(det: dict | None, seg: dict | None) -> list[dict]:
+    """One row per defect class: fine-tuned detector AP50 and mask IoU / AP of the pipeline."""
+    sources = {  # column -> (table {class: number | {key: number}}, keys to take from a dict, in order)
+        "det_map50": (dig(det, "metrics", "fine_tuned", "per_class"), ("map50", "AP50", "ap50")),
+        "mask_iou": (dig(seg, "mask_iou", "per_class"), ("mean_instance", "mean_image")),
+        "bbox_AP": (dig(seg, "coco", "bbox", "per_class"), ("AP",)),
+        "segm_AP": (dig(seg, "coco", "segm", "per_class"), ("AP",)),
+    }
+    rows: dict[str, dict] = defaultdict(dict)
+    for col, (table, keys) in sources.items():
+        if not isinstance(table, dict):
+            continue
+        for name, value in table.items():
+            if isinstance(value, dict):
+                value = next((value[k] for k in keys if k in value), None)
+            rows[name][col] = number(value)
+    return [{"class": name, **vals} for name, vals in sorted(rows.items())]
+
+
+def score_images(gt: CocoDataset, predictions: Predictions) -> tuple[list[ImageScore], dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Per test image: the IoU of the union of its predicted masks with the union of its GT masks, and both unions."""
+    scores, gts, pms = [], {}, {}
+    for im in gt.images:
+        truth, pred = gt.detections[im.id], of_image(predictions, gt, im.id)
+        g, p = union_mask(truth, im.height, im.width), union_mask(pred, im.height, im.width)
+        union = np.logical_or(g, p).sum()
+        iou = 1.0 if union == 0 else float(np.logical_and(g, p).sum() / union)
+        scores.append(ImageScore(im.id, im.file_name, iou, len(truth), len(pred)))
+        gts[im.id], pms[im.id] = g, p
+    return scores, gts, pms
+
+
+def pick_best_worst(scores: list[ImageScore], k: int) -> tuple[list[ImageScore], list[ImageScore]]:
+    """Best: highest IoU, defect images first on ties; worst: lowest IoU among the rest."""
+    best = sorted(scores, key=lambda s: (-s.iou, s.n_gt == 0, s.file_name))[:k]
+    chosen = {s.image_id for s in best}
+    worst = sorted((s for s in scores if s.image_id not in chosen), key=lambda s: (s.iou, s.n_gt == 0, s.file_name))[:k]
+    return best, worst
+
+
+def draw_thumb(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """RGB thumbnail: prediction tinted red, ground truth outlined green (as in evaluation's worst-case grid)."""
+    if image is None:
+        image = np.full((*gt.shape, 3), 128, np.uint8)
+    out = tint_and_outline(image, pred, gt, max(1, round(max(gt.shape) / 200)))
+    scale = THUMB_SIDE / max(out.shape[:2])
+    if scale < 1:
+        out = cv2.resize(out, (round(out.shape[1] * scale), round(out.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
+    """Everything the page shows, plus what the thumbnails need (the GT dataset, both masks per image)."""
+    missing: list[str] = []
+    read: list[str] = []
+    pipeline = read_optional_json(run / "pipeline.json", [], read)  # optional: written by scripts/run_pipeline.sh
+    pipeline = pipeline if isinstance(pipeline, dict) else {}
+    det = read_optional_json(run / "yolo_world" / "best.json", missing, read)
+    sam = read_optional_json(run / "sam" / "best.json", missing, read)
+    ev = read_optional_json(run / "eval" / "metrics.json", missing, read)
+    ev_gt = read_optional_json(run / "eval_gt_boxes" / "metrics.json", missing, read)
+    rep = RunReport(category=pipeline.get("category") or run.name, run=str(run))
+    rep.settings = pipeline.get("settings") or {}
+    rep.seconds = pipeline.get("seconds") or {}
+    rep.weights = {"detector": (det or {}).get("weights", "unknown"), "sam": (sam or {}).get("weights", "unknown")}
+    rep.smoke = any(w == "random-init" for w in rep.weights.values())
+    rep.detector = {"zero_shot": detector_row(dig(det, "metrics", "zero_shot")),
+                    "fine_tuned": detector_row(dig(det, "metrics", "fine_tuned"))}
+    if sam is not None:
+        rep.sam_finetune = {k2: sam.get(k2) for k2 in ("model_type", "epochs", "val_iou_start", "val_iou_best")}
+        if det is not None:
+            rep.weights["detector_text_encoder"] = str(det.get("text_encoder", "unknown"))
+        rep.weights["sam_model_type"] = str(sam.get("model_type", "unknown"))
+    rep.segmentation = {"detected_boxes": segmentation_row(ev), "gt_boxes": segmentation_row(ev_gt)}
+    for label, metrics in (("SAM on detected boxes", ev), ("SAM on ground-truth boxes", ev_gt)):
+        note = masks_note(dig(metrics, "counts") or {})
+        if note:
+            rep.notes.append(f"{label}: {note}")
+    rep.per_class = per_class_rows(det, ev)
+    rep.plots = sorted(p.name for p in (run / "eval").glob("*.png")) if (run / "eval").is_dir() else []
+    read += [str(run / "eval" / p) for p in rep.plots]
+
+    gt_path = gt_path or (Path(pipeline["gt_test"]) if pipeline.get("gt_test") else None)
+    images: dict = {}
+    pred_path = run / "predict" / "predictions.json"
+    if gt_path is None:
+        missing.append("test ground truth (pass --gt instances_test.json)")
+    elif not pred_path.is_file():
+        missing.append(str(pred_path))
+    elif not Path(gt_path).is_file():
+        missing.append(str(gt_path))
+    else:
+        gt = load_coco(Path(gt_path))
+        predictions, _ = load_predictions(pred_path, gt)
+        read += [str(gt_path), str(pred_path)]
+        th_path = next((q for q in (run / "eval" / "thresholds.json", run / "thresholds.json") if q.is_file()), None)
+        if th_path is not None:
+            predictions = apply_thresholds(predictions, *read_thresholds(th_path))
+            rep.thumb_thresholds = str(th_path)
+            read.append(str(th_path))
+        scores, gts, pms = score_images(gt, predictions)
+        rep.best, rep.worst = pick_best_worst(scores, k)
+        images = {"dataset": gt, "gt": gts, "pred": pms}
+    rep.missing, rep.inputs = missing, read
+    return rep, images
+
+
+def fmt(x, digits: int = 3) -> str:
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(x)
+    x = number(x)
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+SEG_COLUMNS = [("mask_iou_instance", "mask IoU (instance)"), ("mask_iou_image", "mask IoU (image)"),
+               ("mask_iou_calibrated", "mask IoU at val thresholds"),
+               ("bbox_AP", "box AP"), ("bbox_AP50", "box AP50"), ("segm_AP", "mask AP"), ("segm_AP50", "mask AP50"),
+               ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"), ("max_f1", "max-F1"),
+               ("region_max_f1", "region max-F1"), ("image_auroc", "image AUROC")]
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #bbb;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}thead{background:#eee}
+.banner{padding:1em;border-radius:6px;margin:1em 0;font-weight:600}
+.smoke{background:#fde2e1;border:3px solid #c0392b;color:#7b1c13}.official{background:#e3f4e1;border:2px solid #2e7d32}
+.custom{background:#fff4d6;border:2px solid #b7791f}
+figure{display:inline-block;margin:.4em;text-align:center;font-size:.85em}figure img{display:block;border:1px solid #999}
+.missing{color:#a66}"""
+
+
+def render(rep: RunReport) -> str:
+    e = html.escape
+    w = rep.weights
+    if rep.smoke:
+        banner = (f'<div id="weights" class="banner smoke">SMOKE RUN — weights: detector {e(w["detector"])}, '
+                  f'SAM {e(w["sam"])}. Random-initialised models built from config: these numbers only show that '
+                  f'every stage runs end to end. They say nothing about model quality. Put the official weights in '
+                  f'weights/ (scripts/download_weights.sh) for real numbers.</div>')
+    elif all(w[k] == "official" for k in ("detector", "sam")):
+        banner = (f'<div id="weights" class="banner official">Official pretrained weights, fine-tuned: '
+                  f'detector {e(w["detector"])}, SAM {e(w["sam"])}.</div>')
+    else:
+        banner = (f'<div id="weights" class="banner custom">Start weights not (all) the official release files: '
+                  f'detector {e(w["detector"])}, SAM {e(w["sam"])} (see the stages\' best.json for the files).</div>')
+    details = ", ".join(f"{e(k)}: {e(str(v))}" for k, v in w.items())
+    det_rows = [[label, fmt(dig(rep.detector, key, "map50")), fmt(dig(rep.detector, key, "map50_95"))]
+                if rep.detector.get(key) else [label] + ["not run" + (" (random-init: nothing to measure)"
+                                                                      if rep.smoke and key == "zero_shot" else "")] * 2
+                for key, label in (("zero_shot", "zero-shot (prompts only)"), ("fine_tuned", "fine-tuned"))]
+    seg_rows = []
+    for key, label in (("gt_boxes", "SAM on ground-truth boxes"), ("detected_boxes", "SAM on detected boxes (pipeline)")):
+        row = rep.segmentation.get(key)
+        seg_rows.append([label] + ([fmt(row[c]) for c, _ in SEG_COLUMNS] if row else ["missing"] * len(SEG_COLUMNS)))
+    sam = rep.sam_finetune
+    sam_rows = [[e(str(sam.get("model_type"))), fmt(sam.get("epochs")), fmt(sam.get("val_iou_start")),
+                 fmt(sam.get("val_iou_best"))]] if sam else [["missing", "", "", ""]]
+    pc_rows = [[e(r["class"]), fmt(r.get("det_map50")), fmt(r.get("mask_iou")), fmt(r.get("bbox_AP")),
+                fmt(r.get("segm_AP"))] for r in rep.per_class]
+
+    def figures(items: list[ImageScore]) -> str:
+        return "".join(f'<figure><img src="{e(s.thumb)}" alt="{e(s.file_name)}" width="{THUMB_SIDE}">'
+                       f'<figcaption>{e(s.file_name)}<br>IoU {s.iou:.3f} · {s.n_gt} GT · {s.n_pred} pred</figcaption></figure>'
+                       for s in items) or "<p>no test images scored</p>"
+
+    parts = [
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>defect-vision report: {e(rep.category)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>defect-vision report: {e(rep.category)}</h1>",
+        banner, f"<p>Weights: {details}. Run folder: <code>{e(rep.run)}</code>.</p>",
+        (f"<p id=settings>Settings: {e(', '.join(f'{k} {v}' for k, v in rep.settings.items()))}. Stage times (s): "
+         f"{e(', '.join(f'{k} {v}' for k, v in rep.seconds.items()))}.</p>" if rep.settings else ""),
+        "<h2>Detector (YOLO-World): zero-shot vs fine-tuned, validation split</h2>",
+        table(["detector", "mAP50", "mAP50-95"], det_rows, "detector"),
+        "<h2>Segmentation on the test split: SAM on ground-truth boxes vs on detected boxes</h2>",
+        table(["boxes"] + [h for _, h in SEG_COLUMNS], seg_rows, "segmentation"),
+        '<p id="gt-box-note">On ground-truth boxes the boxes are the answer: box AP is 1 and image AUROC is 1 (only '
+        "defect images get a box) by construction. That row is SAM's upper bound; compare its mask columns.</p>",
+        "".join(f'<p class="mask-note"><b>Note</b>: {e(n)}.</p>' for n in rep.notes),
+        "<h2>SAM fine-tune (validation mask IoU)</h2>",
+        table(["model type", "epochs", "IoU before", "IoU best"], sam_rows, "sam-finetune"),
+        "<h2>Per class (pipeline on detected boxes)</h2>",
+        table(["class", "detector AP50", "mask IoU", "box AP", "mask AP"], pc_rows, "per-class") if pc_rows
+        else "<p>no per-class numbers</p>",
+        "<h2>Best test images</h2><p>Red: predicted masks"
+        + (f" at the per-class thresholds calibrated on val (<code>{e(rep.thumb_thresholds)}</code>)" if rep.thumb_thresholds
+           else " (all predictions)") + ". Green outline: ground truth. IoU: defect pixels, predicted vs true.</p>",
+        f'<div id="best">{figures(rep.best)}</div>',
+        "<h2>Worst test images</h2>", f'<div id="worst">{figures(rep.worst)}</div>',
+    ]
+    if rep.plots:
+        parts.append("<h2>Evaluation plots</h2><div id=plots>" + "".join(
+            f'<figure><img src="plots/{e(p)}" alt="{e(p)}" width="400"><figcaption>{e(p)}</figcaption></figure>'
+            for p in rep.plots) + "</div>")
+    if rep.missing:
+        parts.append('<h2>Missing inputs</h2><ul class="missing">' + "".join(f"<li>{e(m)}</li>" for m in rep.missing) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top_k: int = 4,
+                 force: bool = False) -> RunReport:
+    """Build the report folder `out` (default run/report) as a whole and return what it shows. `gt`: the test
+    split's COCO json for the thumbnails (default: gt_test in run/pipeline.json). `out` is refused (as
+    io.check_output_dir says) unless it is absent, empty or a previous report, or with `force`; never a folder
+    that holds a file the report reads."""
+    run = Path(run)
+    out = Path(out) if out is not None else run / "report"
+    if top_k < 0:
+        raise DatasetError(f"--top-k {top_k}: must be >= 0")
+    if not run.is_dir():
+        raise DatasetError(f"{run}: no such run folder")
+    rep, images = collect(run, gt, top_k)
+    if all(v is None for v in (*rep.detector.values(), rep.sam_finetune, *rep.segmentation.values())):
+        raise DatasetError(f"{run}: no stage output found (expected yolo_world/best.json, sam/best.json, eval/metrics.json)")
+    with atomic_dir(out, KIND, [Path(p) for p in rep.inputs], force) as tmp:
+        (tmp / "thumbs").mkdir()
+        if images:
+            _draw_thumbs(rep, images, tmp)
+        if rep.plots:
+            (tmp / "plots").mkdir()
+            for p in rep.plots:
+                shutil.copy2(run / "eval" / p, tmp / "plots" / p)
+        (tmp / "index.html").write_text(render(rep))
+        (tmp / "report.json").write_text(json.dumps(asdict(rep), indent=2))
+    return rep
+
+
+def _draw_thumbs(rep: RunReport, images: dict, folder: Path) -> None:
+    drawn = set()
+    for s in tqdm([*rep.best, *rep.worst], desc="thumbnails", unit="img", disable=None):
+        path = images["dataset"].image(s.image_id).path
+        try:
+            img = read_image(path)
+        except DatasetError:
+            img = None
+            rep.missing.append(f"{path} (thumbnail drawn without the image)")
+        gt, pred = images["gt"][s.image_id], images["pred"][s.image_id]
+        if img is not None and img.shape[:2] != gt.shape:
+            img = None
+        s.thumb = f"thumbs/{s.image_id:05d}.png"
+        if s.image_id not in drawn:
+            cv2.imwrite(str(folder / s.thumb), cv2.cvtColor(draw_thumb(img, gt, pred), cv2.COLOR_RGB2BGR))
+            drawn.add(s.image_id)
+
+
+def summary_line(rep: RunReport, out: Path) -> str:
+    seg = rep.segmentation.get("detected_boxes") or {}
+    kind = ("SMOKE RUN, random-init weights" if rep.smoke
+            else f"weights: detector {rep.weights['detector']}, SAM {rep.weights['sam']}")
+    notes = "".join(f"; {n}" for n in rep.notes)
+    return (f"report: {Path(out) / 'index.html'} ({kind}; mask IoU {fmt(seg.get('mask_iou_instance'))}, pixel AUROC "
+            f"{fmt(seg.get('pixel_auroc'))}; {len(rep.best) + len(rep.worst)} thumbnails; {len(rep.missing)} missing "
+            f"inputs{notes})")

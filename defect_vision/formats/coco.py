@@ -1,0 +1,86 @@
+"""Records -> COCO instances json (one split): images, annotations (polygons or RLE), categories, info."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from defect_vision.data.records import Category, ImageRecord
+from defect_vision.data.splits import SPLITS, Split
+
+
+def image_ids(cat: Category) -> dict[str, int]:
+    """file_name -> image id (1..N over the whole category, sorted by file_name)."""
+    return {rec.file_name: i for i, rec in enumerate(cat.images, 1)}
+
+
+def first_annotation_ids(cat: Category) -> dict[str, int]:
+    """file_name -> id of its first annotation (ids 1..M over the category in image-id, component order)."""
+    starts, next_id = {}, 1
+    for rec in cat.images:
+        starts[rec.file_name] = next_id
+        next_id += len(rec.instances)
+    return starts
+
+
+def prompt_of(defect_type: str) -> str:
+    """The text prompt of a defect type: underscores -> spaces."""
+    return defect_type.replace("_", " ")
+
+
+def categories(cat: Category) -> list[dict]:
+    return [
+        {"id": i, "name": name, "prompt": prompt_of(name), "supercategory": cat.name}
+        for i, name in enumerate(cat.defect_types, 1)
+    ]
+
+
+def info(cat: Category, split: Split, split_name: str) -> dict:
+    return {
+        "source": "MVTec AD layout, converted by defect-vision converters",
+        "category": cat.name,
+        "image_root": str(cat.root),
+        "split": split_name,
+        "seed": split.config.seed,
+    }
+
+
+def image_entry(rec: ImageRecord, image_id: int) -> dict:
+    return {
+        "id": image_id, "file_name": rec.file_name, "height": rec.height, "width": rec.width,
+        "defect_type": rec.defect_type, "is_good": rec.is_good,
+    }
+
+
+def annotations(rec: ImageRecord, image_id: int, first_id: int, cat: Category, rle: bool = False) -> list[dict]:
+    return [
+        {
+            "id": first_id + k, "image_id": image_id, "category_id": cat.category_id(inst.category),
+            "bbox": list(inst.bbox), "area": inst.area, "iscrowd": 0,
+            "segmentation": dict(inst.rle) if rle else inst.polygons,
+        }
+        for k, inst in enumerate(rec.instances)
+    ]
+
+
+def records_of_split(cat: Category, split: Split, split_name: str) -> list[ImageRecord]:
+    """The split's image records, in image-id order."""
+    names = set(split.files[split_name])
+    return [rec for rec in cat.images if rec.file_name in names]
+
+
+def to_coco(cat: Category, split: Split, split_name: str, rle: bool = False) -> dict:
+    """The COCO instances dict of one split (see docs/formats.md)."""
+    ids, starts = image_ids(cat), first_annotation_ids(cat)
+    recs = records_of_split(cat, split, split_name)
+    return {
+        "info": info(cat, split, split_name),
+        "images": [image_entry(r, ids[r.file_name]) for r in recs],
+        "annotations": [a for r in recs for a in annotations(r, ids[r.file_name], starts[r.file_name], cat, rle)],
+        "categories": categories(cat),
+    }
+
+
+def write_coco(job, folder: Path, final: Path, config) -> None:
+    """instances_<split>.json for each split (polygons, or RLE with config.rle)."""
+    for split in SPLITS:
+        (folder / f"instances_{split}.json").write_text(json.dumps(to_coco(job.cat, job.split, split, config.rle)))

@@ -1,0 +1,131 @@
+"""One export: a category read once, its split loaded or made, and every asked-for format written from them.
+
+All formats and the split file are one commit (defect_vision.io.Commit): each is written to a temporary path
+beside its target, and they replace the old ones together, so COCO, YOLO, VOC and SAM never disagree on which
+image is in which split."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from defect_vision.data.mvtec import read_category
+from defect_vision.data.records import Category
+from defect_vision.data.splits import SPLITS, Split, SplitConfig, load_or_make_split, split_json
+from defect_vision.errors import DatasetError
+from defect_vision.io import Commit, check_output_dir, recover
+
+T = TypeVar("T")
+FORMATS = ("coco", "yolo", "voc", "sam")
+
+
+@dataclass(frozen=True)
+class MvtecSource:
+    """An MVTec AD-layout category: <root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}."""
+
+    root: Path
+    category: str
+    min_area: int = 10  # mask components smaller than this (pixels) are dropped
+
+
+@dataclass
+class ExportConfig:
+    """How the formats are written (each format reads only its own fields)."""
+
+    split: SplitConfig = field(default_factory=SplitConfig)
+    splits_path: Path | None = None  # default: datasets/splits/<category>.json
+    resplit: bool = False
+    rle: bool = False  # COCO segmentation as RLE instead of polygons
+    task: str = "detect"  # YOLO labels: detect (boxes) | segment (polygons)
+    copy: bool = False  # YOLO/VOC images copied instead of symlinked
+    positive_points: int = 1  # SAM prompts
+    negative_points: int = 0
+    force: bool = False  # replace output folders that are not previous exports
+    progress: bool = True
+
+
+@dataclass
+class Job:
+    """A category read from disk and the split every format uses."""
+
+    cat: Category
+    split: Split
+    progress: bool = True
+
+    def bar(self, items: Sequence[T], desc: str) -> Iterable[T]:
+        return tqdm(items, desc=desc, unit="img", disable=not self.progress, leave=False)
+
+
+@dataclass
+class ExportResult:
+    job: Job
+    outputs: dict[str, Path]  # format -> folder
+    split_path: Path
+    split_created: bool
+    seconds: float
+
+    def summary(self, label: str | None = None) -> str:
+        """`coco toy_wood: 38 images (train 25, val 6, test 7), 39 instances (crack 9, ...), 0 specks dropped, 0.4 s`."""
+        job = self.job
+        in_split = job.split.split_of()
+        recs = [r for r in job.cat.images if r.file_name in in_split]
+        per_split = ", ".join(f"{s} {len(job.split.files[s])}" for s in SPLITS)
+        counts = Counter(inst.category for r in recs for inst in r.instances)
+        per_class = ", ".join(f"{name} {counts[name]}" for name in job.cat.defect_types)
+        specks = sum(r.dropped_specks for r in job.cat.images)
+        label = label or "+".join(self.outputs)
+        return (f"{label} {job.cat.name}: {len(recs)} images ({per_split}), {sum(counts.values())} instances "
+                f"({per_class}), {specks} specks dropped, {self.seconds:.1f} s")
+
+
+def _writer(fmt: str):
+    from defect_vision.formats import coco, sam_prompts, voc, yolo
+
+    return {"coco": coco.write_coco, "yolo": yolo.write_yolo, "voc": voc.write_voc, "sam": sam_prompts.write_sam}[fmt]
+
+
+def export(source: MvtecSource, outputs: dict[str, Path], config: ExportConfig | None = None) -> ExportResult:
+    """Read the category, load or make its split, write each format into outputs[fmt] (one commit)."""
+    config = config or ExportConfig()
+    unknown = sorted(set(outputs) - set(FORMATS))
+    if unknown:
+        raise DatasetError(f"unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
+    start = time.perf_counter()
+    splits_path = Path(config.splits_path or Path("datasets/splits") / f"{source.category}.json")
+    cat_root = Path(source.root) / source.category
+    journal = splits_path.parent / f".{source.category}.commit.json"
+    recover(journal)  # an export killed in the middle of its commit is completed first
+    cat = read_category(source.root, source.category, source.min_area, progress=config.progress)
+    split, created = load_or_make_split(cat, splits_path, config.split, config.resplit)
+    for fmt, out in outputs.items():
+        check_output_dir(out, f"convert-{fmt}", inputs=[cat_root], force=config.force)
+    job = Job(cat, split, config.progress)
+    new_parents = {p for out in [*outputs.values(), splits_path] for p in Path(out).absolute().parents if not p.exists()}
+    try:
+        with Commit(journal) as commit:
+            for fmt, out in outputs.items():
+                _writer(fmt)(job, commit.folder(out, f"convert-{fmt}", [cat_root], config.force), Path(out), config)
+            if created:
+                commit.file(splits_path).write_text(split_json(split))
+    except BaseException:
+        for p in sorted(new_parents, key=lambda p: len(p.parts), reverse=True):  # the folders we made, if empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
+    return ExportResult(job, dict(outputs), splits_path, created, time.perf_counter() - start)
+
+
+def convert(source: MvtecSource, out: Path = Path("datasets"), formats: Sequence[str] = FORMATS,
+            config: ExportConfig | None = None) -> ExportResult:
+    """Every format in `formats` under <out>/<format>/<category>; the split file at config.splits_path, default
+    <out>/splits/<category>.json."""
+    config = config or ExportConfig()
+    out = Path(out)
+    if config.splits_path is None:
+        config = ExportConfig(**{**config.__dict__, "splits_path": out / "splits" / f"{source.category}.json"})
+    return export(source, {fmt: out / fmt / source.category for fmt in formats}, config)

@@ -1,0 +1,64 @@
+"""YOLO-World detector: load an ultralytics checkpoint (class names + text embeddings baked in), predict in batches."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defect_vision.detections import Detections
+from defect_vision.devices import Timings, autocast, timed
+from defect_vision.models.detector import load_detector_model
+
+
+class Detector:
+    """Batched YOLO-World prediction: letterbox -> forward (autocast on CUDA) -> NMS -> boxes in original pixels."""
+
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype | None = None, imgsz: int | None = None):
+        from ultralytics.data.augment import LetterBox
+        from ultralytics.utils.checks import check_imgsz
+
+        self.path = Path(path)
+        model, meta = load_detector_model(self.path, with_meta=True)
+        names = model.names
+        self.class_names: list[str] = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
+        ids = meta.get("category_ids")
+        self.category_ids: list[int] | None = [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(self.class_names) else None
+        self.stride = int(max(model.stride)) if hasattr(model, "stride") else 32
+        self.imgsz = check_imgsz(imgsz or model.args.get("imgsz", 640), stride=self.stride, min_dim=1, max_dim=1)
+        if isinstance(self.imgsz, list):
+            self.imgsz = self.imgsz[0]
+        self.end2end = bool(getattr(model, "end2end", False))
+        self.model = model.fuse(verbose=False).to(device).eval() if hasattr(model, "fuse") else model.to(device).eval()
+        self.device, self.dtype = device, dtype
+        self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)
+        self.calls = 0
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 HxWx3 images -> one letterboxed float batch (B, 3, imgsz, imgsz) in [0, 1] on the device."""
+        batch = np.stack([self.letterbox(image=im) for im in images]).transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).float().div_(255)
+
+    @torch.inference_mode()
+    def predict(self, images: list[np.ndarray], conf: float = 0.25, iou: float = 0.5, max_det: int = 100,
+                classes: list[int] | None = None, timings: Timings | None = None) -> list[Detections]:
+        """Detections per image (same order), boxes clipped to each image."""
+        from ultralytics.utils import nms, ops
+
+        if not images:
+            return []
+        timings = timings if timings is not None else Timings()
+        with timed(timings, "detector", self.device):
+            x = self.preprocess(images)
+            with autocast(self.device, self.dtype):
+                preds = self.model(x)
+            preds = preds[0] if isinstance(preds, (list, tuple)) else preds
+            out = nms.non_max_suppression(preds.float(), conf, iou, classes, max_det=max_det, nc=0, end2end=self.end2end)
+            results = []
+            for det, im in zip(out, images):
+                boxes = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), im.shape)
+                results.append(Detections(boxes.cpu().numpy().astype(np.float32), det[:, 5].cpu().numpy().astype(np.int64),
+                                          det[:, 4].cpu().numpy().astype(np.float32), class_names=self.class_names,
+                                          category_ids=self.category_ids))
+        self.calls += 1
+        return results

@@ -1,0 +1,239 @@
+"""`DefectPredictor`: YOLO-World boxes -> SAM masks for images in memory or on disk, in three lines of Python.
+
+    predictor = DefectPredictor.from_run("runs/wood")      # best.pt + best.pth + thresholds.json
+    result = predictor("new_images/0001.png")              # or an HxWx3 RGB array, or a list of them
+    result.xyxy, result.masks, result.scores, result.class_names
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from defect_vision.detections import Detections, ImageInfo
+from defect_vision.devices import Timings, autocast_dtype, resolve_device
+from defect_vision.errors import DatasetError
+from defect_vision.inference.thresholds import ClassThresholds, load_thresholds
+
+
+@dataclass
+class PredictConfig:
+    """Everything that changes what a prediction is (the models aside)."""
+
+    conf: float = 0.25  # detector confidence (per-class thresholds: `thresholds`)
+    iou: float = 0.5  # NMS IoU
+    max_det: int = 100
+    classes: list[str] | None = None  # keep only these class names
+    imgsz: int | None = None  # detector input size (default: the checkpoint's)
+    thresholds: Path | None = None  # per-class thresholds (evaluation.calibrate's file)
+    mask_threshold: float = 0.0  # SAM mask logit threshold
+    model_type: str | None = None  # SAM model type (default: best.json beside the checkpoint, else vit_b)
+    box_only: bool = False  # no SAM: a detection's mask is its box
+    device: str = "auto"
+    precision: str = "auto"  # autocast dtype on CUDA: auto | fp32 | fp16 | bf16
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("conf", "iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DatasetError(f"--{name} {getattr(self, name)}: must be within [0, 1]")
+        if self.max_det < 1:
+            raise DatasetError(f"--max-det {self.max_det}: must be >= 1")
+
+
+class Result:
+    """One image's prediction: its Detections (`.detections`, the one record) and the image itself, with the
+    per-detection views of the API (`xyxy`, `masks`, `scores`, `class_ids`, `class_names`: one name per detection)
+    and `save_overlay`, `save_mask`, `to_coco`."""
+
+    def __init__(self, detections: Detections, pixels: np.ndarray):
+        self.detections = detections
+        self.pixels = pixels  # RGB uint8 HxWx3
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+    def __repr__(self) -> str:
+        h, w = self.pixels.shape[:2]
+        return f"Result({len(self)} detections on a {w}x{h} image: {', '.join(self.class_names) or 'none'})"
+
+    @property
+    def xyxy(self) -> np.ndarray:
+        """(N, 4) boxes x0 y0 x1 y1 in image pixels."""
+        return self.detections.xyxy
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool masks in image pixels."""
+        return self.detections.masks
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.detections.score
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        """(N,) class index of each detection (into `classes`)."""
+        return self.detections.class_id
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class name of each detection (N names)."""
+        return self.detections.names
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's vocabulary."""
+        return self.detections.class_names
+
+    def to_coco(self, image_id: int | None = None) -> list[dict]:
+        """COCO results entries (bbox, score, RLE segmentation), best first."""
+        return self.detections.to_coco(image_id)
+
+    def label_mask(self) -> np.ndarray:
+        """HxW: 0 background, k = COCO category id (the higher-ranked detection wins overlaps)."""
+        from defect_vision.inference.writers import label_mask
+
+        h, w = self.pixels.shape[:2]
+        return label_mask(self.detections, h, w)
+
+    def overlay(self) -> np.ndarray:
+        from defect_vision.inference.writers import overlay
+
+        return overlay(self.pixels, self.detections)
+
+    def save_overlay(self, path: str | Path) -> Path:
+        """The image with coloured masks, boxes and 'name score' labels, as PNG."""
+        from defect_vision.inference.writers import write_png
+
+        write_png(Path(path), self.overlay())
+        return Path(path)
+
+    def save_mask(self, path: str | Path) -> Path:
+        """The label mask (0 background, k = category id) as PNG."""
+        from defect_vision.inference.writers import write_png
+
+        write_png(Path(path), self.label_mask())
+        return Path(path)
+
+
+def class_filter(classes: list[str] | None, names: list[str]) -> list[int] | None:
+    """Class indices of the class names to keep (None: all); DatasetError for a name the model does not know."""
+    if not classes:
+        return None
+    unknown = [c for c in classes if c not in names]
+    if unknown:
+        raise DatasetError(f"--classes: unknown class name(s) {', '.join(unknown)} (known: {', '.join(names)})")
+    return [k for k, n in enumerate(names) if n in classes]
+
+
+class DefectPredictor:
+    """A fine-tuned YOLO-World detector and a fine-tuned SAM, loaded once; call it on images."""
+
+    def __init__(self, detector: str | Path | None, sam: str | Path | None, config: PredictConfig | None = None):
+        import torch
+
+        self.config = config = config or PredictConfig()
+        config.check()
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.device = resolve_device(config.device)
+        self.dtype = autocast_dtype(self.device, config.precision)
+        self.timings = Timings()
+        self.detector = None
+        if detector is not None:
+            from defect_vision.inference.detector import Detector
+
+            self.detector = Detector(Path(detector), self.device, self.dtype, config.imgsz)
+        self.segmenter = None
+        if not config.box_only:
+            if sam is None:
+                raise DatasetError("--sam: required unless --box-only")
+            from defect_vision.inference.segmenter import Segmenter
+            from defect_vision.models.sam import load_sam, model_type_for
+
+            sam_model = load_sam(Path(sam), model_type_for(Path(sam), config.model_type))
+            self.segmenter = Segmenter(sam_model, self.device, self.dtype, config.mask_threshold)
+        names = self.class_names
+        self.thresholds = (load_thresholds(Path(config.thresholds), names, config.conf) if config.thresholds
+                           else ClassThresholds({}, config.conf))
+        self.class_filter = class_filter(config.classes, names) if self.detector is not None else None
+
+    @classmethod
+    def from_run(cls, run: str | Path, config: PredictConfig | None = None, **overrides) -> DefectPredictor:
+        """The models of a pipeline run folder: <run>/yolo_world/best.pt, <run>/sam/best.pth and, when present and
+        not overridden, <run>/thresholds.json. Keyword overrides set PredictConfig fields."""
+        run = Path(run)
+        config = config or PredictConfig()
+        for k, v in overrides.items():
+            if not hasattr(config, k):
+                raise TypeError(f"from_run: unknown option {k!r}")
+            setattr(config, k, v)
+        detector, sam = run / "yolo_world" / "best.pt", run / "sam" / "best.pth"
+        if not run.is_dir():
+            raise DatasetError(f"{run}: no such run folder (expected {detector} and {sam})")
+        if config.thresholds is None and (run / "thresholds.json").is_file():
+            config.thresholds = run / "thresholds.json"
+        return cls(detector, None if config.box_only else sam, config)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.detector.class_names if self.detector is not None else []
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        return self.detector.category_ids if self.detector is not None else None
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Boxes of each image, filtered by class and by the (per-class) thresholds."""
+        if self.detector is None:
+            raise DatasetError("no detector loaded (give --detector, or boxes through --gt-boxes)")
+        c = self.config
+        dets = self.detector.predict(list(images), self.thresholds.nms_conf, c.iou, c.max_det, self.class_filter, self.timings)
+        return [self.thresholds.apply(d) for d in dets]
+
+    def segment(self, pixels: np.ndarray, det: Detections) -> Detections:
+        """The detections with masks: SAM on their boxes (encoder once, no SAM call without boxes), or the boxes."""
+        from defect_vision.inference.writers import box_rles
+
+        h, w = pixels.shape[:2]
+        if self.segmenter is None:
+            det.rle = box_rles(det.xyxy, h, w)
+        else:
+            det.rle, iou = self.segmenter.segment(pixels, det.xyxy, self.timings)
+            det.data["sam_iou"] = iou
+        det.mask = None
+        return det
+
+    def predict(self, images: Sequence[np.ndarray], infos: Sequence[ImageInfo] | None = None) -> list[Result]:
+        """Results of RGB uint8 HxWx3 images (one detector batch, then SAM per image)."""
+        infos = infos or [ImageInfo(i, f"image_{i}", im.shape[0], im.shape[1]) for i, im in enumerate(images, 1)]
+        out = []
+        for pixels, det, info in zip(images, self.detect(images), infos):
+            det.image = ImageInfo(info.id, info.file_name, pixels.shape[0], pixels.shape[1], info.path, info.is_good, info.extra)
+            out.append(Result(self.segment(pixels, det), pixels))
+        return out
+
+    def __call__(self, images):
+        """An image path, an RGB HxWx3 uint8 array, or a list of them -> a Result (a list for a list)."""
+        from defect_vision.data.mvtec import read_image
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        pixels, infos = [], []
+        for i, item in enumerate(items, 1):
+            if isinstance(item, (str, Path)):
+                pixels.append(read_image(Path(item)))
+                infos.append(ImageInfo(i, Path(item).name, path=Path(item).resolve()))
+            else:
+                arr = np.asarray(item)
+                if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                    raise DatasetError(f"image {i}: expected an RGB HxWx3 uint8 array, got {arr.dtype} {arr.shape}")
+                pixels.append(arr)
+                infos.append(ImageInfo(i, f"image_{i}"))
+        results = self.predict(pixels, infos)
+        return results[0] if single else results

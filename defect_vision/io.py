@@ -1,0 +1,276 @@
+"""File I/O every stage shares: JSON read with errors that name the file, and outputs that never lose data.
+
+Every output is written to a temporary path beside its target and renamed at the end, so readers never see a
+half-written file. A folder output carries a marker file (`.defect-vision.json`, naming the command that wrote
+it); an existing folder is only ever replaced when it carries the marker of the same kind, or is empty, or with
+`force` -- and never when it holds (or lies inside) one of the command's inputs. Several outputs that belong
+together (the formats of one export and its split) are replaced as one commit through a journal: an interrupted
+commit is completed by the next run. Temporary files of killed runs are removed by the next run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from defect_vision.errors import DatasetError, OutputError
+
+MARKER = ".defect-vision.json"
+_TMP = ".tmp"
+
+
+def read_json(path: Path, what: str = "") -> object:
+    """Parsed JSON; DatasetError naming the file (and what it should be, e.g. "COCO json") when missing or malformed."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: missing (no such {what + ' ' if what else ''}file)")
+    if not path.is_file():
+        raise DatasetError(f"{path}: is a folder, not a {what + ' ' if what else ''}file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.<pid>.`: the pid tells a live run's temporary files from a killed run's."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove `.<name>.<pid>.*.tmp` files and folders in `folder` left by runs that are no longer alive (all names
+    when `name` is None); returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(_TMP)):
+            continue
+        parts = p.name[1:].split(".")
+        pid = next((int(s) for s in reversed(parts[:-2]) if s.isdigit()), None) if len(parts) >= 4 else None
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        if name is not None and not p.name.startswith(f".{name}.{pid}."):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temporary name beside `path`, `.<name>.<pid>.<random>.tmp` (nothing is created): for writers that
+    must be handed a path (ultralytics' checkpoint saves); remove_stale_temps cleans it once this process is dead."""
+    path = Path(path)
+    return path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(4)}{_TMP}")
+
+
+def replace_durably(tmp: Path, target: Path) -> None:
+    """fsync `tmp`, then rename it over `target`: a reader (or a power cut) sees the old file or the new one."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+@contextmanager
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; on success it becomes `path` (with the mode open() would
+    give it), on error it is removed. Readers never see a half-written file; with `durable` the data is also on
+    disk (fsync) before the rename, so not even a power cut leaves a truncated file (checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TMP, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        (replace_durably if durable else os.replace)(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# ---------------------------------------------------------------- output folders
+def _overlaps(a: Path, b: Path) -> bool:
+    """True when a is b, or one lies inside the other (resolved paths)."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def marker_kind(folder: Path) -> str | None:
+    """The command kind recorded in a folder's marker file, or None."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def check_output_dir(path: Path, kind: str, inputs: Iterable[Path] = (), force: bool = False) -> None:
+    """OutputError unless `path` may become a fresh `kind` output folder: absent, empty, or a previous `kind`
+    output (its marker says so); `force` replaces any folder, but a file is never replaced by a folder and a
+    folder that holds (or lies inside) an input never is."""
+    path = Path(path)
+    target = path.resolve()
+    for inp in inputs:
+        src = Path(inp).resolve()
+        if _overlaps(target, src):
+            where = "is" if target == src else ("holds" if target in src.parents else "lies inside")
+            raise OutputError(f"{path}: output folder {where} the input {inp}; choose another output folder "
+                              "(it would be replaced as a whole)")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise OutputError(f"{path}: exists and is not a folder; choose another output folder")
+    if force or not any(path.iterdir()):
+        return
+    found = marker_kind(path)
+    if found == kind:
+        return
+    what = f"a {found} output, not a {kind} one" if found else f"not a previous {kind} output (no {MARKER} in it)"
+    raise OutputError(f"{path}: folder exists and is {what}; pass --force to replace it, or choose another folder")
+
+
+def _write_marker(folder: Path, kind: str) -> None:
+    (folder / MARKER).write_text(json.dumps({"kind": kind, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+
+def _make_temp_dir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=_TMP, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the folder the mode mkdir would
+    return tmp
+
+
+class Commit:
+    """Folders and files replaced together: each is written to a temporary path beside its target; `commit()`
+    writes a journal (the list of renames), performs the renames and removes the journal. A run killed before the
+    journal leaves only temporary files (removed by the next run); one killed after it is completed by the next
+    `Commit` on the same journal (`recover`), so either every target changes or none does."""
+
+    def __init__(self, journal: Path):
+        self.journal = Path(journal)
+        self.moves: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    def folder(self, target: Path, kind: str, inputs: Iterable[Path] = (), force: bool = False) -> Path:
+        """A fresh temporary folder that becomes `target` at commit (checked by check_output_dir first)."""
+        target = Path(target)
+        check_output_dir(target, kind, inputs, force)
+        tmp = _make_temp_dir(target)
+        _write_marker(tmp, kind)
+        self.moves.append((tmp, target))
+        return tmp
+
+    def file(self, target: Path) -> Path:
+        """A temporary path that becomes the file `target` at commit."""
+        target = Path(target)
+        if target.is_dir():
+            raise OutputError(f"{target}: is a folder, not a file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target.parent, target.name)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=_TMP, dir=target.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
+        self.moves.append((Path(tmp), target))
+        return Path(tmp)
+
+    def commit(self) -> None:
+        entries = [{"tmp": str(t.absolute()), "target": str(d.absolute())} for t, d in self.moves]
+        atomic_write_text(self.journal, json.dumps({"pid": os.getpid(), "moves": entries}, indent=1))
+        _roll_forward(self.journal)
+        self.moves = []
+
+    def abort(self) -> None:
+        for tmp, _ in self.moves:
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        self.moves = []
+
+    def __enter__(self) -> Commit:
+        recover(self.journal)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _old_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def _roll_forward(journal: Path) -> None:
+    """Perform (or finish) the renames a journal lists; every step can be repeated after a crash."""
+    moves = [(Path(m["tmp"]), Path(m["target"])) for m in json.loads(journal.read_text())["moves"]]
+    for tmp, target in moves:
+        if not tmp.exists():
+            continue  # already renamed
+        old = _old_name(target)
+        if target.is_dir() and not target.is_symlink():
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)  # a folder cannot be renamed over a non-empty one
+        os.replace(tmp, target)
+    for _, target in moves:
+        old = _old_name(target)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    journal.unlink(missing_ok=True)
+
+
+def recover(journal: Path) -> bool:
+    """Complete a commit that a killed run left behind; True when there was one."""
+    journal = Path(journal)
+    if not journal.is_file():
+        return False
+    try:
+        _roll_forward(journal)
+    except (ValueError, KeyError, TypeError):  # a journal is written atomically: unreadable means not ours
+        raise OutputError(f"{journal}: unreadable commit journal; remove it by hand") from None
+    return True
+
+
+@contextmanager
+def atomic_dir(path: Path, kind: str, inputs: Iterable[Path] = (), force: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `path` (checked by check_output_dir); on success it replaces `path`
+    (with a marker naming `kind`), on error it is removed and `path` is untouched."""
+    path = Path(path)
+    with Commit(path.with_name(f".{path.name}.commit.json")) as commit:
+        yield commit.folder(path, kind, inputs, force)

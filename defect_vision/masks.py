@@ -1,0 +1,117 @@
+"""Mask -> instances: connected components, tight boxes, RLE (pycocotools), polygons (OpenCV + shapely)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from shapely.geometry import LineString, Polygon
+from shapely.ops import split
+
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE of a 2-D mask, counts as str (JSON-ready)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Bool HxW mask of a compressed (str or bytes counts) or uncompressed COCO RLE."""
+    if isinstance(rle.get("counts"), list):
+        rle = mask_utils.frPyObjects(rle, *rle["size"])
+    elif isinstance(rle["counts"], str):
+        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons the way pycocotools does."""
+    if not polygons:
+        return np.zeros((height, width), bool)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
+
+
+def _cut_holes(poly: Polygon) -> list[Polygon]:
+    """Split a polygon with holes into hole-free pieces whose union is the polygon (COCO/YOLO have no holes)."""
+    todo, done = [poly], []
+    while todo:
+        p = todo.pop()
+        if p.is_empty:
+            continue
+        if p.geom_type in ("MultiPolygon", "GeometryCollection"):
+            todo.extend(g for g in p.geoms if g.geom_type == "Polygon")
+            continue
+        if not p.interiors:
+            done.append(p)
+            continue
+        x = p.interiors[0].centroid.x
+        _, miny, _, maxy = p.bounds
+        todo.extend(split(p, LineString([(x, miny - 1), (x, maxy + 1)])).geoms)
+    return done
+
+
+def _simplify(poly: Polygon, tolerance: float) -> Polygon:
+    """Drop near-collinear vertices: Douglas-Peucker (fast), or the topology-preserving variant if that breaks the ring."""
+    simple = poly.simplify(tolerance, preserve_topology=False)
+    if simple.is_empty or not simple.is_valid or simple.geom_type != poly.geom_type:
+        simple = poly.simplify(tolerance)
+    return simple
+
+
+def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[list[float]]:
+    """Hole-free polygons (pixel-edge outline) of one component; their pycocotools rasterisation is the component."""
+    contours, hierarchy = cv2.findContours(component.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hierarchy = hierarchy[0]
+    rings: list[list[float]] = []
+    for i, contour in enumerate(contours):
+        if hierarchy[i][3] != -1:  # a hole: handled with its parent
+            continue
+        holes, j = [], hierarchy[i][2]
+        while j != -1:
+            hole = contours[j].reshape(-1, 2) + 0.5
+            if len(hole) >= 3:
+                holes.append(hole)
+            j = hierarchy[j][0]
+        ext = contour.reshape(-1, 2) + 0.5  # pixel centres; the 0.5 buffer below moves them to pixel edges
+        if len(ext) < 3:  # a dot or a 1-px line: any ring, the buffer gives it area
+            ext = np.vstack([ext, ext[:1] + 1e-3])[:3] if len(ext) == 2 else np.repeat(ext[:1], 3, 0) + [[0, 0], [1e-3, 0], [0, 1e-3]]
+        poly = Polygon(ext, holes).buffer(0.5, quad_segs=1)
+        if simplify:
+            poly = _simplify(poly, simplify)
+        for piece in _cut_holes(poly):
+            coords = np.asarray(piece.exterior.coords)[:-1]
+            if len(coords) >= 3:
+                rings.append(np.round(coords, 2).ravel().tolist())
+    return rings
+
+
+def inner_point(component: np.ndarray) -> tuple[float, float]:
+    """The pixel farthest from the component's border (distance-transform maximum), as x, y.
+
+    Ties (a plateau, e.g. along a rectangle's axis) go to the tied pixel nearest their mean: the middle."""
+    dist = cv2.distanceTransform(np.pad(component.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    ties = np.argwhere(dist >= dist.max() - 1e-3)
+    y, x = ties[np.argmin(((ties - ties.mean(axis=0)) ** 2).sum(axis=1))]
+    return float(x), float(y)
+
+
+def label_components(mask: np.ndarray, few: int = 16) -> tuple[int, np.ndarray, np.ndarray]:
+    """cv2.connectedComponentsWithStats (8-connectivity): (n labels incl. background, labels, stats).
+
+    OpenCV's stats pass costs several times the labelling itself, so for a few components the stats
+    come from cv2.boundingRect / cv2.countNonZero per label instead (same numbers)."""
+    ltype = cv2.CV_16U if mask.size < 4 * 65000 else cv2.CV_32S  # an 8-connected component takes >= 4 px of area
+    n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=ltype)
+    if n - 1 > few:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=ltype)
+        return n, labels, stats
+    stats = np.zeros((n, 5), np.int64)
+    for k in range(1, n):
+        comp = (labels == k).view(np.uint8)
+        stats[k, :4] = cv2.boundingRect(comp)
+        x, y, w, h = stats[k, :4]
+        stats[k, 4] = cv2.countNonZero(comp[y : y + h, x : x + w])
+    return n, labels, stats

@@ -1,0 +1,50 @@
+"""Random-init checkpoints in the real formats (no download, no CLIP): for tests, the benchmark and offline demos."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import torch
+
+
+def save_random_detector(path: Path, names: list[str], cfg: str = "yolov8n-worldv2.yaml", seed: int = 0,
+                         score_bias: float | None = None, imgsz: int | None = None) -> Path:
+    """A YOLO-World checkpoint with `names` and random unit 512-d text embeddings baked in, saved as ultralytics does.
+
+    `score_bias` sets the contrastive heads' bias (ultralytics initialises it to -10, so a random model scores
+    ~0 everywhere); 0 gives a random model that detects something on every image. `imgsz` is stored as the
+    checkpoint's training size.
+    """
+    from ultralytics import YOLOWorld
+
+    torch.manual_seed(seed)
+    model = YOLOWorld(cfg)
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(1, len(names), 512, generator=g)
+    model.model.txt_feats = feats / feats.norm(dim=-1, keepdim=True)  # what set_classes would store, minus CLIP
+    model.model.model[-1].nc = len(names)
+    model.model.names = dict(enumerate(names))
+    if score_bias is not None:
+        for head in model.model.model[-1].cv4:
+            if hasattr(head, "bias"):
+                head.bias.data.fill_(score_bias)
+    if imgsz is not None:
+        model.model.args = {**getattr(model.model, "args", {}), "imgsz": imgsz}
+        model.ckpt = {**(model.ckpt or {}), "train_args": {"imgsz": imgsz, "task": "detect"}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return Path(path)
+
+
+def save_random_sam(path: Path, model_type: str = "vit_tiny", seed: int = 0) -> Path:
+    """A SAM state_dict (torch.save(model.state_dict())) of a random-init model built by defect_vision.models.sam."""
+    from defect_vision.models.sam import build_random_sam
+
+    from defect_vision.io import atomic_path
+
+    sam = build_random_sam(model_type, seed)
+    with atomic_path(Path(path)) as tmp:
+        torch.save(sam.state_dict(), tmp)
+    return Path(path)

@@ -1,0 +1,139 @@
+"""One SAM training epoch and one validation pass over cached image embeddings."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from tqdm import tqdm
+
+from defect_vision.detections import Detections
+from defect_vision.devices import autocast
+from defect_vision.training.sam_config import SamTrainConfig
+from defect_vision.training.sam_data import PromptSet, jitter_boxes, lowres_target, padded_points
+from defect_vision.training.sam_losses import mask_iou, sam_loss
+
+EmbedFn = Callable[[Path], torch.Tensor]
+HALF = torch.float16  # autocast dtype on CUDA (with a GradScaler); CPU runs in fp32
+
+
+class PromptedDecoder(torch.nn.Module):
+    """SAM's prompt encoder + mask decoder on a precomputed image embedding (the part that trains)."""
+
+    def __init__(self, sam: Sam):
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+
+    def forward(self, embeddings: list[torch.Tensor], boxes: list[torch.Tensor],
+                points: list[tuple[torch.Tensor, torch.Tensor] | None], multimask: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image (one forward call for a whole step, as DDP wants): embedding 1xCxgxg, boxes Nx4 in the
+        input frame, optional points -> (low-res logits NxMx4gx4g, IoU predictions NxM)."""
+        out = []
+        for emb, box, pts in zip(embeddings, boxes, points):
+            sparse, dense = self.prompt_encoder(points=pts, boxes=box, masks=None)
+            out.append(self.mask_decoder(image_embeddings=emb, image_pe=self.prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                         multimask_output=multimask))
+        return out
+
+
+class Samples:
+    """The images of a prompt set that have instances, with their prompts and targets (prepared once, kept)."""
+
+    def __init__(self, prompts: PromptSet, sam: Sam):
+        self.images: list[Detections] = prompts.with_instances
+        self.img_size = int(sam.image_encoder.img_size)
+        self.low_res = int(sam.prompt_encoder.mask_input_size[0])
+        self.transform = ResizeLongestSide(self.img_size)
+        self._targets: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [det.image.path for det in self.images]
+
+    def target(self, det: Detections) -> torch.Tensor:
+        """N x low x low soft targets in the low-res logit frame."""
+        if det.image.id not in self._targets:
+            self._targets[det.image.id] = torch.from_numpy(
+                np.stack([lowres_target(m, self.img_size, self.low_res) for m in det.masks]))
+        return self._targets[det.image.id]
+
+    @staticmethod
+    def full_masks(det: Detections) -> torch.Tensor:
+        """N x H x W bool ground truth at original size."""
+        return torch.from_numpy(det.masks)
+
+    def prompts(self, det: Detections, device: torch.device, rng: np.random.Generator | None,
+                config: SamTrainConfig) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """(boxes Nx4, points or None) in the input frame; boxes jittered when rng is given."""
+        size = (det.image.height, det.image.width)
+        boxes = det.xyxy
+        if rng is not None:
+            boxes = jitter_boxes(boxes, *size, rng, config.jitter, config.jitter_max)
+        boxes_t = torch.as_tensor(self.transform.apply_boxes(boxes, size), dtype=torch.float32, device=device)
+        points = None
+        if config.points:
+            coords, labels = padded_points(det)
+            points = (torch.as_tensor(self.transform.apply_coords(coords, size), dtype=torch.float32, device=device),
+                      torch.as_tensor(labels, device=device))
+        return boxes_t, points
+
+
+def train_epoch(model: torch.nn.Module, samples: Samples, order: list[int], embed: EmbedFn, optimizer, scheduler,
+                scaler, rng: np.random.Generator, config: SamTrainConfig, device: torch.device, bar: bool = False,
+                on_step: Callable[[int], None] | None = None) -> float:
+    """One pass over `order` (image indices), `config.batch_images` images per step; mean loss per instance."""
+    model.train()
+    total, count = 0.0, 0
+    steps = range(0, len(order), config.batch_images)
+    for step, start in enumerate(tqdm(steps, desc="train", unit="step", disable=not bar, leave=False)):
+        batch = [samples.images[i] for i in order[start : start + config.batch_images]]
+        prompts = [samples.prompts(det, device, rng, config) for det in batch]
+        n_inst = sum(len(det) for det in batch)
+        with autocast(device, HALF):
+            outputs = model([embed(det.image.path) for det in batch], [b for b, _ in prompts], [p for _, p in prompts],
+                            config.multimask)
+            losses = [sam_loss(logits.float(), iou.float(), samples.target(det).to(device=device, dtype=torch.float32))
+                      * len(det) for det, (logits, iou) in zip(batch, outputs)]
+            loss = torch.stack(losses).sum() / n_inst  # per-instance mean over all instances of the step
+        count += n_inst
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += float(loss.detach()) * n_inst
+        if on_step is not None:
+            on_step(step)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(sam: Sam, decoder: PromptedDecoder, samples: Samples, indices: list[int], embed: EmbedFn,
+             config: SamTrainConfig, device: torch.device) -> tuple[float, int]:
+    """(sum of per-instance mask IoU at original resolution, number of instances) with exact GT boxes."""
+    decoder.eval()
+    total, n = 0.0, 0
+    for idx in indices:
+        det = samples.images[idx]
+        boxes, points = samples.prompts(det, device, None, config)
+        with autocast(device, HALF):
+            logits, iou = decoder([embed(det.image.path)], [boxes], [points], config.multimask)[0]
+        if config.multimask:  # what SamPredictor users take: the mask with the highest predicted IoU
+            logits = logits[torch.arange(len(logits)), iou.argmax(1)][:, None]
+        size = (det.image.height, det.image.width)
+        input_size = samples.transform.get_preprocess_shape(*size, samples.img_size)
+        masks = sam.postprocess_masks(logits.float(), input_size, size)[:, 0]
+        total += float(mask_iou(masks, samples.full_masks(det).to(device).float(), config.mask_threshold).sum())
+        n += len(det)
+    return total, n
