@@ -20,10 +20,17 @@ _EXPORTS = {
     "MvtecSource": "defect_vision.formats.export", "ExportConfig": "defect_vision.formats.export",
     "convert": "defect_vision.formats.export", "export": "defect_vision.formats.export",
     "SplitConfig": "defect_vision.data.splits", "read_category": "defect_vision.data.mvtec",
+    # fine-tuning
+    "DetectorTrainConfig": "defect_vision.training.yolo_world", "finetune_detector": "defect_vision.training.yolo_world",
+    "SamTrainConfig": "defect_vision.training.sam_config", "finetune_sam": "defect_vision.training.sam",
     # inference
     "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.predictor",
     "Result": "defect_vision.inference.predictor", "predict_run": "defect_vision.inference.run",
     "RunOptions": "defect_vision.inference.run",
+    # evaluation
+    "evaluate": "defect_vision.evaluation.metrics", "EvalConfig": "defect_vision.evaluation.metrics",
+    "Metrics": "defect_vision.evaluation.metrics", "calibrate": "defect_vision.evaluation.thresholds",
+    "Thresholds": "defect_vision.evaluation.thresholds", "write_report": "defect_vision.evaluation.html_report",
 }
 
 

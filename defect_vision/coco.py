@@ -20,16 +20,10 @@ from defect_vision.errors import DatasetError
 from defect_vision.io import atomic_write_text, read_json
 
 
-@dataclass
-class CocoDataset:
-    """A COCO instances file: its images, their ground truth as Detections (score 1, RLE masks, annotation ids in
-    data["annotation_id"]) and its categories."""
+class Categories:
+    """Class names and COCO category ids of a `categories` list sorted by id (class index k = categories[k])."""
 
-    images: list[ImageInfo]  # in file order
-    detections: dict[int, Detections]  # image id -> ground truth
-    categories: list[dict]  # the category entries (id, name, prompt, supercategory, ...), sorted by id
-    info: dict = field(default_factory=dict)
-    path: Path | None = None
+    categories: list[dict]
 
     @property
     def class_names(self) -> list[str]:
@@ -38,6 +32,18 @@ class CocoDataset:
     @property
     def category_ids(self) -> list[int]:
         return [int(c["id"]) for c in self.categories]
+
+
+@dataclass
+class CocoDataset(Categories):
+    """A COCO instances file: its images, their ground truth as Detections (score 1, RLE masks, annotation ids in
+    data["annotation_id"]) and its categories."""
+
+    images: list[ImageInfo]  # in file order
+    detections: dict[int, Detections]  # image id -> ground truth
+    categories: list[dict]  # the category entries (id, name, prompt, supercategory, ...), sorted by id
+    info: dict = field(default_factory=dict)
+    path: Path | None = None
 
     @property
     def prompts(self) -> list[str]:

@@ -175,3 +175,12 @@ class Detections:
                 entry["segmentation"] = {"size": list(rles[i]["size"]), "counts": _rle_bytes(rles[i])["counts"].decode("ascii")}
             out.append(entry)
         return out
+
+    def to_supervision(self):
+        """The same detections as a `supervision.Detections` (for its annotators, trackers and dataset tools);
+        class names travel in data["class_name"], as supervision's own loaders put them."""
+        import supervision as sv
+
+        return sv.Detections(xyxy=self.xyxy.astype(np.float32), mask=self.masks if self.has_masks else None,
+                             confidence=self.score.astype(np.float32), class_id=self.class_id.copy(),
+                             data={"class_name": np.array(self.names)} if self.class_names else {})

@@ -38,3 +38,25 @@ def real_root() -> Path:
     if not (REAL_ROOT / "bottle" / "test").is_dir():
         pytest.skip(f"real MVTec AD sample not found at {REAL_ROOT}")
     return REAL_ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """2 shared cores: one intra-op thread is several times faster for tiny models (SAM tests use it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def easy_prompts(easy_root, tmp_path_factory) -> Path:
+    """The SAM prompts export of toy_easy (datasets/sam/toy_easy layout)."""
+    from defect_vision.cli.convert import main as convert
+
+    out = tmp_path_factory.mktemp("sam_prompts") / "toy_easy"
+    assert convert(["--category", "toy_easy", "--root", str(easy_root), "--out", str(out),
+                    "--splits", str(out.parent / "split.json"), "--no-progress"], fmt="sam") == 0
+    return out

@@ -148,3 +148,14 @@ def test_sniff_checkpoint(tmp_path):
     assert sniff_checkpoint(other) == STATE_DICT
     assert sniff_checkpoint(junk) == UNREADABLE
     assert sniff_checkpoint(tmp_path / "absent.pt") == UNREADABLE
+
+
+def test_the_record_converts_to_supervision():
+    sv = pytest.importorskip("supervision")
+    boxes = np.array([[2, 1, 6, 4], [0, 0, 3, 3]], np.float32)
+    det = Detections(boxes, [1, 0], [0.9, 0.4], rle=box_rles(boxes, 5, 8), class_names=["crack", "hole"])
+    s = det.to_supervision()
+    assert isinstance(s, sv.Detections) and len(s) == 2
+    assert s.xyxy.tolist() == boxes.tolist() and s.class_id.tolist() == [1, 0]
+    assert s.mask.shape == (2, 5, 8) and (s.mask == det.masks).all()
+    assert list(s.data["class_name"]) == ["hole", "crack"] and s.confidence.tolist() == pytest.approx([0.9, 0.4])

@@ -31,21 +31,13 @@ def cfg(*argv: str) -> SamTrainConfig:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs with one torch thread."""
 
 
 @pytest.fixture(scope="module")
-def prompts(easy_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sam_prompts") / "toy_easy"
-    rc = convert(["--category", "toy_easy", "--root", str(easy_root), "--out", str(out),
-                  "--splits", str(out.parent / "split.json"), "--no-progress"], fmt="sam")
-    assert rc == 0
-    return out
+def prompts(easy_prompts) -> Path:
+    return easy_prompts
 
 
 def _distinct_images(prompts: Path) -> int:

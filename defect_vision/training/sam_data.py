@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from defect_vision.coco import to_rle
+from defect_vision.coco import Categories, to_rle
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
 from defect_vision.io import read_json
@@ -17,7 +17,7 @@ CONVERT_HINT = "write it with `defect-vision convert --category C` or converters
 
 
 @dataclass
-class PromptSet:
+class PromptSet(Categories):
     """One prompts_<split>.json: per image a Detections (xyxy = the box prompts, rle = the GT masks, score 1,
     data["annotation_id"], data["points"] (P, 2) and data["point_labels"] (P,) per instance)."""
 
@@ -29,14 +29,6 @@ class PromptSet:
     @property
     def category(self) -> str:
         return str(self.info.get("category", ""))
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(c["name"]) for c in self.categories]
-
-    @property
-    def category_ids(self) -> list[int]:
-        return [int(c["id"]) for c in self.categories]
 
     @property
     def with_instances(self) -> list[Detections]:
