@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from defect_vision.cli.convert import main as convert_main
-from defect_vision.data.mvtec import image_size, iter_image_paths, list_categories, mask_path_for, read_mask
+from defect_vision.data.images import image_size, read_mask
+from defect_vision.data.mvtec import iter_image_paths, list_categories, mask_path_for
 from defect_vision.data.records import GOOD
 
 DEFAULT_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))

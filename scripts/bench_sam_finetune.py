@@ -16,7 +16,7 @@ import torch
 
 from defect_vision.cli.common import parser, run_command
 from defect_vision.cli.convert import main as convert
-from defect_vision.data.mvtec import read_image
+from defect_vision.data.images import read_image
 from defect_vision.data.synthetic import make_category
 from defect_vision.devices import resolve_device, synchronize
 from defect_vision.errors import DatasetError

@@ -431,7 +431,7 @@ def test_ctrl_c_is_one_line_exit_130_and_stale_temporaries_are_cleaned(odd_folde
 
 def test_masks_are_upsampled_in_chunks_with_the_same_result(odd_folder, models):
     """Peak memory is bounded by the chunk budget whatever the box count; the masks do not depend on it."""
-    from defect_vision.data.mvtec import read_image
+    from defect_vision.data.images import read_image
     from defect_vision.inference.segmenter import Segmenter, chunk_size
     from defect_vision.models.sam import load_sam
 

@@ -116,7 +116,7 @@ def test_label_components_matches_opencv_stats_for_few_and_many_components():
 
 
 def test_masks_are_binarised_with_greater_than_zero(tmp_path):
-    from defect_vision.data.mvtec import read_mask
+    from defect_vision.data.images import read_mask
 
     gray = np.zeros((20, 30), np.uint8)
     gray[2:5, 3:9] = 254  # some MVTec-like sets use 254
@@ -138,7 +138,8 @@ def test_masks_are_binarised_with_greater_than_zero(tmp_path):
 
 def test_a_read_image_becomes_the_one_record(synthetic_root):
     """The reader's records convert to Detections whose masks are the ground-truth components, exactly."""
-    from defect_vision.data.mvtec import read_category, read_mask
+    from defect_vision.data.images import read_mask
+    from defect_vision.data.mvtec import read_category
 
     cat = read_category(synthetic_root, "toy_wood")
     rec = next(r for r in cat.images if r.defect_type == "combined")

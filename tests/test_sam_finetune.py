@@ -13,7 +13,7 @@ from segment_anything import SamPredictor, sam_model_registry
 import defect_vision.training.sam_checkpoints
 from defect_vision.cli.convert import main as convert
 from defect_vision.cli.train_sam import build_parser, config_from_args
-from defect_vision.data.mvtec import read_image
+from defect_vision.data.images import read_image
 from defect_vision.errors import DatasetError
 from defect_vision.io import MARKER
 from defect_vision.models.sam import build_random_sam

@@ -27,8 +27,28 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
     from defect_vision.formats.export import FORMATS
 
     p = parser(prog, DESCRIPTIONS[fmt])
-    p.add_argument("--category", required=True, help="category folder name, e.g. wood")
-    p.add_argument("--root", type=Path, default=Path("datasets/mvtec_ad"), help="MVTec AD root folder")
+    from defect_vision.data.source import FORMATS as LAYOUTS
+
+    p.add_argument("--category", required=True,
+                   help="category folder under --root, e.g. wood (with --format folder: just the dataset's name)")
+    p.add_argument("--root", type=Path, default=Path("datasets/mvtec_ad"), help="dataset root folder")
+    p.add_argument("--format", dest="layout", choices=LAYOUTS, default="mvtec",
+                   help="dataset layout (see docs/formats.md); auto detects it and says which it found")
+    p.add_argument("--mask-threshold", type=int, default=0,
+                   help="a mask pixel is defect when its value is > this (lossy JPEG or anti-aliased masks)")
+    p.add_argument("--defect-name", default="defect",
+                   help="class of every defect in layouts without defect-type names (mvtec_ad2, kolektor2)")
+    p.add_argument("--names", type=Path, default=None,
+                   help="YAML mapping class name -> prompt text (or a list: prompt first, then synonyms)")
+    p.add_argument("--images", default=None, help="folder layout: glob of the images, relative to --root "
+                                                  "(e.g. 'parts/**/*.png')")
+    p.add_argument("--masks", default=None, help="folder layout: mask path template, {dir} = the image's folder, "
+                                                 "{stem} = its name without suffix (e.g. '{dir}/../masks/{stem}_mask.png')")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="folder layout: CSV with columns image,mask[,label] (paths relative to --root; empty mask = good)")
+    p.add_argument("--benchmark-split", action="store_true",
+                   help="visa: train/test from split_csv/1cls.csv (its test images are shared between val and test "
+                        "by the --split ratios)")
     out_help = (f"output folder (default: datasets/{fmt}/<category>)" if fmt else
                 "root of the output folders <out>/<format>/<category> (default: datasets)")
     p.add_argument("--out", type=Path, default=None, help=out_help)
@@ -64,8 +84,9 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt: str | None = None) -> int:
+    from defect_vision.data.source import DatasetSource
     from defect_vision.data.splits import SplitConfig
-    from defect_vision.formats.export import ExportConfig, MvtecSource, export
+    from defect_vision.formats.export import ExportConfig, export
 
     p = build_parser(prog, fmt)
     a = p.parse_args(argv)
@@ -75,6 +96,8 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
         p.error(f"--good-per-split: counts must be >= 0, got {a.good_per_split}")
     if a.min_area < 1:
         p.error(f"--min-area: must be >= 1, got {a.min_area}")
+    if a.layout == "folder" and not (a.images or a.manifest):
+        p.error("--format folder: needs --images GLOB (with --masks TEMPLATE) or --manifest CSV")
     paths = CategoryPaths(a.category)
     if fmt is None:
         root = a.out or paths.datasets
@@ -91,7 +114,9 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
         negative_points=getattr(a, "negative_points", 0), force=a.force, progress=not a.no_progress)
 
     def body() -> None:
-        result = export(MvtecSource(a.root, a.category, a.min_area), outputs, config)
+        source = DatasetSource(a.root, a.category, a.min_area, a.layout, a.mask_threshold, a.defect_name, a.names,
+                               a.images, a.masks, a.manifest, a.benchmark_split)
+        result = export(source, outputs, config)
         print(result.summary(fmt or "+".join(a.formats)))
 
     return run_command(body, next(iter(outputs.values())))

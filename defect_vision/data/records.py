@@ -98,6 +98,8 @@ class Category:
     root: Path  # <root>/<name>
     images: list[ImageRecord]  # sorted by file_name; image id = index + 1
     defect_types: list[str]  # sorted; category id = index + 1
+    unlabelled: list[ImageRecord] = field(default_factory=list)  # images without ground truth (prediction only)
+    prompts: dict[str, str] = field(default_factory=dict)  # class name -> prompt text (default: '_' -> ' ')
 
     def category_id(self, defect_type: str) -> int:
         return self.defect_types.index(defect_type) + 1

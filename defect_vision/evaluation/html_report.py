@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from defect_vision.coco import CocoDataset, load_coco
-from defect_vision.data.mvtec import read_image
+from defect_vision.data.images import read_image
 from defect_vision.errors import DatasetError
 from defect_vision.evaluation.inputs import Predictions, load_predictions, of_image
 from defect_vision.evaluation.overlays import tint_and_outline, union_mask

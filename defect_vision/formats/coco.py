@@ -29,14 +29,14 @@ def prompt_of(defect_type: str) -> str:
 
 def categories(cat: Category) -> list[dict]:
     return [
-        {"id": i, "name": name, "prompt": prompt_of(name), "supercategory": cat.name}
+        {"id": i, "name": name, "prompt": cat.prompts.get(name) or prompt_of(name), "supercategory": cat.name}
         for i, name in enumerate(cat.defect_types, 1)
     ]
 
 
 def info(cat: Category, split: Split, split_name: str) -> dict:
     return {
-        "source": "MVTec AD layout, converted by defect-vision converters",
+        "source": "defect-vision converters",
         "category": cat.name,
         "image_root": str(cat.root),
         "split": split_name,
@@ -80,7 +80,20 @@ def to_coco(cat: Category, split: Split, split_name: str, rle: bool = False) -> 
     }
 
 
+def unlabelled_coco(cat: Category) -> dict:
+    """The images without ground truth (e.g. MVTec AD 2's test_private) as a COCO json without annotations: what
+    `defect-vision predict --source` takes. Ids continue after the labelled images."""
+    first = len(cat.images) + 1
+    return {"info": {"source": "defect-vision converters", "category": cat.name, "image_root": str(cat.root),
+                     "split": "unlabelled"},
+            "images": [image_entry(r, i) for i, r in enumerate(cat.unlabelled, first)],
+            "annotations": [], "categories": categories(cat)}
+
+
 def write_coco(job, folder: Path, final: Path, config) -> None:
-    """instances_<split>.json for each split (polygons, or RLE with config.rle)."""
+    """instances_<split>.json for each split (polygons, or RLE with config.rle), and instances_unlabelled.json
+    when the dataset has images without ground truth."""
     for split in SPLITS:
         (folder / f"instances_{split}.json").write_text(json.dumps(to_coco(job.cat, job.split, split, config.rle)))
+    if job.cat.unlabelled:
+        (folder / "instances_unlabelled.json").write_text(json.dumps(unlabelled_coco(job.cat)))

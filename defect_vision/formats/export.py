@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from defect_vision.data.mvtec import read_category
+from defect_vision.data.source import DatasetSource, read_dataset
 from defect_vision.data.records import Category
 from defect_vision.data.splits import SPLITS, Split, SplitConfig, load_or_make_split, split_json
 from defect_vision.errors import DatasetError
@@ -24,13 +24,7 @@ T = TypeVar("T")
 FORMATS = ("coco", "yolo", "voc", "sam")
 
 
-@dataclass(frozen=True)
-class MvtecSource:
-    """An MVTec AD-layout category: <root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}."""
-
-    root: Path
-    category: str
-    min_area: int = 10  # mask components smaller than this (pixels) are dropped
+MvtecSource = DatasetSource  # an MVTec AD category is DatasetSource's default layout
 
 
 @dataclass
@@ -89,7 +83,7 @@ def _writer(fmt: str):
     return {"coco": coco.write_coco, "yolo": yolo.write_yolo, "voc": voc.write_voc, "sam": sam_prompts.write_sam}[fmt]
 
 
-def export(source: MvtecSource, outputs: dict[str, Path], config: ExportConfig | None = None) -> ExportResult:
+def export(source: DatasetSource, outputs: dict[str, Path], config: ExportConfig | None = None) -> ExportResult:
     """Read the category, load or make its split, write each format into outputs[fmt] (one commit)."""
     config = config or ExportConfig()
     unknown = sorted(set(outputs) - set(FORMATS))
@@ -97,19 +91,20 @@ def export(source: MvtecSource, outputs: dict[str, Path], config: ExportConfig |
         raise DatasetError(f"unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
     start = time.perf_counter()
     splits_path = Path(config.splits_path or Path("datasets/splits") / f"{source.category}.json")
-    cat_root = Path(source.root) / source.category
+    cat_root = source.cat_root
     journal = splits_path.parent / f".{source.category}.commit.json"
     recover(journal)  # an export killed in the middle of its commit is completed first
-    cat = read_category(source.root, source.category, source.min_area, progress=config.progress)
+    cat = read_dataset(source, progress=config.progress)
     split, created = load_or_make_split(cat, splits_path, config.split, config.resplit)
+    inputs = input_folders(cat) if source.format == "folder" else [cat_root]
     for fmt, out in outputs.items():
-        check_output_dir(out, f"convert-{fmt}", inputs=[cat_root], force=config.force)
+        check_output_dir(out, f"convert-{fmt}", inputs=inputs, force=config.force)
     job = Job(cat, split, config.progress)
     new_parents = {p for out in [*outputs.values(), splits_path] for p in Path(out).absolute().parents if not p.exists()}
     try:
         with Commit(journal) as commit:
             for fmt, out in outputs.items():
-                _writer(fmt)(job, commit.folder(out, f"convert-{fmt}", [cat_root], config.force), Path(out), config)
+                _writer(fmt)(job, commit.folder(out, f"convert-{fmt}", inputs, config.force), Path(out), config)
             if created:
                 commit.file(splits_path).write_text(split_json(split))
     except BaseException:
@@ -120,7 +115,13 @@ def export(source: MvtecSource, outputs: dict[str, Path], config: ExportConfig |
     return ExportResult(job, dict(outputs), splits_path, created, time.perf_counter() - start)
 
 
-def convert(source: MvtecSource, out: Path = Path("datasets"), formats: Sequence[str] = FORMATS,
+def input_folders(cat: Category) -> list[Path]:
+    """The folders holding a dataset's images and masks (what no output folder may hold or lie inside)."""
+    recs = [*cat.images, *cat.unlabelled]
+    return sorted({r.path.parent for r in recs} | {r.mask_path.parent for r in recs if r.mask_path is not None})
+
+
+def convert(source: DatasetSource, out: Path = Path("datasets"), formats: Sequence[str] = FORMATS,
             config: ExportConfig | None = None) -> ExportResult:
     """Every format in `formats` under <out>/<format>/<category>; the split file at config.splits_path, default
     <out>/splits/<category>.json."""

@@ -220,7 +220,7 @@ class DefectPredictor:
 
     def __call__(self, images):
         """An image path, an RGB HxWx3 uint8 array, or a list of them -> a Result (a list for a list)."""
-        from defect_vision.data.mvtec import read_image
+        from defect_vision.data.images import read_image
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)

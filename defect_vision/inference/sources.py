@@ -15,7 +15,7 @@ import numpy as np
 from defect_vision.coco import CocoDataset, load_coco
 from defect_vision.detections import ImageInfo
 from defect_vision.errors import DatasetError
-from defect_vision.data.mvtec import IMAGE_SUFFIXES, read_image
+from defect_vision.data.images import IMAGE_SUFFIXES, read_image
 
 
 @dataclass

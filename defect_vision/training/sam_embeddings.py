@@ -17,7 +17,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
 from defect_vision.io import atomic_path
-from defect_vision.data.mvtec import read_image
+from defect_vision.data.images import read_image
 
 
 def image_hash(rgb: np.ndarray) -> str:

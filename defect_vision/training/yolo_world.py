@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from defect_vision.data.mvtec import IMAGE_SUFFIXES
+from defect_vision.data.images import IMAGE_SUFFIXES
 from defect_vision.devices import ultralytics_device
 from defect_vision.errors import DatasetError
 from defect_vision.io import MARKER, atomic_path, atomic_write_text, check_output_dir, remove_stale_temps
