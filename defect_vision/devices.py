@@ -1,12 +1,15 @@
 """Devices and precision: auto|cpu|cuda:N, autocast on CUDA, and a clear error (never a silent CPU fallback)."""
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from defect_vision.errors import DatasetError
@@ -53,8 +56,20 @@ def ultralytics_device(spec: str = "auto") -> str:
     return "cpu" if device.type == "cpu" else str(device.index)
 
 
+HALF = torch.float16  # the one half dtype: SAM fine-tune (GradScaler), its embedding cache, and 'auto' inference
+SYNC_TIMINGS_ENV = "DEFECT_VISION_SYNC_TIMINGS"  # =1: timers synchronise CUDA around every stage (debug mode)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """bf16 runs natively on this CUDA device (compute capability >= 8.0, Ampere and later). Unlike
+    torch.cuda.is_bf16_supported() this does not count emulated bf16 (slow on T4/V100) and asks `device`, not the
+    current device."""
+    return device.type == "cuda" and tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: None (fp32) on CPU; on CUDA bf16 where supported else fp16 ('auto'), or as asked."""
+    """The autocast dtype: None (fp32) on CPU; on CUDA fp16 for 'auto' (the dtype SAM is fine-tuned and cached in,
+    for both models), or as asked; bf16 only where `device` runs it natively."""
     if precision not in PRECISIONS:
         raise DeviceError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -63,14 +78,31 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         if precision == "auto":
             return None
         raise DeviceError(f"--precision {precision}: half precision needs a CUDA device (got {device})")
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if precision == "fp16" else torch.bfloat16
+    if precision == "bf16" and not bf16_native(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise DeviceError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}, compute capability "
+                          f"{major}.{minor}) has no native bf16 (emulated, slow); use --precision fp16 or auto")
+    return torch.bfloat16 if precision == "bf16" else HALF
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast for CUDA half precision, a no-op context otherwise."""
-    return torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None and device.type == "cuda" else nullcontext()
+    """torch.autocast to `dtype` on the device's type; a no-op context for dtype None (fp32). Inference only asks
+    for half precision on CUDA (autocast_dtype), but CPU autocast runs the same code path in tests."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def full_precision(device: torch.device):
+    """A region that runs in fp32 inside an autocast block (box coordinates, positional encodings)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array on `device`: on CUDA copied from pinned memory without blocking the host (the caching host
+    allocator keeps the pinned buffer alive until the copy is done); on CPU the same memory, no copy."""
+    t = torch.as_tensor(array)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def synchronize(device: torch.device) -> None:
@@ -78,9 +110,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sync_timings_default() -> bool:
+    return os.environ.get(SYNC_TIMINGS_ENV, "") not in ("", "0")
+
+
+STAGES = ("load", "detector", "sam_encoder", "sam_decoder", "write")
+
+
 @dataclass
 class Timings:
-    """Seconds spent per stage, summed over images; `wall` is the whole run (model loading excluded)."""
+    """Seconds spent per stage, summed over images; `wall` is the whole run (model loading excluded).
+
+    CUDA stages are timed with CUDA events (no host synchronisation; resolved by `settle`), or, in the debug mode
+    `sync=True` (env DEFECT_VISION_SYNC_TIMINGS=1), by synchronising the device around every stage."""
 
     load: float = 0.0
     detector: float = 0.0
@@ -88,10 +130,26 @@ class Timings:
     sam_decoder: float = 0.0
     write: float = 0.0
     wall: float = 0.0
+    sync: bool = field(default_factory=sync_timings_default, repr=False, compare=False)
+    pending: list = field(default_factory=list, repr=False, compare=False)  # (stage, start event, end event)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Add seconds to a stage (thread-safe: several writer threads time 'write')."""
+        with self.lock:
+            setattr(self, stage, getattr(self, stage) + seconds)
+
+    def settle(self) -> None:
+        """Add the durations of the CUDA stages timed with events (waits for those events only)."""
+        while self.pending:
+            stage, start, end = self.pending.pop(0)
+            end.synchronize()
+            self.add(stage, start.elapsed_time(end) / 1000)
 
     @property
     def forwards(self) -> float:
         """Time in the three model forwards (detector, SAM encoder, SAM decoder)."""
+        self.settle()
         return self.detector + self.sam_encoder + self.sam_decoder
 
     @property
@@ -100,22 +158,40 @@ class Timings:
         return self.wall / self.forwards if self.forwards > 0 else None
 
     def as_dict(self) -> dict:
-        out = {f.name: round(getattr(self, f.name), 6) for f in fields(self)}
+        self.settle()
+        out = {name: round(getattr(self, name), 6) for name in (*STAGES, "wall")}
         ratio = self.overhead_ratio
         out["forwards"] = round(self.forwards, 6)
         out["overhead_ratio"] = round(ratio, 4) if ratio is not None else None
+        out["synchronised"] = self.sync
         return out
+
+
+def _timing_event():
+    return torch.cuda.Event(enable_timing=True)
 
 
 @contextmanager
 def timed(timings: Timings, stage: str, device: torch.device | None = None) -> Iterator[None]:
-    """Add the block's duration to timings.<stage>; CUDA work is synchronised so it is counted where it runs."""
-    if device is not None:
-        synchronize(device)
-    t0 = time.perf_counter()
+    """Add the block's duration to timings.<stage>. On CUDA: the GPU time between two events recorded on the
+    device's current stream (no host synchronisation), or, with timings.sync, the host time with the device
+    synchronised before and after (debug mode). Elsewhere: host time."""
+    if device is None or device.type != "cuda" or timings.sync:
+        if device is not None and timings.sync:
+            synchronize(device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device is not None and timings.sync:
+                synchronize(device)
+            timings.add(stage, time.perf_counter() - t0)
+        return
+    stream = torch.cuda.current_stream(device)
+    start, end = _timing_event(), _timing_event()
+    start.record(stream)
     try:
         yield
     finally:
-        if device is not None:
-            synchronize(device)
-        setattr(timings, stage, getattr(timings, stage) + time.perf_counter() - t0)
+        end.record(stream)
+        timings.pending.append((stage, start, end))

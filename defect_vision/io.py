@@ -38,6 +38,13 @@ def read_json(path: Path, what: str = "") -> object:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
 
 
+def json_bytes(obj: object, indent: bool = False) -> bytes:
+    """JSON text of `obj` as bytes, by orjson (about 10x the standard library on the exports' polygon lists)."""
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 if indent else 0)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,6 +1,8 @@
 """Mask -> instances: connected components, tight boxes, RLE (pycocotools), polygons (OpenCV + shapely)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -23,6 +25,52 @@ def decode_rle(rle: dict) -> np.ndarray:
     elif isinstance(rle["counts"], str):
         rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     return mask_utils.decode(rle).astype(bool)
+
+
+@dataclass
+class MaskCrop:
+    """A mask kept as its bounding extent: `crop` (h, w) bool at (`row`, `col`) of a height x width image (all
+    False outside). What SAM inference hands to the writers instead of full-size masks."""
+
+    row: int
+    col: int
+    crop: np.ndarray
+    height: int
+    width: int
+
+    @property
+    def region(self) -> tuple[slice, slice]:
+        """The crop's rows and columns in the full image."""
+        return slice(self.row, self.row + self.crop.shape[0]), slice(self.col, self.col + self.crop.shape[1])
+
+    def full(self) -> np.ndarray:
+        """The HxW bool mask."""
+        out = np.zeros((self.height, self.width), bool)
+        out[self.region] = self.crop
+        return out
+
+    def rle(self) -> dict:
+        """Compressed COCO RLE (bytes counts) of the full mask, byte-identical to encoding `full()`, computed from a
+        strip of the crop's columns only (COCO RLE runs down columns)."""
+        h, w = self.crop.shape
+        size = self.height * self.width
+        if h == 0 or w == 0:
+            counts = np.array([size], np.int64)
+        else:
+            strip = np.zeros((w, self.height), np.int8)  # the crop's columns, full height, column-major
+            strip[:, self.row : self.row + h] = self.crop.T
+            flat = strip.ravel()
+            counts = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]]))
+            if flat[0]:
+                counts = np.concatenate([[0], counts])
+            counts[0] += self.col * self.height
+            tail = (self.width - self.col - w) * self.height
+            if len(counts) % 2:  # the last run is background
+                counts[-1] += tail
+            elif tail:
+                counts = np.concatenate([counts, [tail]])
+        return mask_utils.frPyObjects({"size": [self.height, self.width], "counts": counts.tolist()},
+                                      self.height, self.width)
 
 
 def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:

@@ -8,11 +8,12 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: scripts/demo.sh [--fast] [--root DIR [--category C]] [--work DIR] [--device auto|cpu|cuda:N] [--seed N]
+usage: scripts/demo.sh [--fast] [--root DIR [--category C] [--format F]] [--work DIR] [--device auto|cpu|cuda:N] [--seed N]
 
   --fast       the smallest settings (what CI runs, ~1-2 min on 2 CPU cores); same as DEMO_FAST=1
   --root DIR   a real MVTec AD copy: run on its category --category instead of the synthetic toy_wood
   --category C the category under --root [wood]
+  --format F   its layout: mvtec (default), mvtec_ad2, mvtec_loco, mvtec_3d, visa, kolektor2 or auto
   --work DIR   put datasets/ and runs/ under DIR instead of the repo root (same as DEMO_WORK=DIR)
   --device D   training/inference device [auto]
   --seed N     seed of the synthetic data, split and training [0]
@@ -24,7 +25,7 @@ EOF
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-fast=${DEMO_FAST:-0} work=${DEMO_WORK:-$REPO} device=auto seed=0 root="" category=""
+fast=${DEMO_FAST:-0} work=${DEMO_WORK:-$REPO} device=auto seed=0 root="" category="" layout=mvtec
 while [ $# -gt 0 ]; do
   case "$1" in
     --fast) fast=1 ;;
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
     --seed) [ $# -ge 2 ] || { echo "error: --seed: missing value" >&2; exit 2; }; seed=$2; shift ;;
     --root) [ $# -ge 2 ] || { echo "error: --root: missing value" >&2; exit 2; }; root=$2; shift ;;
     --category) [ $# -ge 2 ] || { echo "error: --category: missing value" >&2; exit 2; }; category=$2; shift ;;
+    --format) [ $# -ge 2 ] || { echo "error: --format: missing value" >&2; exit 2; }; layout=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: $1: unknown option (see --help)" >&2; exit 2 ;;
   esac
@@ -43,7 +45,11 @@ case "$work" in /*) ;; *) work="$PWD/$work" ;; esac
 if [ -n "$root" ]; then
   case "$root" in /*) ;; *) root="$PWD/$root" ;; esac
   category=${category:-wood}
-  [ -d "$root/$category/test" ] || { echo "error: $root/$category: no MVTec category here (expected $root/$category/test/)" >&2; exit 2; }
+  if [ "$layout" = mvtec ]; then
+    [ -d "$root/$category/test" ] || { echo "error: $root/$category: no MVTec category here (expected $root/$category/test/; other layouts: --format)" >&2; exit 2; }
+  else
+    [ -d "$root/$category" ] || { echo "error: $root/$category: no such folder" >&2; exit 2; }
+  fi
 elif [ -n "$category" ]; then
   echo "error: --category $category: needs --root (without it the demo runs on the synthetic toy_wood)" >&2; exit 2
 fi
@@ -65,7 +71,7 @@ if [ -z "$root" ]; then
   echo "demo: generating the synthetic category $category in $root"
   "$PY" -m defect_vision.data.synthetic --out "$root" --category "$category" --seed "$seed" "${synth[@]}"
 else
-  echo "demo: real MVTec AD category $category from $root"
+  echo "demo: real $layout category $category from $root"
 fi
 
 missing=()
@@ -84,6 +90,6 @@ else
 fi
 
 "$REPO/scripts/run_pipeline.sh" --category "$category" --root "$root" \
-  --datasets "$work/datasets" --runs "$work/runs" --device "$device" --seed "$seed" --resplit \
+  --datasets "$work/datasets" --runs "$work/runs" --device "$device" --seed "$seed" --resplit --format "$layout" \
   "${weights[@]}" "${settings[@]}"
 echo "demo: finished in $((SECONDS - t0)) s; open $work/runs/$category/report/index.html"

@@ -91,7 +91,7 @@ def test_pipeline_requires_official_weights_unless_from_scratch(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--category", "wood", "--root", "/nonexistent"],
-     "error: /nonexistent/wood: no MVTec category here (expected /nonexistent/wood/test/)"),
+     "error: /nonexistent/wood: no MVTec category here (expected /nonexistent/wood/test/; other layouts: --format)"),
     (["--category", "wood", "--conf", "1.5"], "error: 1.5: --conf must be a number in [0, 1]"),
     (["--category", "wood", "--yolo-epochs", "-1"], "--yolo-epochs: must be >= 0, got -1"),
     (["--category", "wood", "--bogus"], "unrecognized arguments: --bogus"),
@@ -216,7 +216,7 @@ def test_demo_with_root_runs_the_pipeline_on_that_real_category(tmp_path):
                         "capsule", "--work", str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert f"demo: real MVTec AD category capsule from {tmp_path}/mvtec" in r.stdout
+    assert f"demo: real mvtec category capsule from {tmp_path}/mvtec" in r.stdout
     assert not (tmp_path / "work" / "datasets" / "synthetic").exists()  # no synthetic data generated
     run = tmp_path / "work" / "runs" / "capsule"
     pipeline = json.loads((run / "pipeline.json").read_text())
@@ -224,3 +224,23 @@ def test_demo_with_root_runs_the_pipeline_on_that_real_category(tmp_path):
     gt = json.loads((tmp_path / "work" / "datasets" / "coco" / "capsule" / "instances_test.json").read_text())
     assert {c["name"] for c in gt["categories"]} == {"crack", "hole"}
     assert (run / "report" / "index.html").is_file() and f"open {run}/report/index.html" in r.stdout
+
+
+def test_pipeline_passes_the_dataset_layout_to_the_converter(tmp_path):
+    """--format and the reader options reach `defect-vision convert` (parsed by its own parser)."""
+    from defect_vision.cli import pipeline
+
+    (tmp_path / "data" / "pcb1").mkdir(parents=True)
+    argv = ["--category", "pcb1", "--root", str(tmp_path / "data"), "--from-scratch", "--format", "visa",
+            "--mask-threshold", "3", "--names", "names.yaml", "--benchmark-split"]
+    seen = []
+    real = pipeline.run_stage
+    pipeline.run_stage = lambda stage_argv, log: seen.append(stage_argv) or 1  # stop after the converter
+    try:
+        assert pipeline.main(argv) == 2
+    finally:
+        pipeline.run_stage = real
+    conv = _parsed(type("S", (), {"argv": seen[0]}))
+    assert (conv.layout, conv.mask_threshold, conv.names, conv.benchmark_split) == ("visa", 3, Path("names.yaml"), True)
+    r = run_pipeline("--category", "pcb1", "--root", str(tmp_path / "nowhere"), "--format", "visa")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder (the dataset root)"

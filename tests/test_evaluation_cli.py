@@ -46,6 +46,7 @@ def test_evaluate_writes_metrics_report_and_plots(case, capsys):
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("evaluated 3 images (2 defect, 1 good), 3 predictions") and str(out) in line
+    assert ", image type accuracy 0.333 at the per-class thresholds calibrated on val (" in line
     m = json.loads((out / "metrics.json").read_text())
     assert m["mask_iou"]["mean_instance"] == pytest.approx((17 / 23 + 2 / 3) / 2)
     assert m["mask_iou"]["good_fp_images"] == 1
@@ -57,21 +58,37 @@ def test_evaluate_writes_metrics_report_and_plots(case, capsys):
     assert m["calibrated"]["thresholds"] == {"hole": pytest.approx(0.9), "scratch": pytest.approx(0.9)}
     assert m["calibrated"]["mask_iou"]["good_fp_images"] == 0
     assert m["calibrated"]["mask_iou"]["mean_instance"] == 0.0  # test scores 0.8/0.7 fall below 0.9
+    # image-level type at the calibrated thresholds: every test detection falls below 0.9, every image reads good
+    ic = m["image_classification"]
+    assert ic["confusion_matrix"] == {"labels": ["good", "hole", "scratch"], "rows": "true type",
+                                      "columns": "predicted type", "counts": [[1, 0, 0], [1, 0, 0], [1, 0, 0]]}
+    assert ic["accuracy"] == pytest.approx(1 / 3) and ic["per_class"]["good"]["recall"] == 1.0
+    assert ic["thresholds"]["source"] == "calibrated" and ic["thresholds"]["per_class"]["hole"] == pytest.approx(0.9)
     th = json.loads((out / "thresholds.json").read_text())
     assert th["default"] == 0.25 and th["thresholds"]["hole"] == pytest.approx(0.9)
     assert json.loads((out / MARKER).read_text())["kind"] == "evaluate"
-    for png in ("pr_curves.png", "iou_histogram.png", "worst_cases.png"):
+    assert m["plots"] == ["pr_curves.png", "iou_histogram.png", "confusion_matrix.png", "worst_cases.png"]
+    for png in ("pr_curves.png", "iou_histogram.png", "confusion_matrix.png", "worst_cases.png"):
         img = cv2.imread(str(out / png))
         assert img is not None and img.shape[0] > 100, png
     report = (out / "report.md").read_text()
     assert "| hole | 1 | 0.739 |" in report and "![worst_cases.png](worst_cases.png)" in report
+    assert "Accuracy **33.33%** (1/3 images), at the per-class thresholds calibrated on val." in report
+    assert "| true type | good | hole | scratch |" in report and "| scratch | 1 | 0 | 0 |" in report
+    assert "| hole | 1 | 0 | 0.00% |" in report and "![confusion_matrix.png](confusion_matrix.png)" in report
     per_image = json.loads((out / "per_image.json").read_text())
     assert [p["image_id"] for p in per_image] == [1, 2, 3] and per_image[2]["fp_pixels"] == 20
     assert not list(tmp.glob(".report*"))  # no temporary folder or journal left
     # a second run replaces the folder as a whole: no stale thresholds.json of the run with val
     assert evaluate.main(["--gt", str(gt), "--pred", str(tmp / "pred.json"), "--out", str(out), "--no-plots"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "metrics.json", "per_image.json", "report.md"]
-    assert json.loads((out / "metrics.json").read_text())["calibrated"] is None
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["calibrated"] is None
+    # without val: --default-threshold 0.25, said so; the 0.3 false positive now makes the good image a hole
+    assert m["image_classification"]["thresholds"]["source"] == "default_threshold"
+    assert m["image_classification"]["confusion_matrix"]["counts"] == [[0, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert "image type accuracy 0.667 at score >= 0.25 (--default-threshold; no val calibration)" in \
+        capsys.readouterr().out
 
 
 def test_evaluate_without_images_skips_the_overlay_grid(tmp_path):
@@ -79,7 +96,8 @@ def test_evaluate_without_images_skips_the_overlay_grid(tmp_path):
     (tmp_path / "pred.json").write_text(json.dumps([]))
     assert evaluate.main(["--gt", str(gt), "--pred", str(tmp_path / "pred.json"), "--out", str(tmp_path / "r")]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert m["plots"] == ["pr_curves.png", "iou_histogram.png"] and not (tmp_path / "r" / "worst_cases.png").exists()
+    assert m["plots"] == ["pr_curves.png", "iou_histogram.png", "confusion_matrix.png"]
+    assert not (tmp_path / "r" / "worst_cases.png").exists()
     assert m["mask_iou"]["mean_instance"] == 0.0 and m["calibrated"] is None
 
 

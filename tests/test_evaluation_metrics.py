@@ -11,11 +11,11 @@ from sklearn.metrics import roc_auc_score
 from defect_vision.coco import load_coco, load_results
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
-from defect_vision.evaluation import EvalConfig, calibrate, evaluate, mask_iou
+from defect_vision.evaluation import EvalConfig, calibrate, evaluate, image_types, mask_iou
 from defect_vision.evaluation.coco_metrics import coco_metrics
 from defect_vision.evaluation.metrics import iou_figures
 from defect_vision.evaluation.pixel_metrics import PixelAccumulator, aupro_from_curve, pixel_metrics, region_thresholds
-from defect_vision.evaluation.thresholds import apply_thresholds
+from defect_vision.evaluation.thresholds import ClassCalibration, Thresholds, apply_thresholds
 from defect_vision.masks import encode_rle
 
 H = W = 64
@@ -42,8 +42,9 @@ def make_gt(path: Path, masks: dict = GT_MASKS, polygons: bool = True, image_roo
     images, anns = [], []
     for image_id, insts in masks.items():
         good = not insts
+        kind = "good" if good else CATEGORIES[insts[0][0] - 1]["name"]  # as the converters write it
         images.append({"id": image_id, "file_name": f"test/{'good' if good else 'defect'}/{image_id:03d}.png",
-                       "height": H, "width": W, "defect_type": "good" if good else "defect", "is_good": good})
+                       "height": H, "width": W, "defect_type": kind, "is_good": good})
         for cid, m in insts:
             x, y, w, h = bbox(m)
             # a rectangle as a polygon on pixel edges rasterises to exactly its pixels
@@ -335,14 +336,16 @@ def test_evaluate_api_takes_files_or_records_and_gives_the_same_figures(tmp_path
     a, b = from_records.to_dict(), from_files.to_dict()
     assert a.pop("inputs")["pred"] is None and b.pop("inputs")["pred"] == str(tmp_path / "pred.json")
     assert a == b
-    assert list(from_files.to_dict()) == ["inputs", "counts", "mask_iou", "coco", "pixel", "image_auroc", "calibrated",
-                                          "plots"]
+    assert list(from_files.to_dict()) == ["inputs", "counts", "mask_iou", "coco", "pixel", "image_auroc",
+                                          "image_classification", "calibrated", "plots"]
     assert from_files.mask_ap == pytest.approx(0.45) and from_files.box_ap50 == pytest.approx(1.0)
     assert from_files.mean_instance_iou == pytest.approx((17 / 23 + 2 / 3) / 2)
     assert from_files.inputs["mask_source"] == "masks" and from_files.plots == [] and from_files.calibrated is None
     assert [im.iou for im in from_files.per_image] == [pytest.approx(17 / 23), pytest.approx(2 / 3), None]
     assert from_files.summary_line().startswith("evaluated 3 images (2 defect, 1 good), 2 predictions: mask IoU 0.703 "
                                                 "(instance) / 0.703 (image), mask AP 0.450, box AP50 1.000")
+    assert from_files.summary_line().endswith(", good FP images 0/1, image type accuracy 1.000 at score >= 0.25 "
+                                              "(--default-threshold; no val calibration)")
     # score_threshold drops predictions from the mask IoU only
     high = evaluate(gt, loaded, EvalConfig(score_threshold=0.75))
     assert high.mask_iou["per_class"]["scratch"]["mean_instance"] == 0.0 and high.mask_ap == pytest.approx(0.45)
@@ -380,3 +383,87 @@ def test_evaluation_imports_no_later_stage():
             bad += [f"{path.name}: {n}" for n in names
                     if n.split(".")[:2] in (["defect_vision", s] for s in ("training", "inference", "models", "cli"))]
     assert not bad
+
+
+def test_region_max_f1_is_0_not_null_when_nothing_is_predicted(tmp_path):
+    """With no prediction (or only scores 0) no region is ever found: recall 0, so region max-F1 is 0.0 when there
+    is ground truth (it was null while pixel max-F1 was defined); it stays null without any GT region."""
+    gt, _ = load(tmp_path, [])
+    zero = {1: Detections([[0, 0, 64, 64]], [0], [0.0], mask=np.ones((1, H, W), bool), image=gt.image(1),
+                          class_names=gt.class_names, category_ids=gt.category_ids)}
+    for predictions in ({}, zero):
+        px = evaluate(gt, predictions).pixel
+        # every pixel at the one level 0: pixel F1 = 2 * 800 GT px / (3 * 64 * 64 + 800)
+        assert px["max_f1"] == pytest.approx(1600 / 13088) and px["max_f1_threshold"] == 0.0
+        assert (px["region_max_f1"], px["region_max_f1_threshold"]) == (0.0, None)
+    all_good = load_coco(make_gt(tmp_path / "good.json", {3: []}))
+    assert evaluate(all_good, {}).pixel["region_max_f1"] is None
+
+
+# image-level defect type: 7 images, predictions (class, score); threshold 0.25 unless said
+TYPE_CASE = {
+    1: ("hole", [("hole", 0.9), ("scratch", 0.6)]),  # the highest score wins: hole
+    2: ("scratch", [("hole", 0.5), ("scratch", 0.8)]),  # ... whichever class is listed first: scratch
+    3: ("scratch", [("hole", 0.7)]),  # wrong class: hole
+    4: ("hole", []),  # no detection: good
+    5: ("good", [("scratch", 0.1)]),  # below the threshold: good
+    6: ("good", [("hole", 0.4)]),  # a false positive: hole
+    7: ("hole", [("hole", 0.2), ("scratch", 0.3)]),  # the threshold drops the hole: scratch
+}
+
+
+def type_case(tmp_path):
+    masks = {i: ([] if t == "good" else [(1 if t == "hole" else 2, rect(10, 10, 8, 8))]) for i, (t, _) in TYPE_CASE.items()}
+    preds = [pred(i, 1 if c == "hole" else 2, rect(30, 30, 6, 6), s) for i, (_, ps) in TYPE_CASE.items() for c, s in ps]
+    return load(tmp_path, preds, masks)
+
+
+def test_image_type_accuracy_recall_and_confusion_matrix(tmp_path):
+    gt, preds = type_case(tmp_path)
+    ic = evaluate(gt, preds).image_classification
+    assert ic["confusion_matrix"]["labels"] == ["good", "hole", "scratch"]
+    # rows true (good, hole, scratch), columns predicted: 5 good, 6 hole | 4 good, 1 hole, 7 scratch | 3 hole, 2 scratch
+    assert ic["confusion_matrix"]["counts"] == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+    assert (ic["accuracy"], ic["correct"], ic["images"]) == (pytest.approx(3 / 7), 3, 7)
+    assert {k: v["recall"] for k, v in ic["per_class"].items()} == {"good": 0.5, "hole": pytest.approx(1 / 3),
+                                                                    "scratch": 0.5}
+    assert ic["per_class"]["hole"] == {"images": 3, "correct": 1, "recall": pytest.approx(1 / 3)}
+    assert ic["thresholds"] == {"source": "default_threshold", "value": 0.25,
+                                "per_class": {"hole": 0.25, "scratch": 0.25}, "default": 0.25}
+    assert ic["true_type_from"] == {"defect_type": 7, "annotations": 0, "none": 0}
+    # --score-threshold, when set, is the threshold: 6 (hole 0.4) and 7 (both) drop to good
+    ic = evaluate(gt, preds, EvalConfig(score_threshold=0.5)).image_classification
+    assert ic["confusion_matrix"]["counts"] == [[2, 0, 0], [2, 1, 0], [0, 1, 1]] and ic["accuracy"] == pytest.approx(4 / 7)
+    assert (ic["thresholds"]["source"], ic["thresholds"]["value"]) == ("score_threshold", 0.5)
+    assert ic["thresholds_used"] == "at score >= 0.5 (--score-threshold)"
+
+
+def test_image_type_uses_the_calibrated_per_class_thresholds(tmp_path):
+    gt, preds = type_case(tmp_path)
+    calibrated = Thresholds([ClassCalibration("hole", 0.45, 1, 1, 1, 1, 1), ClassCalibration("scratch", 0.05, 1, 1, 1, 1, 1)])
+    ic = image_types.classify(gt, preds, image_types.choose_thresholds(gt.class_names, calibrated, 0.5, 0.25))
+    # hole needs 0.45: image 6 (0.4) becomes good; scratch needs 0.05: image 5 (0.1) becomes scratch
+    assert ic["confusion_matrix"]["counts"] == [[1, 0, 1], [1, 1, 1], [0, 1, 1]]
+    assert ic["thresholds"] == {"source": "calibrated", "value": None, "per_class": {"hole": 0.45, "scratch": 0.05},
+                                "default": 0.25}
+    assert ic["thresholds_used"] == "at the per-class thresholds calibrated on val"
+
+
+def test_true_image_type_rule(tmp_path):
+    """defect_type when the image entry has it (MVTec's combined is a type of its own), else the most frequent class
+    of its annotations (ties: the lowest category id, not the name or the order), good without annotations."""
+    box = [2.0, 2.0, 4.0, 4.0]
+    images = [{"id": i, "file_name": f"{i}.png", "height": 16, "width": 16} for i in range(1, 5)]
+    images[0]["defect_type"] = "combined"
+    anns = [(1, 3), (2, 7), (2, 3), (3, 7), (3, 3), (3, 7)]  # (image, category id)
+    doc = {"images": images, "categories": [{"id": 7, "name": "alpha"}, {"id": 3, "name": "zeta"}],
+           "annotations": [{"id": k, "image_id": i, "category_id": c, "bbox": box} for k, (i, c) in enumerate(anns, 1)]}
+    (tmp_path / "gt.json").write_text(json.dumps(doc))
+    gt = load_coco(tmp_path / "gt.json")
+    assert [image_types.true_type(im, gt.detections[im.id]) for im in gt.images] == [
+        ("combined", "defect_type"), ("zeta", "annotations"), ("alpha", "annotations"), ("good", "none")]
+    ic = evaluate(gt, {}).image_classification
+    assert ic["confusion_matrix"]["labels"] == ["good", "zeta", "alpha", "combined"]  # good, classes by id, others
+    assert ic["confusion_matrix"]["counts"] == [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
+    assert ic["true_type_from"] == {"defect_type": 1, "annotations": 2, "none": 1}
+    assert ic["per_class"]["combined"]["recall"] == 0.0 and ic["accuracy"] == 0.25

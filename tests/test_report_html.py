@@ -29,8 +29,17 @@ def square(x: int, y: int, s: int) -> np.ndarray:
     return m
 
 
-def make_run(tmp: Path, weights: str = "random-init") -> tuple[Path, Path]:
-    """A run folder in the contract's layout: 4 test images with known IoUs (1.0, 0.5, 0.0 on a good image, 1.0 good)."""
+IMAGE_TYPES = {"accuracy": 0.5, "correct": 2, "images": 4,
+               "per_class": {"good": {"images": 2, "correct": 1, "recall": 0.5},
+                             "hole": {"images": 2, "correct": 1, "recall": 0.5}},
+               "confusion_matrix": {"labels": ["good", "hole"], "rows": "true type", "columns": "predicted type",
+                                    "counts": [[1, 1], [1, 1]]},
+               "thresholds_used": "at the per-class thresholds calibrated on val"}
+
+
+def make_run(tmp: Path, weights: str = "random-init", image_types: bool = False) -> tuple[Path, Path]:
+    """A run folder in the contract's layout: 4 test images with known IoUs (1.0, 0.5, 0.0 on a good image, 1.0 good);
+    with `image_types`, eval/metrics.json has evaluate's image-level defect-type block (IMAGE_TYPES)."""
     cat = tmp / "data" / "toy"
     gt_masks = {1: square(10, 10, 20), 2: square(0, 0, 20), 3: None, 4: None}
     pred_masks = {1: square(10, 10, 20), 2: square(0, 0, 20) & (np.arange(SIZE)[None, :] < 10),  # IoU 0.5
@@ -70,6 +79,8 @@ def make_run(tmp: Path, weights: str = "random-init") -> tuple[Path, Path]:
                                        "pixel": {"auroc": 0.96875}},
         "predict/predictions.json": preds,
     }
+    if image_types:
+        files["eval/metrics.json"]["image_classification"] = IMAGE_TYPES
     for rel, obj in files.items():
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text(json.dumps(obj))
@@ -115,6 +126,7 @@ def test_report_json_holds_every_stage_and_page_shows_smoke(tmp_path, capsys):
     for shown in ("0.719", "0.125", "0.938", "0.688", "0.812", "0.594", "not run"):
         assert shown in page
     assert (run / "report" / "plots" / "pr_curve.png").is_file()
+    assert data["image_classification"] is None and 'id="image-classification"' not in page  # an older metrics.json
 
 
 def test_thumbnails_use_the_calibrated_thresholds(tmp_path):
@@ -187,11 +199,14 @@ def render_in_chromium(index: Path) -> dict:
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (Debian: apt-get install chromium); "
                                               ".ci/run installs it when it can")
 def test_chromium_renders_tables_and_thumbnails(tmp_path):
-    run, gt_path = make_run(tmp_path)
+    run, gt_path = make_run(tmp_path, image_types=True)
     write_report(run, run / "report", gt_path, top_k=2)
     seen = render_in_chromium(run / "report" / "index.html")
     tables = {t["id"]: t for t in seen["tables"]}
-    assert set(tables) == {"detector", "segmentation", "sam-finetune", "per-class"}
+    assert set(tables) == {"detector", "segmentation", "sam-finetune", "per-class", "image-classification",
+                           "image-type-recall"}
+    assert tables["image-classification"]["rows"] == 3 and tables["image-type-recall"]["rows"] == 2
+    assert any(i["src"] == "plots/confusion_matrix.png" and i["ok"] and i["w"] > 0 for i in seen["imgs"])
     assert tables["detector"]["rows"] == 2 and tables["segmentation"]["rows"] == 2
     assert all(t["h"] > 20 for t in tables.values())
     thumbs = [i for i in seen["imgs"] if i["src"].startswith("thumbs/")]
@@ -250,3 +265,36 @@ def test_page_says_when_mask_figures_come_from_boxes(tmp_path):
     note = "mask figures from boxes: 3/3 predictions are box-only (no segmentation), each box taken as its mask"
     assert rep.notes == [f"SAM on detected boxes: {note}"]
     assert f'<p class="mask-note"><b>Note</b>: SAM on detected boxes: {note}.</p>' in (run / "report" / "index.html").read_text()
+
+
+def _rows(page: str, table_id: str) -> list[list[str]]:
+    body = re.search(rf'<table id="{table_id}">.*?<tbody>(.*?)</tbody>', page, re.S).group(1)
+    return [[html.unescape(re.sub("<[^>]+>", "", c)) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_image_type_accuracy_is_shown_beside_the_seed_reports(tmp_path):
+    """eval/metrics.json's image-level defect type: accuracy beside the seed reports' 75.0% (capsule) and 76.92%
+    (wood), recall per true type, and the confusion matrix (drawn from metrics.json when eval has no plot)."""
+    run, gt_path = make_run(tmp_path, image_types=True)
+    (run / "pipeline.json").write_text(json.dumps({"category": "wood"}))
+    rep = write_report(run, gt=gt_path)
+    assert rep.image_classification["accuracy"] == 0.5 and rep.image_classification["plot"] == "plots/confusion_matrix.png"
+    page = (run / "report" / "index.html").read_text()
+    assert _rows(page, "image-classification") == [
+        ["this run: detections, at the per-class thresholds calibrated on val", "wood", "4", "50.00%"],
+        ["seed report: EfficientNet_v2_l at 512 px (best test accuracy)", "capsule", "", "75.0%"],
+        ["seed report: ResNet18 with layer4 unfrozen (same category)", "wood", "", "76.92%"]]
+    assert _rows(page, "image-type-recall") == [["good", "2", "50.00%"], ["hole", "2", "50.00%"]]
+    plot = cv2.imread(str(run / "report" / "plots" / "confusion_matrix.png"))
+    assert plot is not None and plot.shape[0] > 150
+    assert page.count('src="plots/confusion_matrix.png"') == 1  # in its section, not again among the eval plots
+    assert 'src="plots/pr_curve.png"' in page
+    # evaluate's own plot, when the eval folder has it, is the one shown
+    mark = np.zeros((30, 40, 3), np.uint8)
+    mark[:, :, 2] = 255
+    cv2.imwrite(str(run / "eval" / "confusion_matrix.png"), mark)
+    write_report(run, gt=gt_path)
+    assert (run / "report" / "plots" / "confusion_matrix.png").read_bytes() == \
+        (run / "eval" / "confusion_matrix.png").read_bytes()
+    assert (run / "report" / "index.html").read_text().count('src="plots/confusion_matrix.png"') == 1

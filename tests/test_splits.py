@@ -88,3 +88,25 @@ def test_a_corrupt_split_file_is_a_dataset_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DatasetError, match=r"bad\.json: not a valid splits\.json"):
         load_split(path)
+
+
+def test_benchmark_split_follows_the_dataset_and_shares_its_test_between_val_and_test(tmp_path):
+    """--benchmark-split on KolektorSDD2: its train/ is train, its test/ is split into val and test (per class)."""
+    import json
+
+    from defect_vision.cli.convert import main as convert
+    from defect_vision.data.synthetic_other_layouts import make_kolektor2
+
+    make_kolektor2(tmp_path / "k", counts={"train": (3, 4), "test": (4, 4)}, seed=1)
+    splits = tmp_path / "s.json"
+    argv = ["--format", "kolektor2", "--category", "KolektorSDD2", "--root", str(tmp_path / "k"), "--out",
+            str(tmp_path / "coco"), "--splits", str(splits), "--split", "0.6", "0.5", "0.5", "--no-progress"]
+    assert convert([*argv, "--benchmark-split"], fmt="coco") == 0
+    got = json.loads(splits.read_text())["splits"]
+    assert sorted(got["train"]) == sorted(f"train/{10000 + i}.png" for i in range(7))
+    assert all(f.startswith("test/") for f in got["val"] + got["test"]) and len(got["val"] + got["test"]) == 8
+    coco = {s: json.loads((tmp_path / "coco" / f"instances_{s}.json").read_text()) for s in SPLITS}
+    for s in ("val", "test"):  # 2 of the 4 good and 2 of the 4 defect test images each
+        assert sum(im["is_good"] for im in coco[s]["images"]) == 2 and len(coco[s]["images"]) == 4
+    assert json.loads(splits.read_text())["config"]["official"] is True
+    assert convert(argv, fmt="coco") == 2  # the saved split was made differently: says so instead of mixing

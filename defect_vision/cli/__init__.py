@@ -10,6 +10,7 @@ COMMANDS = {
     "train-detector": ("train_detector", "fine-tune YOLO-World on a converted category (offline CLIP prompts)"),
     "train-sam": ("train_sam", "fine-tune SAM's mask decoder on box prompts (cached image embeddings)"),
     "predict": ("predict", "YOLO-World boxes -> SAM masks on new images: COCO results, label PNGs, overlays"),
+    "export": ("export", "a run's detector and SAM as ONNX files + manifest, for predict --backend onnxruntime"),
     "calibrate": ("calibrate", "per-class confidence thresholds maximising detection F1 on val"),
     "evaluate": ("evaluate", "predictions vs COCO ground truth: mask IoU, COCO AP, pixel AUROC/AUPRO, max-F1"),
     "report": ("report", "the HTML report of a run folder"),

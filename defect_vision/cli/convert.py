@@ -47,8 +47,9 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, default=None,
                    help="folder layout: CSV with columns image,mask[,label] (paths relative to --root; empty mask = good)")
     p.add_argument("--benchmark-split", action="store_true",
-                   help="visa: train/test from split_csv/1cls.csv (its test images are shared between val and test "
-                        "by the --split ratios)")
+                   help="visa, kolektor2: the dataset's own train/test (VisA: split_csv/1cls.csv, whose train has only "
+                        "good images; KolektorSDD2: its train/ and test/); its test images are shared between val and "
+                        "test by the --split ratios")
     out_help = (f"output folder (default: datasets/{fmt}/<category>)" if fmt else
                 "root of the output folders <out>/<format>/<category> (default: datasets)")
     p.add_argument("--out", type=Path, default=None, help=out_help)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
         splits = a.splits or paths.splits
     config = ExportConfig(
         split=SplitConfig(tuple(a.split), a.seed, a.good_ratio,
-                          tuple(a.good_per_split) if a.good_per_split is not None else None),
+                          tuple(a.good_per_split) if a.good_per_split is not None else None, a.benchmark_split),
         splits_path=splits, resplit=a.resplit, rle=getattr(a, "rle", False), task=getattr(a, "task", "detect"),
         copy=getattr(a, "copy", False), positive_points=getattr(a, "positive_points", 1),
         negative_points=getattr(a, "negative_points", 0), force=a.force, progress=not a.no_progress)

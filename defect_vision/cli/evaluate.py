@@ -11,7 +11,9 @@ from defect_vision.errors import DatasetError
 DESCRIPTION = (
     "Evaluate predictions.json (COCO results: RLE masks, or box-only entries whose boxes are taken as masks) against "
     "a COCO ground truth: mask IoU (instance, image, class, good images), COCO box/mask AP (pycocotools), MVTec "
-    "pixel AUROC / AUPRO@0.3 / max-F1 / region max-F1, image AUROC. Writes metrics.json, report.md, per_image.json "
+    "pixel AUROC / AUPRO@0.3 / max-F1 / region max-F1, image AUROC, and image-level defect-type accuracy (an image's "
+    "type = class of its highest-scoring detection at the thresholds calibrated on val, else at --score-threshold "
+    "when above 0, else at --default-threshold; good when none). Writes metrics.json, report.md, per_image.json "
     "and plots into --out (and thresholds.json with --val-gt/--val-pred), replacing the folder as a whole.")
 
 
@@ -24,9 +26,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--val-gt", type=Path, help="instances_val.json: calibrate per-class thresholds on val ...")
     p.add_argument("--val-pred", type=Path, help="... with these val predictions, and report test at them")
     p.add_argument("--score-threshold", type=float, default=0.0,
-                   help="predictions below it are ignored by the mask IoU figures (AP and pixel metrics use all)")
+                   help="predictions below it are ignored by the mask IoU figures (AP and pixel metrics use all); "
+                        "without --val-gt/--val-pred, also the image-type threshold when above 0")
     p.add_argument("--calib-iou", type=float, default=0.5, help="box IoU of a true positive in the calibration")
-    p.add_argument("--default-threshold", type=float, default=0.25, help="threshold of classes calibration cannot set")
+    p.add_argument("--default-threshold", type=float, default=0.25,
+                   help="threshold of classes calibration cannot set; the image-type threshold without val and "
+                        "with --score-threshold 0")
     p.add_argument("--region-steps", type=int, default=200, help="most thresholds swept for region max-F1")
     p.add_argument("--worst", type=int, default=12, help="images in the worst-case overlay grid")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")

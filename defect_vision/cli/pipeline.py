@@ -46,13 +46,17 @@ class PipelineConfig:
     calibrate: bool = True
     resplit: bool = False
     force: bool = False  # stages replace output folders that are not previous outputs of theirs
+    reader_args: list[str] = field(default_factory=list)  # --format and the reader options, passed to convert
 
     def check(self) -> None:
         if not 0.0 <= self.conf <= 1.0:
             raise DatasetError(f"{self.conf}: --conf must be a number in [0, 1]")
-        if not (Path(self.root) / self.category / "test").is_dir():
+        mvtec = "--format" not in self.reader_args or self.reader_args[self.reader_args.index("--format") + 1] == "mvtec"
+        if mvtec and not (Path(self.root) / self.category / "test").is_dir():
             raise DatasetError(f"{Path(self.root) / self.category}: no MVTec category here "
-                               f"(expected {Path(self.root) / self.category / 'test'}/)")
+                               f"(expected {Path(self.root) / self.category / 'test'}/; other layouts: --format)")
+        if not Path(self.root).is_dir():
+            raise DatasetError(f"{self.root}: no such folder (the dataset root)")
         if self.sam_model_type not in SAM_FILES:
             raise DatasetError(f"{self.sam_model_type}: unknown SAM model type (vit_b | vit_l | vit_h; --from-scratch "
                                "uses vit_tiny)")
@@ -116,7 +120,7 @@ def plan(c: PipelineConfig) -> Plan:
                "--model-type", sam_type, "--conf", str(c.conf), "--device", c.device, *force]
     stages = [
         Stage("convert", ["convert", "--category", cat, "--root", str(c.root), "--out", str(ds), "--splits",
-                          str(paths.splits), "--seed", str(c.seed), "--no-progress", *force,
+                          str(paths.splits), "--seed", str(c.seed), "--no-progress", *force, *c.reader_args,
                           *(["--resplit"] if c.resplit else [])]),
         Stage("yolo_world", ["train-detector", "--category", cat, "--data", str(paths.data_yaml),
                              "--coco", str(coco), "--out", str(paths.detector_run), "--epochs", str(c.yolo_epochs),
@@ -257,6 +261,16 @@ def build_parser(prog: str):
     p.add_argument("--resplit", action="store_true", help="make a new split even if datasets/splits/<C>.json exists")
     p.add_argument("--force", action="store_true",
                    help="let every stage replace output folders that are not previous outputs of that stage")
+    readers = p.add_argument_group("dataset layout (passed to `defect-vision convert`; see its --help)")
+    readers.add_argument("--format", default=None, help="mvtec (default) | mvtec_ad2 | mvtec_loco | mvtec_3d | visa | "
+                                                         "kolektor2 | folder | auto")
+    for opt, what in (("--mask-threshold", "a mask pixel is defect when > this [0]"),
+                      ("--defect-name", "class of unnamed defects (mvtec_ad2, kolektor2) [defect]"),
+                      ("--names", "YAML: class name -> prompt text"), ("--images", "folder layout: image glob"),
+                      ("--masks", "folder layout: mask template ({dir}, {stem})"),
+                      ("--manifest", "folder layout: CSV image,mask[,label]")):
+        readers.add_argument(opt, default=None, help=what)
+    readers.add_argument("--benchmark-split", action="store_true", help="visa: the benchmark's train/test split")
     return p
 
 
@@ -266,10 +280,16 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision pipeline") ->
     for name in ("yolo_epochs", "sam_epochs", "imgsz", "batch", "seed"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(a, name)}")
+    reader_args = []
+    for opt in ("format", "mask_threshold", "defect_name", "names", "images", "masks", "manifest"):
+        if getattr(a, opt) is not None:
+            reader_args += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
+    if a.benchmark_split:
+        reader_args.append("--benchmark-split")
     config = PipelineConfig(
         a.category, a.root, a.datasets, a.runs, a.weights, a.yolo_model, a.clip, a.sam_model_type, a.sam_checkpoint,
         a.from_scratch, a.yolo_cfg, a.yolo_epochs, a.sam_epochs, a.imgsz, a.batch, a.conf, a.device, a.seed,
-        not a.no_zero_shot, not a.no_calibrate, a.resplit, a.force)
+        not a.no_zero_shot, not a.no_calibrate, a.resplit, a.force, reader_args)
     return run_command(lambda: run_pipeline(config) and None)
 
 

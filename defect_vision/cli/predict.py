@@ -34,9 +34,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", default=None, help="keep only these class names (default: all classes)")
     p.add_argument("--imgsz", type=int, default=None, help="detector input size (default: the checkpoint's, else 640)")
     p.add_argument("--batch", type=int, default=4, help="images per detector forward")
+    p.add_argument("--sam-batch", type=int, default=None,
+                   help="images per SAM encoder forward, taken from the images of a detector batch that have boxes "
+                        "(default: 4 on CUDA, 1 on CPU)")
+    p.add_argument("--writers", type=int, default=None,
+                   help="writer threads for masks and overlays (default: half the CPU cores, 1 to 4)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (CUDA asked for but missing is an error)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="autocast dtype on CUDA (auto: bf16 where supported, else fp16); CPU runs fp32")
+                   help="autocast dtype on CUDA (auto: fp16, the dtype SAM is fine-tuned in; bf16 only where "
+                        "native, compute capability >= 8.0); CPU runs fp32")
     p.add_argument("--save-overlays", action="store_true", help="also write overlays/<name>.png (boxes, names, scores, masks)")
     p.add_argument("--box-only", action="store_true", help="skip SAM: the segmentation of a detection is its box")
     p.add_argument("--gt-boxes", type=Path, default=None,
@@ -49,6 +55,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: skipped with a warning)")
     p.add_argument("--prefetch", type=int, default=4, help="images read ahead by the loader thread")
     p.add_argument("--seed", type=int, default=0, help="seed for torch/numpy/random (inference itself is deterministic)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="torch: the checkpoints; onnxruntime: the ONNX files of --onnx on the CPU (same outputs; "
+                        "--detector/--sam/--run are then only checked against the export)")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="folder written by `defect-vision export` (default with --run: runs/<C>/onnx); "
+                        "used by --backend onnxruntime, ignored by torch")
     add_force(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -71,18 +83,23 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
             sam = sam or a.run / "sam" / "best.pth"
             if thresholds is None and (a.run / "thresholds.json").is_file():
                 thresholds = a.run / "thresholds.json"
+        onnx = a.onnx or (a.run / "onnx" if a.run is not None else None)
         if a.gt_boxes is not None:
             detector = None  # the boxes come from the ground truth
-        elif detector is None:
+        elif detector is None and a.backend == "torch":
             raise DatasetError("--detector: required unless --gt-boxes gives the boxes (or --run gives a run folder)")
-        if not a.box_only and sam is None:
+        if not a.box_only and sam is None and a.backend == "torch":
             raise DatasetError("--sam: required unless --box-only")
+        if a.backend == "onnxruntime" and onnx is None:
+            raise DatasetError("--onnx: required with --backend onnxruntime (a folder written by defect-vision export)")
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
                                thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,
-                               box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed)
+                               box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed,
+                               sam_batch=a.sam_batch,
+                               backend=a.backend, onnx=onnx if a.backend == "onnxruntime" else None)
         config.check()
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
-                             prefetch=a.prefetch, force=a.force, progress=not a.quiet)
+                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers)
         from defect_vision.inference.sources import resolve_source
 
         source = resolve_source(a.source)  # bad sources fail before any model is loaded

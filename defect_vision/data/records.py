@@ -72,6 +72,7 @@ class ImageRecord:
     mask_path: Path | None = None
     instances: list[Instance] = field(default_factory=list)
     dropped_specks: int = 0  # components below --min-area
+    split_hint: str | None = None  # the dataset's own split of this image ("train" | "test"), where it has one
 
     @property
     def is_good(self) -> bool:

@@ -29,7 +29,7 @@ def read_sample(s: Sample, min_area: int, mask_threshold: int = 0) -> ImageRecor
     split into instances. DatasetError naming the file: unreadable, missing mask, size mismatch, empty mask."""
     path = s.path if s.path.is_absolute() else s.path.resolve()
     height, width = image_size(path)
-    rec = ImageRecord(s.file_name, path, height, width, s.label)
+    rec = ImageRecord(s.file_name, path, height, width, s.label, split_hint=s.extra.get("split"))
     if rec.is_good or not s.labelled:
         return rec
     if not s.masks:

@@ -85,8 +85,9 @@ def resolve(source: DatasetSource) -> DatasetSource:
         reader(source.format)  # unknown -> error
         return source
     fmt = detect_format(source)
-    print(f"--format auto: {Path(source.root) / source.category} is a {fmt} layout", file=sys.stderr)
-    return replace(source, format=fmt)
+    found = replace(source, format=fmt)
+    print(f"--format auto: {found.cat_root} is a {fmt} layout", file=sys.stderr)
+    return found
 
 
 def load_names(path: Path | None) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from defect_vision.errors import DatasetError
 from defect_vision.io import atomic_write_text
-from defect_vision.data.records import Category
+from defect_vision.data.records import GOOD, Category
 
 SPLITS = ("train", "val", "test")
 
@@ -23,6 +23,8 @@ class SplitConfig:
     seed: int = 0
     good_ratio: float = 0.5  # good images per split = ceil(good_ratio * defect images in that split)
     good_per_split: tuple[int, int, int] | None = None  # overrides good_ratio when given
+    official: bool = False  # the dataset's own train/test (VisA's split_csv, KolektorSDD2's folders): its train
+    # images go to train (all of them), its test images to val and test by the val:test ratio, per defect type
 
 
 @dataclass
@@ -52,7 +54,29 @@ def _counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
     return counts
 
 
+def official_split(cat: Category, config: SplitConfig) -> Split:
+    """The dataset's own train/test (each record's `split_hint`), its test shared between val and test."""
+    rng = random.Random(config.seed)
+    files: dict[str, list[str]] = {s: [] for s in SPLITS}
+    missing = [r.file_name for r in cat.images if r.split_hint not in ("train", "test")]
+    if missing:
+        raise DatasetError(f"{cat.root}: no official train/test split for {missing[0]} (and {len(missing) - 1} more); "
+                           "this layout has none, or drop --benchmark-split")
+    val_test = (0.0, config.ratios[1], config.ratios[2]) if config.ratios[1] + config.ratios[2] > 0 else (0, 0, 1.0)
+    for label in [*cat.defect_types, GOOD]:
+        recs = [r for r in cat.images if r.defect_type == label]
+        files["train"] += [r.file_name for r in recs if r.split_hint == "train"]
+        test = sorted(r.file_name for r in recs if r.split_hint == "test")
+        rng.shuffle(test)
+        _, n_val, n_test = _counts(len(test), val_test)
+        files["val"] += test[:n_val]
+        files["test"] += test[n_val : n_val + n_test]
+    return Split(cat.name, config, {s: sorted(v) for s, v in files.items()}, [])
+
+
 def make_split(cat: Category, config: SplitConfig) -> Split:
+    if config.official:
+        return official_split(cat, config)
     rng = random.Random(config.seed)
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     for defect in cat.defect_types:
@@ -94,6 +118,7 @@ def load_split(path: Path) -> Split:
         config = SplitConfig(
             tuple(cfg["ratios"]), int(cfg["seed"]), float(cfg["good_ratio"]),
             tuple(cfg["good_per_split"]) if cfg.get("good_per_split") is not None else None,
+            bool(cfg.get("official", False)),
         )
         return Split(data["category"], config, {s: list(data["splits"][s]) for s in SPLITS}, list(data.get("unused_good", [])))
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -4,7 +4,8 @@ Reads `runs/<C>/{yolo_world/best.json, sam/best.json, eval/metrics.json, eval_gt
 predict/predictions.json, pipeline.json}` (whatever exists) and writes `runs/<C>/report/` with
 `index.html`, `report.json` (the numbers on the page), `thumbs/*.png` and `plots/*.png`, as a whole
 (io.atomic_dir, kind "report"). Smoke runs (random-init weights) are labelled as such on the page: their
-numbers test the plumbing only.
+numbers test the plumbing only. The image-level defect-type accuracy of eval/metrics.json is shown beside the
+seed reports' (capsule 75.0%, wood 76.92%), with its confusion matrix.
 """
 from __future__ import annotations
 
@@ -31,6 +32,20 @@ from defect_vision.io import atomic_dir, read_json
 
 THUMB_SIDE = 256
 KIND = "report"  # the marker kind of an output folder
+CONFUSION_PNG = "confusion_matrix.png"  # evaluate's image-type plot (drawn here from metrics.json when absent)
+
+
+@dataclass(frozen=True)
+class SeedReference:
+    """The image-level accuracy of a course report this project grew from (whole-image classifiers)."""
+    category: str
+    accuracy: float
+    shown: str  # as the report wrote it
+    model: str
+
+
+SEED_REFERENCES = (SeedReference("capsule", 0.75, "75.0%", "EfficientNet_v2_l at 512 px (best test accuracy)"),
+                   SeedReference("wood", 0.7692, "76.92%", "ResNet18 with layer4 unfrozen"))
 
 
 @dataclass
@@ -54,6 +69,7 @@ class RunReport:
     sam_finetune: dict | None = None
     segmentation: dict[str, dict | None] = field(default_factory=dict)
     per_class: list[dict] = field(default_factory=list)
+    image_classification: dict | None = None  # eval/metrics.json's image-level defect type (accuracy, recall, matrix)
     best: list[ImageScore] = field(default_factory=list)
     worst: list[ImageScore] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
@@ -122,6 +138,20 @@ def segmentation_row(metrics: dict | None) -> dict | None:
         "mask_iou_calibrated": number(dig(metrics, "calibrated", "mask_iou", "mean_instance")),
         "good_fp_images": dig(metrics, "mask_iou", "good_fp_images"),
     }
+
+
+def image_classification(metrics: dict | None) -> dict | None:
+    """The image-level defect-type figures of an evaluation (metrics.json), None when it has none."""
+    ic = dig(metrics, "image_classification")
+    labels, counts = dig(ic, "confusion_matrix", "labels"), dig(ic, "confusion_matrix", "counts")
+    square = isinstance(labels, list) and isinstance(counts, list) and len(counts) == len(labels) and all(
+        isinstance(row, list) and len(row) == len(labels) and all(isinstance(n, int) for n in row) for row in counts)
+    if not square:
+        return None
+    return {"accuracy": number(ic.get("accuracy")), "correct": ic.get("correct"), "images": ic.get("images"),
+            "recall": {str(k): number(dig(v, "recall")) for k, v in (ic.get("per_class") or {}).items()},
+            "labels": [str(x) for x in labels], "counts": counts, "thresholds_used": str(ic.get("thresholds_used", "")),
+            "plot": None}
 
 
 def detector_row(metrics: dict | None) -> dict | None:
@@ -209,6 +239,7 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
         if note:
             rep.notes.append(f"{label}: {note}")
     rep.per_class = per_class_rows(det, ev)
+    rep.image_classification = image_classification(ev)
     rep.plots = sorted(p.name for p in (run / "eval").glob("*.png")) if (run / "eval").is_dir() else []
     read += [str(run / "eval" / p) for p in rep.plots]
 
@@ -266,6 +297,36 @@ figure{display:inline-block;margin:.4em;text-align:center;font-size:.85em}figure
 .missing{color:#a66}"""
 
 
+def pct(x) -> str:
+    x = number(x)
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def image_type_section(rep: RunReport) -> str:
+    """This run's image-level defect-type accuracy beside the seed reports' (whole-image classifiers), recall per
+    true type and the confusion matrix plot."""
+    ic, e = rep.image_classification, html.escape
+    if ic is None:
+        return ""
+    rows = [[f"this run: detections, {e(ic['thresholds_used'])}", e(rep.category), fmt(ic["images"]), pct(ic["accuracy"])]]
+    for ref in SEED_REFERENCES:
+        same = " (same category)" if ref.category == rep.category else ""
+        rows.append([f"seed report: {e(ref.model)}{same}", e(ref.category), "", ref.shown])
+    recall = [[e(name), fmt(sum(row)), pct(ic["recall"].get(name))] for name, row in zip(ic["labels"], ic["counts"])]
+    plot = (f'<figure><img src="{e(ic["plot"])}" alt="image-type confusion matrix" width="400">'
+            f"<figcaption>image-type confusion matrix (rows: true type, columns: predicted)</figcaption></figure>"
+            if ic["plot"] else "")
+    return "".join([
+        "<h2>Image-level defect type (what the seed reports measured)</h2>",
+        "<p>Predicted type of a test image: the class of its highest-scoring detection at the thresholds, "
+        "<i>good</i> when none. The seed reports classified whole images into good + defect types; their test "
+        "accuracies are reference numbers, comparable only on the same category.</p>",
+        table(["image classifier", "category", "test images", "accuracy"], rows, "image-classification"),
+        table(["true type", "images", "recall"], recall, "image-type-recall"),
+        plot,
+    ])
+
+
 def render(rep: RunReport) -> str:
     e = html.escape
     w = rep.weights
@@ -319,16 +380,18 @@ def render(rep: RunReport) -> str:
         "<h2>Per class (pipeline on detected boxes)</h2>",
         table(["class", "detector AP50", "mask IoU", "box AP", "mask AP"], pc_rows, "per-class") if pc_rows
         else "<p>no per-class numbers</p>",
+        image_type_section(rep),
         "<h2>Best test images</h2><p>Red: predicted masks"
         + (f" at the per-class thresholds calibrated on val (<code>{e(rep.thumb_thresholds)}</code>)" if rep.thumb_thresholds
            else " (all predictions)") + ". Green outline: ground truth. IoU: defect pixels, predicted vs true.</p>",
         f'<div id="best">{figures(rep.best)}</div>',
         "<h2>Worst test images</h2>", f'<div id="worst">{figures(rep.worst)}</div>',
     ]
-    if rep.plots:
+    gallery = [p for p in rep.plots if not (p == CONFUSION_PNG and rep.image_classification)]  # shown above
+    if gallery:
         parts.append("<h2>Evaluation plots</h2><div id=plots>" + "".join(
             f'<figure><img src="plots/{e(p)}" alt="{e(p)}" width="400"><figcaption>{e(p)}</figcaption></figure>'
-            for p in rep.plots) + "</div>")
+            for p in gallery) + "</div>")
     if rep.missing:
         parts.append('<h2>Missing inputs</h2><ul class="missing">' + "".join(f"<li>{e(m)}</li>" for m in rep.missing) + "</ul>")
     parts.append("</body></html>")
@@ -354,13 +417,27 @@ def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top
         (tmp / "thumbs").mkdir()
         if images:
             _draw_thumbs(rep, images, tmp)
-        if rep.plots:
+        if rep.plots or rep.image_classification:
             (tmp / "plots").mkdir()
-            for p in rep.plots:
-                shutil.copy2(run / "eval" / p, tmp / "plots" / p)
+        for p in rep.plots:
+            shutil.copy2(run / "eval" / p, tmp / "plots" / p)
+        if rep.image_classification:
+            _confusion_plot(rep, tmp / "plots")
         (tmp / "index.html").write_text(render(rep))
         (tmp / "report.json").write_text(json.dumps(asdict(rep), indent=2))
     return rep
+
+
+def _confusion_plot(rep: RunReport, folder: Path) -> None:
+    """The confusion matrix: evaluate's plot when the eval folder has it, else drawn from metrics.json."""
+    ic = rep.image_classification
+    if CONFUSION_PNG not in rep.plots:
+        from defect_vision.evaluation import plots  # matplotlib: only when drawing
+
+        plots.confusion_matrix({"accuracy": ic["accuracy"], "confusion_matrix": {"labels": ic["labels"],
+                                                                                 "counts": ic["counts"]}},
+                               folder / CONFUSION_PNG)
+    ic["plot"] = f"plots/{CONFUSION_PNG}"
 
 
 def _draw_thumbs(rep: RunReport, images: dict, folder: Path) -> None:

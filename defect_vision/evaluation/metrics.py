@@ -1,7 +1,7 @@
 """`evaluate()`: every figure of a prediction run against its COCO ground truth -- mask IoU, COCO box/mask AP, MVTec
-pixel AUROC / AUPRO / max-F1 / region max-F1, image AUROC, optionally test at thresholds calibrated on val -- as a
-`Metrics` record, and, with `out`, the output folder (metrics.json, report.md, per_image.json, thresholds.json,
-plots) written as a whole (io.atomic_dir, kind "evaluate")."""
+pixel AUROC / AUPRO / max-F1 / region max-F1, image AUROC, image-level defect-type accuracy (image_types.py),
+optionally test at thresholds calibrated on val -- as a `Metrics` record, and, with `out`, the output folder
+(metrics.json, report.md, per_image.json, thresholds.json, plots) written as a whole (io.atomic_dir, kind "evaluate")."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from defect_vision.coco import CocoDataset
-from defect_vision.evaluation import mask_iou, pixel_metrics, report_md
+from defect_vision.evaluation import image_types, mask_iou, pixel_metrics, report_md
 from defect_vision.evaluation.coco_metrics import CocoResult, coco_metrics
 from defect_vision.evaluation.inputs import Predictions, has_mask, load_gt, mask_source, of_image, resolve
 from defect_vision.evaluation.thresholds import Thresholds, apply_thresholds, calibrate, detection_at_thresholds
@@ -23,9 +23,11 @@ KIND = "evaluate"  # the marker kind of an output folder
 
 @dataclass(frozen=True)
 class EvalConfig:
-    score_threshold: float = 0.0  # mask IoU ignores predictions below it (AP and pixel metrics use every one)
+    score_threshold: float = 0.0  # mask IoU ignores predictions below it (AP and pixel metrics use every one); without
+    # val, also the image-type threshold when above 0
     calib_iou: float = 0.5  # box IoU of a true positive in the val calibration
-    default_threshold: float = 0.25  # threshold of classes the calibration cannot set
+    default_threshold: float = 0.25  # threshold of classes the calibration cannot set; without val and with
+    # score_threshold 0, the image-type threshold
     region_steps: int = 200  # most thresholds swept for region max-F1
     worst: int = 12  # images in the worst-case overlay grid
     plots: bool = True  # draw the figures (only when writing an output folder)
@@ -46,6 +48,7 @@ class Metrics:
     coco: dict  # {"bbox"|"segm": {AP, AP50, AP75, AR100, per_class}}
     pixel: dict
     image_auroc: float | None
+    image_classification: dict | None = None  # image-level defect type (image_types.classify)
     calibrated: dict | None = None
     plots: list[str] = field(default_factory=list)
     per_image: list[mask_iou.ImageIoU] = field(default_factory=list, repr=False)
@@ -53,7 +56,8 @@ class Metrics:
 
     def to_dict(self) -> dict:
         return {"inputs": self.inputs, "counts": self.counts, "mask_iou": self.mask_iou, "coco": self.coco,
-                "pixel": self.pixel, "image_auroc": self.image_auroc, "calibrated": self.calibrated, "plots": self.plots}
+                "pixel": self.pixel, "image_auroc": self.image_auroc, "image_classification": self.image_classification,
+                "calibrated": self.calibrated, "plots": self.plots}
 
     @property
     def mask_ap(self) -> float | None:
@@ -82,6 +86,9 @@ class Metrics:
                 f"{_f(m['mean_image'])} (image), mask AP {_f(self.mask_ap)}, box AP50 {_f(self.box_ap50)}, "
                 f"pixel AUROC {_f(self.pixel['auroc'])}, AUPRO {_f(self.pixel['aupro'])}, "
                 f"image AUROC {_f(self.image_auroc)}, good FP images {m['good_fp_images']}/{c['good_images']}")
+        ic = self.image_classification
+        if ic is not None:
+            line += f", image type accuracy {_f(ic['accuracy'])} {ic['thresholds_used']}"
         note = self.masks_note()
         return f"{line}; {note}" if note else line
 
@@ -137,6 +144,8 @@ def measure(gt: CocoDataset, predictions: Predictions, config: EvalConfig = Eval
         coco={t: r.summary for t, r in coco.items()},
         pixel={k: v for k, v in px.items() if k != "image_auroc"},
         image_auroc=px["image_auroc"],
+        image_classification=image_types.classify(gt, predictions, image_types.choose_thresholds(
+            gt.class_names, thresholds, config.score_threshold, config.default_threshold)),
         per_image=images,
         thresholds=thresholds,
     )
@@ -152,6 +161,9 @@ def _draw(folder: Path, gt: CocoDataset, predictions: Predictions, metrics: Metr
     plots.pr_curves({t: r.pr_curves for t, r in coco.items()}, folder / "pr_curves.png")
     plots.iou_histogram(mask_iou.instance_iou_values(instances), folder / "iou_histogram.png")
     drawn = ["pr_curves.png", "iou_histogram.png"]
+    if metrics.image_classification is not None:
+        plots.confusion_matrix(metrics.image_classification, folder / "confusion_matrix.png")
+        drawn.append("confusion_matrix.png")
     if plots.overlay_grid(plots.worst_cases(metrics.per_image, worst), gt, predictions, folder / "worst_cases.png"):
         drawn.append("worst_cases.png")
     return drawn

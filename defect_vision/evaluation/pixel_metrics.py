@@ -4,7 +4,8 @@ Every curve is computed exactly from per-score-level pixel counts accumulated im
 a predictions file take few distinct values: the prediction scores and 0), so no full-dataset pixel array
 is ever held. AUPRO follows the MVTec AD reference (`compute_pro` + `trapezoid`, 8-connected GT regions,
 curve closed at (1, 1), area up to the FPR limit divided by the limit). Region max-F1 follows SAA+: at each
-threshold a predicted region (8-connected) is a hit when its IoU with a GT region is >= 0.6.
+threshold a predicted region (8-connected) is a hit when its IoU with a GT region is >= 0.6; with no score above
+0 (no predictions) it is 0.0 when there are GT regions (recall 0; threshold null), null without GT regions.
 """
 from __future__ import annotations
 
@@ -147,8 +148,11 @@ class PixelAccumulator:
 
     def _region_f1(self) -> tuple[float | None, float | None]:
         n_gt = self._region_gt
-        if not n_gt or not len(self.region_thresholds):
-            return None, None
+        if not n_gt:
+            return None, None  # no GT region: recall undefined
+        if not len(self.region_thresholds):
+            return 0.0, None  # no prediction scored above 0: no region found, recall 0 (as SAA+ gives); no threshold
+
         hits, preds = self._region_hit.astype(float), self._region_pred.astype(float)
         recall = hits / n_gt
         precision = np.divide(hits, preds, out=np.zeros_like(hits), where=preds > 0)

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib Agg): PR curves per class, IoU histogram, worst-case overlay grid."""
+"""Report figures (matplotlib Agg): PR curves per class, IoU histogram, image-type confusion matrix, worst-case
+overlay grid."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from defect_vision.coco import CocoDataset  # noqa: E402
-from defect_vision.data.mvtec import read_image  # noqa: E402
+from defect_vision.data.images import read_image  # noqa: E402
 from defect_vision.errors import DatasetError  # noqa: E402
 from defect_vision.evaluation.inputs import Predictions, of_image  # noqa: E402
 from defect_vision.evaluation.mask_iou import ImageIoU  # noqa: E402
@@ -38,6 +39,30 @@ def iou_histogram(values: np.ndarray, path: Path) -> None:
     ax.hist(values, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
     mean = f", mean {values.mean():.3f}" if len(values) else ""
     ax.set(title=f"instance mask IoU (n={len(values)}{mean})", xlabel="IoU", ylabel="instances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_matrix(classification: dict, path: Path) -> None:
+    """The image-type confusion matrix of an `image_classification` block: counts, coloured by row share (recall)."""
+    cm = classification["confusion_matrix"]
+    labels, counts = cm["labels"], np.asarray(cm["counts"], float).reshape(len(cm["labels"]), len(cm["labels"]))
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    side = 2.6 + 0.55 * len(labels)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    acc = classification.get("accuracy")
+    ax.set(xlabel="predicted type", ylabel="true type",
+           title=f"image type, accuracy {'n/a' if acc is None else f'{acc:.3f}'}")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true type")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

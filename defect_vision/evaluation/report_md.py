@@ -14,6 +14,26 @@ def masks_note(counts: dict) -> str | None:
     return f"mask figures from boxes: {n}/{total} predictions are box-only (no segmentation), each box taken as its mask"
 
 
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def image_type_lines(ic: dict | None) -> list[str]:
+    """The image-level defect-type section: accuracy, recall per type, confusion matrix (rows true, columns predicted)."""
+    if not ic:
+        return []
+    labels, counts = ic["confusion_matrix"]["labels"], ic["confusion_matrix"]["counts"]
+    lines = ["", "## Image-level defect type", "",
+             f"Accuracy **{_pct(ic['accuracy'])}** ({ic['correct']}/{ic['images']} images), {ic['thresholds_used']}. "
+             f"Rule: {ic['rule']}.", "",
+             "| true type | images | correct | recall |", "|---|---|---|---|"]
+    lines += [f"| {name} | {c['images']} | {c['correct']} | {_pct(c['recall'])} |" for name, c in ic["per_class"].items()]
+    lines += ["", "Confusion matrix (rows: true type, columns: predicted type):", "",
+              "| true type | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(n) for n in row) + " |" for name, row in zip(labels, counts)]
+    return lines
+
+
 def render(metrics: dict, plots: list[str]) -> str:
     mi, coco, px = metrics["mask_iou"], metrics["coco"], metrics["pixel"]
     lines = [
@@ -38,6 +58,8 @@ def render(metrics: dict, plots: list[str]) -> str:
         f"| pixel max-F1 | {_f(px['max_f1'])} |",
         f"| region max-F1 (IoU ≥ 0.6) | {_f(px['region_max_f1'])} |",
         f"| image AUROC | {_f(metrics['image_auroc'])} |",
+        *([f"| image-level defect-type accuracy | {_f(ic['accuracy'])} |"] if (ic := metrics.get("image_classification"))
+          else []),
         "",
         "## Per class",
         "",
@@ -48,6 +70,7 @@ def render(metrics: dict, plots: list[str]) -> str:
         b, s = coco["bbox"]["per_class"].get(name, {}), coco["segm"]["per_class"].get(name, {})
         lines.append(f"| {name} | {c['instances']} | {_f(c['mean_instance'])} | {_f(c['mean_image'])} | "
                      f"{_f(b.get('AP50'))} | {_f(s.get('AP'))} | {_f(s.get('AP50'))} |")
+    lines += image_type_lines(metrics.get("image_classification"))
     cal = metrics.get("calibrated")
     if cal:
         lines += ["", "## With the thresholds calibrated on val", "",

@@ -1,11 +1,11 @@
 """Records -> COCO instances json (one split): images, annotations (polygons or RLE), categories, info."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from defect_vision.data.records import Category, ImageRecord
 from defect_vision.data.splits import SPLITS, Split
+from defect_vision.io import json_bytes
 
 
 def image_ids(cat: Category) -> dict[str, int]:
@@ -94,6 +94,6 @@ def write_coco(job, folder: Path, final: Path, config) -> None:
     """instances_<split>.json for each split (polygons, or RLE with config.rle), and instances_unlabelled.json
     when the dataset has images without ground truth."""
     for split in SPLITS:
-        (folder / f"instances_{split}.json").write_text(json.dumps(to_coco(job.cat, job.split, split, config.rle)))
+        (folder / f"instances_{split}.json").write_bytes(json_bytes(to_coco(job.cat, job.split, split, config.rle)))
     if job.cat.unlabelled:
-        (folder / "instances_unlabelled.json").write_text(json.dumps(unlabelled_coco(job.cat)))
+        (folder / "instances_unlabelled.json").write_bytes(json_bytes(unlabelled_coco(job.cat)))

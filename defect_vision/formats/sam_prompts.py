@@ -1,7 +1,6 @@
 """Records -> SAM prompts (one split): per instance the box, positive/negative points and the mask RLE."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import numpy as np
 from defect_vision.formats.coco import categories, first_annotation_ids, image_entry, image_ids, info, records_of_split
 from defect_vision.data.records import Category, ImageRecord, Instance
 from defect_vision.data.splits import SPLITS, Split
+from defect_vision.io import json_bytes
 
 
 def sample_points(region: np.ndarray, n: int, rng: np.random.Generator) -> list[list[float]]:
@@ -81,4 +81,4 @@ def write_sam(job, folder: Path, final: Path, config) -> None:
     """prompts_<split>.json for each split."""
     for split in SPLITS:
         data = to_sam_prompts(job.cat, job.split, split, config.positive_points, config.negative_points, config.split.seed)
-        (folder / f"prompts_{split}.json").write_text(json.dumps(data))
+        (folder / f"prompts_{split}.json").write_bytes(json_bytes(data))

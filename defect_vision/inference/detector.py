@@ -7,8 +7,27 @@ import numpy as np
 import torch
 
 from defect_vision.detections import Detections
-from defect_vision.devices import Timings, autocast, timed
+from defect_vision.devices import Timings, autocast, full_precision, timed, to_device
 from defect_vision.models.detector import load_detector_model
+
+
+def decode_head_in_fp32(model: torch.nn.Module) -> torch.nn.Module | None:
+    """Make the detection head build its anchors and decode boxes in fp32 under autocast. ultralytics decodes in
+    the feature maps' dtype: in bf16 box coordinates round to 4 px steps at 640 px (2 px in fp16), and those boxes
+    are SAM's prompts. Returns the patched head (None when the model has none)."""
+    head = model.model[-1] if hasattr(model, "model") and len(model.model) else None
+    if head is None or not hasattr(head, "_inference"):
+        return None
+    inner = type(head)._inference.__get__(head)
+
+    def inference(x: dict) -> torch.Tensor:
+        device = x["boxes"].device
+        with full_precision(device):
+            return inner({k: ([f.float() for f in v] if isinstance(v, (list, tuple)) else v.float())
+                          for k, v in x.items()})
+
+    head._inference = inference
+    return head
 
 
 class Detector:
@@ -31,13 +50,15 @@ class Detector:
         self.end2end = bool(getattr(model, "end2end", False))
         self.model = model.fuse(verbose=False).to(device).eval() if hasattr(model, "fuse") else model.to(device).eval()
         self.device, self.dtype = device, dtype
+        decode_head_in_fp32(self.model)
         self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)
         self.calls = 0
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 HxWx3 images -> one letterboxed float batch (B, 3, imgsz, imgsz) in [0, 1] on the device."""
+        """RGB uint8 HxWx3 images -> one letterboxed float batch (B, 3, imgsz, imgsz) in [0, 1] on the device
+        (uint8 copied from pinned memory, converted on the device)."""
         batch = np.stack([self.letterbox(image=im) for im in images]).transpose(0, 3, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).float().div_(255)
+        return to_device(np.ascontiguousarray(batch), self.device).float().div_(255)
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], conf: float = 0.25, iou: float = 0.5, max_det: int = 100,
@@ -54,11 +75,12 @@ class Detector:
                 preds = self.model(x)
             preds = preds[0] if isinstance(preds, (list, tuple)) else preds
             out = nms.non_max_suppression(preds.float(), conf, iou, classes, max_det=max_det, nc=0, end2end=self.end2end)
+            host = torch.cat([det[:, :6] for det in out]).cpu().split([len(det) for det in out])  # one copy per batch
             results = []
-            for det, im in zip(out, images):
+            for det, im in zip(host, images):
                 boxes = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), im.shape)
-                results.append(Detections(boxes.cpu().numpy().astype(np.float32), det[:, 5].cpu().numpy().astype(np.int64),
-                                          det[:, 4].cpu().numpy().astype(np.float32), class_names=self.class_names,
+                results.append(Detections(boxes.numpy().astype(np.float32), det[:, 5].numpy().astype(np.int64),
+                                          det[:, 4].numpy().astype(np.float32), class_names=self.class_names,
                                           category_ids=self.category_ids))
         self.calls += 1
         return results

@@ -18,6 +18,8 @@ from defect_vision.devices import Timings, autocast_dtype, resolve_device
 from defect_vision.errors import DatasetError
 from defect_vision.inference.thresholds import ClassThresholds, load_thresholds
 
+BACKENDS = ("torch", "onnxruntime")
+
 
 @dataclass
 class PredictConfig:
@@ -33,8 +35,11 @@ class PredictConfig:
     model_type: str | None = None  # SAM model type (default: best.json beside the checkpoint, else vit_b)
     box_only: bool = False  # no SAM: a detection's mask is its box
     device: str = "auto"
-    precision: str = "auto"  # autocast dtype on CUDA: auto | fp32 | fp16 | bf16
+    precision: str = "auto"  # autocast dtype on CUDA: auto (fp16) | fp32 | fp16 | bf16
+    sam_batch: int | None = None  # images per SAM encoder forward (default: 4 on CUDA, 1 on CPU)
     seed: int = 0
+    backend: str = "torch"  # torch | onnxruntime (the networks of the `onnx` export folder, on the CPU)
+    onnx: Path | None = None  # a `defect-vision export` folder (backend onnxruntime; ignored by torch)
 
     def check(self) -> None:
         for name in ("conf", "iou"):
@@ -42,6 +47,8 @@ class PredictConfig:
                 raise DatasetError(f"--{name} {getattr(self, name)}: must be within [0, 1]")
         if self.max_det < 1:
             raise DatasetError(f"--max-det {self.max_det}: must be >= 1")
+        if self.backend not in BACKENDS:
+            raise DatasetError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
 
 
 class Result:
@@ -141,23 +148,28 @@ class DefectPredictor:
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.device = resolve_device(config.device)
+        onnx = config.backend == "onnxruntime"
+        self.device = resolve_device("cpu" if onnx and config.device == "auto" else config.device)
         self.dtype = autocast_dtype(self.device, config.precision)
         self.timings = Timings()
-        self.detector = None
+        self.detector = self.segmenter = None
+        if onnx:  # the export's networks; the checkpoints given are only checked against its manifest
+            from defect_vision.inference.onnx_backend import load_onnx_models
+
+            self.detector, self.segmenter = load_onnx_models(config, detector, sam, self.device)
+            detector = None
         if detector is not None:
             from defect_vision.inference.detector import Detector
 
             self.detector = Detector(Path(detector), self.device, self.dtype, config.imgsz)
-        self.segmenter = None
-        if not config.box_only:
+        if not config.box_only and not onnx:
             if sam is None:
                 raise DatasetError("--sam: required unless --box-only")
             from defect_vision.inference.segmenter import Segmenter
             from defect_vision.models.sam import load_sam, model_type_for
 
             sam_model = load_sam(Path(sam), model_type_for(Path(sam), config.model_type))
-            self.segmenter = Segmenter(sam_model, self.device, self.dtype, config.mask_threshold)
+            self.segmenter = Segmenter(sam_model, self.device, self.dtype, config.mask_threshold, batch=config.sam_batch)
         names = self.class_names
         self.thresholds = (load_thresholds(Path(config.thresholds), names, config.conf) if config.thresholds
                            else ClassThresholds({}, config.conf))
@@ -178,6 +190,8 @@ class DefectPredictor:
             raise DatasetError(f"{run}: no such run folder (expected {detector} and {sam})")
         if config.thresholds is None and (run / "thresholds.json").is_file():
             config.thresholds = run / "thresholds.json"
+        if config.backend == "onnxruntime" and config.onnx is None:
+            config.onnx = run / "onnx"  # defect-vision export's default folder
         return cls(detector, None if config.box_only else sam, config)
 
     @property
@@ -209,14 +223,27 @@ class DefectPredictor:
         det.mask = None
         return det
 
+    def segment_batch(self, images: Sequence[np.ndarray], dets: Sequence[Detections], finish: bool = True) -> list[Detections]:
+        """`segment` for several images: SAM's encoder batched over the images with boxes (never run on the others).
+        Masks come as det.data["mask_crops"]; `finish` also sets det.rle (else writers.finish_masks does, later)."""
+        from defect_vision.inference.writers import finish_masks
+
+        if self.segmenter is None or not hasattr(self.segmenter, "segment_batch"):
+            return [self.segment(pixels, det) for pixels, det in zip(images, dets)]
+        for det, (crops, iou) in zip(dets, self.segmenter.segment_batch(list(images), [d.xyxy for d in dets], self.timings)):
+            det.rle, det.mask = None, None
+            det.data["mask_crops"], det.data["sam_iou"] = crops, iou
+            if finish:
+                finish_masks(det)
+        return list(dets)
+
     def predict(self, images: Sequence[np.ndarray], infos: Sequence[ImageInfo] | None = None) -> list[Result]:
         """Results of RGB uint8 HxWx3 images (one detector batch, then SAM per image)."""
         infos = infos or [ImageInfo(i, f"image_{i}", im.shape[0], im.shape[1]) for i, im in enumerate(images, 1)]
-        out = []
-        for pixels, det, info in zip(images, self.detect(images), infos):
+        dets = self.detect(images)
+        for pixels, det, info in zip(images, dets, infos):
             det.image = ImageInfo(info.id, info.file_name, pixels.shape[0], pixels.shape[1], info.path, info.is_good, info.extra)
-            out.append(Result(self.segment(pixels, det), pixels))
-        return out
+        return [Result(det, pixels) for pixels, det in zip(images, self.segment_batch(images, dets))]
 
     def __call__(self, images):
         """An image path, an RGB HxWx3 uint8 array, or a list of them -> a Result (a list for a list)."""

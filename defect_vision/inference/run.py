@@ -7,6 +7,7 @@ failed write stops the run, naming the file and the OS error."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from defect_vision.devices import Timings, timed
 from defect_vision.errors import DatasetError
 from defect_vision.inference.predictor import DefectPredictor, class_filter
 from defect_vision.inference.sources import Loaded, Source, prefetch, resolve_source
-from defect_vision.inference.writers import label_mask, overlay, write_png
+from defect_vision.inference.writers import finish_masks, label_mask, overlay, write_png
 from defect_vision.io import atomic_dir
 
 KIND = "predict"
@@ -39,6 +40,10 @@ class RunOptions:
     prefetch: int = 4
     force: bool = False
     progress: bool = True
+    writers: int | None = None  # writer threads (RLEs, PNGs, overlays); default: half the CPU cores, 1 to 4
+
+    def writer_threads(self) -> int:
+        return max(1, self.writers or min(4, (os.cpu_count() or 2) // 2))
 
 
 @dataclass
@@ -47,7 +52,8 @@ class Summary:
     skipped: list[str] = field(default_factory=list)  # one message per unreadable image
     detections: Counter = field(default_factory=Counter)  # class name -> count
     images_with_detections: int = 0
-    sam_encoder_calls: int = 0
+    sam_encoder_calls: int = 0  # images through SAM's image encoder
+    sam_encoder_batches: int = 0  # image-encoder forwards
     sam_decoder_calls: int = 0
     detector_calls: int = 0
     timings: Timings = field(default_factory=Timings)
@@ -123,22 +129,26 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     t = summary.timings
     results: list[Detections] = []
     ids: list[dict] = []
+    threads = options.writer_threads()
     with atomic_dir(out, KIND, inputs, options.force) as tmp, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="writer") as writer:
         pending: list[Future] = []
 
-        def check_writes(wait: bool = False) -> None:
-            """Raise the first failed write now (a full disk stops the run at once), not at the end."""
-            while pending and (wait or pending[0].done()):
+        def check_writes(wait: bool = False, limit: int = 2 * threads) -> None:
+            """Raise the first failed write now (a full disk stops the run at once), not at the end; keep at most
+            `limit` images (pixels and mask crops) queued for the writers."""
+            while pending and (wait or pending[0].done() or len(pending) >= limit):
                 pending.pop(0).result()
 
         def write(loaded: Loaded, det: Detections) -> None:
             with timed(t, "write"):
+                finish_masks(det)  # RLEs from the mask crops, here rather than between GPU batches
                 h, w = loaded.pixels.shape[:2]
                 name = source.names[loaded.image.id]
                 write_png(tmp / "masks" / f"{name}.png", label_mask(det, h, w))
                 if options.save_overlays:
                     write_png(tmp / "overlays" / f"{name}.png", overlay(loaded.pixels, det))
+                det.data.pop("mask_crops", None)  # predictions.json needs the RLEs only
 
         def flush(batch: list[Loaded]) -> None:
             if gt is not None:
@@ -148,10 +158,10 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
             else:
                 dets = predictor.detect([b.pixels for b in batch])
             for loaded, det in zip(batch, dets):
-                h, w = loaded.pixels.shape[:2]
                 img = loaded.image
-                det.image = ImageInfo(img.id, img.file_name, h, w, img.path)
-                predictor.segment(loaded.pixels, det)
+                det.image = ImageInfo(img.id, img.file_name, *loaded.pixels.shape[:2], img.path)
+            predictor.segment_batch([b.pixels for b in batch], dets, finish=False)
+            for loaded, det in zip(batch, dets):
                 results.append(det)
                 check_writes()
                 pending.append(writer.submit(write, loaded, det))
@@ -187,8 +197,10 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
             first = summary.skipped[0] if summary.skipped else "no image"
             raise DatasetError(f"no image could be predicted ({len(summary.skipped)} unreadable; first: {first})")
         t.wall = time.perf_counter() - t0
+        t.settle()
         if predictor.segmenter is not None:
             summary.sam_encoder_calls = predictor.segmenter.encoder_calls
+            summary.sam_encoder_batches = getattr(predictor.segmenter, "encoder_batches", summary.sam_encoder_calls)
             summary.sam_decoder_calls = predictor.segmenter.decoder_calls
         summary.detector_calls = predictor.detector.calls if predictor.detector is not None else 0
         predictions = [e for det in sorted(results, key=lambda d: d.image.id) for e in det.to_coco()]
@@ -208,7 +220,8 @@ def _summary_dict(s: Summary, predictor: DefectPredictor, source: Source, names:
         "images": s.images, "skipped": s.skipped, "images_with_detections": s.images_with_detections,
         "detections": sum(s.detections.values()), "detections_per_class": dict(sorted(s.detections.items())),
         "categories": {str(k): v for k, v in zip(ids, names)},
-        "sam_encoder_calls": s.sam_encoder_calls, "sam_decoder_calls": s.sam_decoder_calls,
+        "sam_encoder_calls": s.sam_encoder_calls, "sam_encoder_batches": s.sam_encoder_batches,
+        "sam_decoder_calls": s.sam_decoder_calls,
         "detector_calls": s.detector_calls, "images_per_s": round(s.images_per_s, 4),
         "timings_s": s.timings.as_dict(), "device": str(predictor.device),
         "autocast": str(dtype).replace("torch.", "") if dtype else None,

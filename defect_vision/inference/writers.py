@@ -23,6 +23,25 @@ def box_rles(boxes: np.ndarray, height: int, width: int) -> list[dict]:
     return out
 
 
+def finish_masks(det: Detections) -> Detections:
+    """Set det.rle from the MaskCrops SAM inference left in det.data["mask_crops"] (RLEs from the crops' columns
+    only); a no-op for detections that already hold RLEs or dense masks."""
+    crops = det.data.get("mask_crops")
+    if crops is not None and det.rle is None:
+        det.rle = [c.rle() for c in crops]
+    return det
+
+
+def mask_regions(det: Detections) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """Per detection (image region, bool mask of that region): the crop and its place for MaskCrops, else the
+    whole image decoded from the RLE."""
+    crops = det.data.get("mask_crops")
+    if crops is not None:
+        return [(c.region, c.crop) for c in crops]
+    whole = (slice(None), slice(None))
+    return [(whole, mask_utils.decode(r).astype(bool)) for r in det.rles()] if len(det) else []
+
+
 def painting_order(det: Detections) -> np.ndarray:
     """Detections from last to first of `Detections.order()`: painted in this order, the first one wins overlaps,
     so the label PNG agrees with predictions.json (ties included)."""
@@ -34,9 +53,10 @@ def label_mask(det: Detections, height: int, width: int) -> np.ndarray:
     cids = det.category_id
     dtype = np.uint8 if len(cids) == 0 or int(np.max(cids)) < 256 else np.uint16
     label = np.zeros((height, width), dtype)
-    rles = det.rles() if len(det) else []
+    regions = mask_regions(det) if len(det) else []
     for i in painting_order(det):
-        label[mask_utils.decode(rles[i]).astype(bool)] = cids[i]
+        where, mask = regions[i]
+        label[where][mask] = cids[i]
     return label
 
 
@@ -50,10 +70,11 @@ def overlay(image: np.ndarray, det: Detections, alpha: float = 0.45) -> np.ndarr
     """RGB image with coloured masks, boxes and 'name score' labels drawn on it."""
     out = image.copy()
     cids = det.category_id
-    rles = det.rles() if det.has_masks and len(det) else []
-    for i in painting_order(det) if rles else []:
-        m = mask_utils.decode(rles[i]).astype(bool)
-        out[m] = (out[m] * (1 - alpha) + np.array(colour(int(cids[i]))) * alpha).astype(np.uint8)
+    regions = mask_regions(det) if len(det) and (det.has_masks or "mask_crops" in det.data) else []
+    for i in painting_order(det) if regions else []:
+        where, m = regions[i]
+        part = out[where]
+        part[m] = (part[m] * (1 - alpha) + np.array(colour(int(cids[i]))) * alpha).astype(np.uint8)
     scale = max(0.35, min(image.shape[:2]) / 700)
     for (x0, y0, x1, y1), cid, name, score in zip(det.xyxy.tolist(), cids.tolist(), det.names, det.score.tolist()):
         c = colour(cid)

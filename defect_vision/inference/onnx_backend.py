@@ -1,0 +1,223 @@
+"""The onnxruntime backend (CPU provider) over a `defect-vision export` folder: OnnxDetector and OnnxSegmenter, with
+the interfaces of Detector and Segmenter. Only the networks run in onnxruntime; the letterbox, NMS, SAM's
+resize/normalise/pad and the chunked full-size mask upsampling are the torch path's own code, so both agree."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defect_vision.detections import encode_masks
+from defect_vision.devices import Timings, timed
+from defect_vision.errors import DatasetError
+from defect_vision.inference.detector import Detector
+from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size
+from defect_vision.io import read_json
+from defect_vision.models.onnx_export import FORMAT, MANIFEST, VERSION, require, sha256
+
+CPU = torch.device("cpu")
+INPUTS = {"encoder": ["image"], "decoder": ["image_embeddings", "point_coords", "point_labels"]}
+
+
+def session(path: Path, inputs: list[str]):
+    """An onnxruntime CPU session of `path`; one-line DatasetErrors for a missing, unreadable or too-new model, or
+    one whose inputs are not `inputs`."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing (listed in the export's {MANIFEST}; re-run defect-vision export)")
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidProtobuf / InvalidGraph / ...
+        msg = str(exc)
+        opset, latest = re.search(r"Opset (\d+)", msg), re.search(r"till opset (\d+)", msg)
+        if opset:
+            why = (f"opset {opset.group(1)} is newer than onnxruntime {ort.__version__} runs"
+                   + (f" (up to {latest.group(1)})" if latest else "") + "; re-export with a lower --opset or upgrade onnxruntime")
+        else:
+            why = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg.strip().splitlines()[0])
+            why = f"onnxruntime {ort.__version__} cannot load it: {why.replace(f'Load model from {path} failed:', '')[:200]}"
+        raise DatasetError(f"{path}: {why}") from None
+    names = [i.name for i in sess.get_inputs()]
+    if names != inputs:
+        raise DatasetError(f"{path}: inputs {', '.join(names)}, expected {', '.join(inputs)} (files swapped or "
+                           "not from defect-vision export)")
+    return sess
+
+
+def load_manifest(folder: Path) -> dict:
+    """The export's manifest.json, checked; DatasetError naming the file otherwise."""
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise DatasetError(f"{folder}: no such ONNX export folder (write one with defect-vision export --run runs/<C> "
+                           f"--out {folder})")
+    data = read_json(path, "ONNX export manifest")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DatasetError(f"{path}: not a defect-vision ONNX export manifest (format {FORMAT!r} expected)")
+    if data.get("version") != VERSION:
+        raise DatasetError(f"{path}: manifest version {data.get('version')!r}, this defect-vision reads {VERSION}")
+    for key, fields in (("detector", ("file", "input", "class_names", "imgsz", "stride")),
+                        ("sam", ("encoder", "decoder", "image_size", "pixel_mean", "pixel_std", "model_type"))):
+        missing = [f for f in fields if f not in (data.get(key) or {})]
+        if missing:
+            raise DatasetError(f"{path}: '{key}' lacks {', '.join(missing)}")
+    return data
+
+
+class OnnxModel:
+    """A callable like the torch detection model: a float batch tensor in, the raw prediction tensor out."""
+
+    def __init__(self, sess, input_name: str):
+        self.sess, self.input_name = sess, input_name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.sess.run(None, {self.input_name: x.cpu().numpy()})[0])
+
+
+class OnnxDetector(Detector):
+    """Detector.predict (letterbox -> forward -> ultralytics NMS -> scale_boxes) with the forward in onnxruntime."""
+
+    def __init__(self, folder: Path, manifest: dict, imgsz: int | None = None):  # noqa: D107 - no super().__init__: no torch model
+        from defect_vision.offline import go_offline
+
+        go_offline()
+        from ultralytics.data.augment import LetterBox
+        from ultralytics.utils.checks import check_imgsz
+
+        m = manifest["detector"]
+        self.path = Path(folder) / m["file"]
+        self.class_names = [str(n) for n in m["class_names"]]
+        ids = m.get("category_ids")
+        self.category_ids = [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(self.class_names) else None
+        self.stride, self.end2end = int(m["stride"]), bool(m.get("end2end", False))
+        size = check_imgsz(imgsz or m["imgsz"], stride=self.stride, min_dim=1, max_dim=1)
+        self.imgsz = size[0] if isinstance(size, list) else size
+        if self.imgsz != m["imgsz"] and not m.get("dynamic", False):
+            raise DatasetError(f"--imgsz {self.imgsz}: {self.path} was exported for {m['imgsz']} only")
+        self.model = OnnxModel(session(self.path, [m["input"]]), m["input"])
+        self.device, self.dtype = CPU, None
+        self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)
+        self.calls = 0
+
+
+def upsample_masks(low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int],
+                   image_size: int) -> torch.Tensor:
+    """Sam.postprocess_masks: low-res logits -> SAM's input frame -> crop the padding -> the original image size."""
+    masks = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+
+class OnnxSegmenter:
+    """Segmenter.segment with SAM's encoder and box decoder in onnxruntime: the encoder once per image with boxes
+    (never without), all boxes in one decoder call, full-size upsampling in chunks (RLE per chunk)."""
+
+    def __init__(self, folder: Path, manifest: dict, mask_threshold: float = 0.0, budget: int = MASK_BUDGET_BYTES):
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        m = manifest["sam"]
+        self.encoder = session(Path(folder) / m["encoder"], INPUTS["encoder"])
+        self.decoder = session(Path(folder) / m["decoder"], INPUTS["decoder"])
+        self.image_size = int(m["image_size"])
+        self.transform = ResizeLongestSide(self.image_size)
+        self.mean = np.asarray(m["pixel_mean"], np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(m["pixel_std"], np.float32).reshape(3, 1, 1)
+        self.box_labels = np.asarray(m.get("box_labels", [2, 3]), np.float32)
+        self.device, self.mask_threshold, self.budget = CPU, mask_threshold, budget
+        self.encoder_calls = 0
+        self.decoder_calls = 0
+        self.upsample_chunks = 0
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """SamPredictor.set_image's input: resize the longest side to S, normalise, pad to S x S (1, 3, S, S)."""
+        resized = self.transform.apply_image(image)
+        x = (resized.transpose(2, 0, 1).astype(np.float32) - self.mean) / self.std
+        h, w = resized.shape[:2]
+        padded = np.zeros((1, 3, self.image_size, self.image_size), np.float32)
+        padded[0, :, :h, :w] = x
+        return padded, (h, w)
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, boxes: np.ndarray, timings: Timings | None = None) -> tuple[list[dict], np.ndarray]:
+        """(N compressed RLEs, SAM's predicted IoU (N,)) for xyxy boxes of an RGB HxWx3 image; no SAM call for N = 0."""
+        h, w = image.shape[:2]
+        if len(boxes) == 0:
+            return [], np.zeros(0, np.float32)
+        timings = timings if timings is not None else Timings()
+        with timed(timings, "sam_encoder", CPU):
+            x, input_size = self.preprocess(image)
+            embeddings = self.encoder.run(None, {"image": x})[0]
+        self.encoder_calls += 1
+        with timed(timings, "sam_decoder", CPU):
+            boxes = torch.as_tensor(np.asarray(boxes, np.float32))
+            corners = self.transform.apply_boxes_torch(boxes, (h, w)).reshape(-1, 2, 2).numpy()  # as the torch path
+            labels = np.tile(self.box_labels, (len(corners), 1))
+            low_res, iou = self.decoder.run(None, {"image_embeddings": embeddings, "point_coords": corners,
+                                                   "point_labels": labels})
+            rles: list[dict] = []
+            step = chunk_size(h, w, self.budget)
+            for start in range(0, len(low_res), step):
+                logits = upsample_masks(torch.from_numpy(low_res[start : start + step]), input_size, (h, w), self.image_size)
+                rles += encode_masks((logits[:, 0] > self.mask_threshold).numpy())
+                del logits
+                self.upsample_chunks += 1
+        self.decoder_calls += 1
+        return rles, iou[:, 0].astype(np.float32)
+
+
+def check_export(folder: Path, manifest: dict, detector: Path | None, sam: Path | None,
+                 thresholds: Path | None) -> None:
+    """DatasetError when the export is not of these checkpoints (sha256) or its thresholds differ from `thresholds`:
+    an ONNX folder of another run, or one written before a re-training or re-calibration."""
+    where = Path(folder) / MANIFEST
+    for path, key, what in ((detector, "detector", "detector"), (sam, "sam", "SAM checkpoint")):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise DatasetError(f"{path}: missing (the {what} to check the ONNX export {folder} against)")
+        if sha256(Path(path)) != manifest[key].get("sha256"):
+            raise DatasetError(f"{where}: exported from another {what} than {path}{_class_diff(path, manifest) if key == 'detector' else ''}"
+                               f" (an ONNX folder of another run, or older than the checkpoint: re-run defect-vision export)")
+    mine = manifest.get("thresholds")
+    if thresholds is not None and mine:
+        if read_json(Path(thresholds), "thresholds") != read_json(Path(folder) / mine, "thresholds"):
+            raise DatasetError(f"{Path(folder) / mine}: thresholds differ from {thresholds} (an ONNX folder of another "
+                               "run, or older than the calibration: re-run defect-vision export)")
+
+
+def _class_diff(path: Path, manifest: dict) -> str:
+    """' (classes a, b vs c, d)' when the checkpoint's class names differ from the export's, else ''."""
+    from defect_vision.models.detector import load_detector_model
+
+    try:
+        names = load_detector_model(Path(path)).names
+    except DatasetError:
+        return ""
+    names = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
+    mine = manifest["detector"]["class_names"]
+    return f" (classes {', '.join(mine)} vs {', '.join(names)})" if names != mine else " (same classes, other weights)"
+
+
+def load_onnx_models(config, detector: Path | None, sam: Path | None, device: torch.device):
+    """(OnnxDetector, OnnxSegmenter or None with box_only) of the export folder `config.onnx`, checked against the
+    checkpoints and thresholds given (any may be None); sets `config.thresholds` to the export's when not given."""
+    require("onnxruntime", "--backend onnxruntime")
+    if device.type != "cpu":
+        raise DatasetError(f"--device {config.device}: the onnxruntime backend runs on the CPU (CPUExecutionProvider); "
+                           "use --device cpu, or --backend torch on a GPU")
+    if config.onnx is None:
+        raise DatasetError("--onnx: required with --backend onnxruntime (a folder written by defect-vision export)")
+    folder = Path(config.onnx)
+    manifest = load_manifest(folder)
+    if config.model_type and not config.box_only and config.model_type != manifest["sam"]["model_type"]:
+        raise DatasetError(f"--model-type {config.model_type}: the export {folder} holds a "
+                           f"{manifest['sam']['model_type']} SAM")
+    check_export(folder, manifest, detector, None if config.box_only else sam, config.thresholds)
+    if config.thresholds is None and manifest.get("thresholds"):
+        config.thresholds = folder / manifest["thresholds"]
+    det = OnnxDetector(folder, manifest, config.imgsz)
+    seg = None if config.box_only else OnnxSegmenter(folder, manifest, config.mask_threshold)
+    return det, seg

@@ -1,0 +1,231 @@
+"""Export a run's models to ONNX for CPU deployment: the YOLO-World detector (ultralytics' exporter, class names and
+text embeddings baked in, no NMS), SAM's image encoder, and SAM's prompt encoder + mask decoder on box prompts
+(segment_anything's SamOnnxModel), plus `manifest.json` (files, input sizes, class names, thresholds).
+
+Only the networks are exported: the letterbox, NMS, SAM's resize/normalise/pad and the full-size mask upsampling
+stay the torch path's own code (defect_vision.inference.onnx_backend reuses it), so both backends agree.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from segment_anything.utils.onnx import SamOnnxModel
+
+from defect_vision.errors import DatasetError
+from defect_vision.io import atomic_dir, read_json
+from defect_vision.models.detector import load_detector_model
+from defect_vision.models.sam import load_sam, model_type_for
+from defect_vision.offline import go_offline, strip_network_callbacks
+
+KIND = "export"  # the output folder's marker kind
+FORMAT, VERSION = "defect-vision-onnx", 1
+MANIFEST = "manifest.json"
+THRESHOLDS = "thresholds.json"
+FILES = {"detector": "detector.onnx", "encoder": "sam_image_encoder.onnx", "decoder": "sam_decoder.onnx"}
+OPSET = 17  # SAM's own ONNX example uses 17; onnxruntime >= 1.14 runs it
+OPSETS = range(11, 21)  # what torch's TorchScript-based exporter writes and ultralytics accepts
+INSTALL_HINT = "pip install 'defect-vision[export]'"
+
+
+@dataclass
+class ExportConfig:
+    """What `export_onnx` reads and where it writes."""
+
+    detector: Path  # YOLO-World best.pt
+    sam: Path  # SAM best.pth
+    out: Path  # the export folder (replaced as a whole)
+    model_type: str | None = None  # SAM model type (default: best.json beside the checkpoint, else vit_b)
+    thresholds: Path | None = None  # calibrated per-class thresholds, copied into the folder
+    imgsz: int | None = None  # detector input size (default: the checkpoint's)
+    opset: int = OPSET
+    force: bool = False
+
+    @classmethod
+    def for_run(cls, run: str | Path, out: str | Path | None = None, **kw) -> ExportConfig:
+        """The models of a pipeline run folder (<run>/yolo_world/best.pt, <run>/sam/best.pth, <run>/thresholds.json
+        when present) into `out` (default <run>/onnx)."""
+        run = Path(run)
+        if not run.is_dir():
+            raise DatasetError(f"{run}: no such run folder (expected yolo_world/best.pt and sam/best.pth in it)")
+        thresholds = run / THRESHOLDS if (run / THRESHOLDS).is_file() else None
+        return cls(run / "yolo_world" / "best.pt", run / "sam" / "best.pth", Path(out or run / "onnx"),
+                   thresholds=kw.pop("thresholds", thresholds), **kw)
+
+
+def require(module: str, what: str) -> None:
+    """DatasetError when an optional package of the `[export]` extra is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise DatasetError(f"{what} needs the {module} package, which is not installed ({INSTALL_HINT})")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def quiet_ultralytics():
+    """Only ultralytics' errors while exporting (its log would also call a YOLO-World v2 model 'not supported')."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | None, opset: int) -> dict:
+    """detector.onnx of the detection model `model` (loaded from `path`) through ultralytics' exporter: input
+    `images` (B, 3, S, S) in [0, 1], output `output0` (B, 4 + classes, anchors) before NMS, dynamic batch and
+    size; nothing is pip-installed (no onnxslim)."""
+    go_offline()
+    from ultralytics.engine.exporter import Exporter
+    from ultralytics.utils.checks import check_imgsz
+
+    names = model.names
+    names = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
+    stride = int(max(model.stride)) if hasattr(model, "stride") else 32
+    size = check_imgsz(imgsz or model.args.get("imgsz", 640), stride=stride, min_dim=1, max_dim=1)
+    size = size[0] if isinstance(size, list) else size
+    model.pt_path = str(folder / Path(FILES["detector"]).with_suffix(".pt"))  # the exporter writes <pt stem>.onnx
+    exporter = Exporter(overrides={"format": "onnx", "imgsz": size, "dynamic": True, "simplify": False, "nms": None,
+                                   "opset": opset, "batch": 1, "device": "cpu", "quantize": None, "data": None,
+                                   "verbose": False})
+    strip_network_callbacks(exporter)
+    try:
+        with quiet_ultralytics():
+            written = Path(exporter(model=model))
+    except Exception as exc:  # noqa: BLE001 - ultralytics raises AssertionError/ValueError/RuntimeError
+        raise DatasetError(f"{path}: ONNX export of the detector failed ({str(exc).splitlines()[0][:200]})") from None
+    if written != folder / FILES["detector"]:
+        written.replace(folder / FILES["detector"])
+    ids = meta.get("category_ids")
+    return {"file": FILES["detector"], "source": str(path), "sha256": sha256(path), "input": "images",
+            "output": "output0", "imgsz": size, "stride": stride, "dynamic": True,
+            "end2end": bool(getattr(model, "end2end", False)), "class_names": names,
+            "category_ids": [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(names) else None}
+
+
+class SamImageEncoder(torch.nn.Module):
+    """SAM's image encoder on a resized, normalised and padded image (1, 3, S, S) -> embeddings (1, C, g, g)."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class SamBoxDecoder(SamOnnxModel):
+    """segment_anything's SamOnnxModel, as SamPredictor.predict_torch(boxes, multimask_output=False) decodes:
+    a box is two corner points labelled 2 and 3 (model input coordinates), no mask prompt, and the first mask
+    token's output (SamOnnxModel's select_masks would pick the best of the 3 multimask outputs for 2 points).
+    Outputs the low-resolution logits: the caller upsamples them in chunks."""
+
+    def __init__(self, sam):
+        super().__init__(sam, return_single_mask=True)
+
+    @torch.no_grad()
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor):
+        prompt = self.model.prompt_encoder
+        sparse = self._embed_points(point_coords, point_labels)
+        dense = prompt.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *prompt.image_embedding_size)
+        masks, iou = self.mask_decoder.predict_masks(image_embeddings=image_embeddings, image_pe=prompt.get_dense_pe(),
+                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        return masks[:, 0:1], iou[:, 0:1]
+
+
+def _to_onnx(module: torch.nn.Module, args: tuple, file: Path, opset: int, inputs: list[str], outputs: list[str],
+             dynamic: dict | None = None) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints in SAM's code: sizes are fixed here
+        torch.onnx.export(module.eval(), args, str(file), dynamo=False, opset_version=opset, input_names=inputs,
+                          output_names=outputs, dynamic_axes=dynamic)
+
+
+def export_sam(sam, path: Path, model_type: str, folder: Path, opset: int) -> dict:
+    """sam_image_encoder.onnx (`image` -> `image_embeddings`) and sam_decoder.onnx (`image_embeddings`,
+    `point_coords` (N, 2, 2), `point_labels` (N, 2) -> `low_res_masks` (N, 1, 4g, 4g), `iou_predictions` (N, 1))
+    of the SAM model `sam` loaded from `path`."""
+    size = int(sam.image_encoder.img_size)
+    grid = list(sam.prompt_encoder.image_embedding_size)
+    channels = int(sam.prompt_encoder.embed_dim)
+    try:
+        _to_onnx(SamImageEncoder(sam), (torch.zeros(1, 3, size, size),), folder / FILES["encoder"], opset,
+                 ["image"], ["image_embeddings"])
+        boxes = {name: {0: "boxes"} for name in ("point_coords", "point_labels", "low_res_masks", "iou_predictions")}
+        _to_onnx(SamBoxDecoder(sam), (torch.zeros(1, channels, *grid), torch.tensor([[[0.0, 0.0], [size / 2, size / 2]]] * 2),
+                                      torch.tensor([[2.0, 3.0]] * 2)),
+                 folder / FILES["decoder"], opset, ["image_embeddings", "point_coords", "point_labels"],
+                 ["low_res_masks", "iou_predictions"], boxes)
+    except Exception as exc:  # noqa: BLE001 - torch.onnx raises many kinds
+        raise DatasetError(f"{path}: ONNX export of SAM failed ({str(exc).splitlines()[0][:200]})") from None
+    return {"encoder": FILES["encoder"], "decoder": FILES["decoder"], "source": str(path), "sha256": sha256(path),
+            "model_type": model_type, "image_size": size, "embedding_shape": [channels, *grid],
+            "low_res_size": [4 * g for g in grid], "pixel_mean": sam.pixel_mean.flatten().tolist(),
+            "pixel_std": sam.pixel_std.flatten().tolist(), "box_labels": [2, 3]}
+
+
+def check_thresholds(path: Path) -> dict:
+    """The thresholds file as calibrate writes it ({"thresholds": {name: t}, "default": t}); DatasetError otherwise."""
+    data = read_json(path, "thresholds")
+    if not isinstance(data, dict) or not isinstance(data.get("thresholds"), dict):
+        raise DatasetError(f"{path}: expected {{\"thresholds\": {{\"<class name>\": 0.3, ...}}, \"default\": 0.25}}")
+    return data
+
+
+def export_onnx(config: ExportConfig) -> dict:
+    """Write the export folder (detector.onnx, sam_image_encoder.onnx, sam_decoder.onnx, manifest.json and, with
+    thresholds, thresholds.json) all at once: bad input fails before anything is written. Returns the manifest."""
+    require("onnx", "ONNX export")
+    if config.opset not in OPSETS:
+        raise DatasetError(f"--opset {config.opset}: must be within {OPSETS.start}..{OPSETS.stop - 1}")
+    for path, what in ((config.detector, "detector checkpoint (a YOLO-World best.pt)"),
+                       (config.sam, "SAM checkpoint (a SAM best.pth state_dict)")):
+        if not Path(path).is_file():
+            raise DatasetError(f"{path}: missing (no such {what})")
+    thresholds = check_thresholds(config.thresholds) if config.thresholds is not None else None
+    model_type = model_type_for(Path(config.sam), config.model_type)
+    # wrong checkpoints or model type fail here, before any export (one-line errors naming the file)
+    detector_model, meta = load_detector_model(Path(config.detector), with_meta=True)
+    sam_model = load_sam(Path(config.sam), model_type)
+    inputs = [p for p in (config.detector, config.sam, config.thresholds) if p is not None]
+    with atomic_dir(Path(config.out), KIND, inputs, config.force) as tmp:
+        detector = export_detector(detector_model, meta, Path(config.detector), tmp, config.imgsz, config.opset)
+        sam = export_sam(sam_model, Path(config.sam), model_type, tmp, config.opset)
+        if thresholds is not None:
+            shutil.copyfile(config.thresholds, tmp / THRESHOLDS)
+        manifest = {"format": FORMAT, "version": VERSION, "opset": config.opset, "detector": detector, "sam": sam,
+                    "thresholds": THRESHOLDS if thresholds is not None else None,
+                    "thresholds_source": str(config.thresholds) if thresholds is not None else None,
+                    "exported_with": _versions()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("defect-vision", "torch", "ultralytics", "segment-anything", "onnx"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
