@@ -107,13 +107,37 @@ def _simplify(poly: Polygon, tolerance: float) -> Polygon:
     return simple
 
 
-def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[list[float]]:
-    """Hole-free polygons (pixel-edge outline) of one component; their pycocotools rasterisation is the component."""
-    contours, hierarchy = cv2.findContours(component.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+def _edge_rings(component: np.ndarray) -> tuple[list[np.ndarray], bool]:
+    """Pixel-edge outlines of a component, traced by OpenCV on the mask upscaled 2x (nearest): there every boundary
+    pixel of the original has an inner and an outer half, and the half on the boundary maps to the pixel's edge
+    ((x2 + 1) // 2 - 1), so the rings follow the pixel edges exactly. Returns (outer rings, has holes)."""
+    up = cv2.resize(np.pad(component.astype(np.uint8), 1), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
-        return []
+        return [], False
+    rings, holes = [], False
+    for contour, (_, _, child, parent) in zip(contours, hierarchy[0]):
+        if parent != -1:
+            continue
+        holes |= child != -1
+        pts = (contour.reshape(-1, 2) + 1) // 2 - 1
+        pts = pts[np.any(pts != np.roll(pts, 1, axis=0), axis=1)]  # the 2x trace repeats corner points
+        if len(pts) >= 3:
+            rings.append(pts)
+    return rings, holes
+
+
+def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[list[float]]:
+    """Hole-free polygons (pixel-edge outline) of one component; their pycocotools rasterisation is the component.
+
+    Without holes (nearly every defect), the rings are OpenCV's pixel-edge trace as is; a component with holes goes
+    through shapely, which cuts it into hole-free pieces (COCO and YOLO polygons have no holes)."""
+    rings, holes = _edge_rings(component)
+    if not holes:
+        return [r.astype(float).ravel().tolist() for r in rings]
+    contours, hierarchy = cv2.findContours(component.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     hierarchy = hierarchy[0]
-    rings: list[list[float]] = []
+    out: list[list[float]] = []
     for i, contour in enumerate(contours):
         if hierarchy[i][3] != -1:  # a hole: handled with its parent
             continue
@@ -132,8 +156,8 @@ def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[lis
         for piece in _cut_holes(poly):
             coords = np.asarray(piece.exterior.coords)[:-1]
             if len(coords) >= 3:
-                rings.append(np.round(coords, 2).ravel().tolist())
-    return rings
+                out.append(np.round(coords, 2).ravel().tolist())
+    return out
 
 
 def inner_point(component: np.ndarray) -> tuple[float, float]:

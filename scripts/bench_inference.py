@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-size", type=int, default=2000,
                    help="image side of the peak-memory table (SAM masks of 1..100 boxes; 0: skip it)")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="skip the onnxruntime vs torch CPU table (it needs onnx + onnxruntime: the [export] extra)")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
@@ -72,9 +74,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | " + " | ".join(f"{columns[h][row]:.1f}" for h in heads) + " |")
     print("| whole / forwards (target <= 1.15) | " + " | ".join(f"{columns[h]['ratio']:.3f}" for h in heads) + " |")
     print("| images/s | " + " | ".join(f"{1000 / columns[h]['whole']:.2f}" for h in heads) + " |")
+    if not args.no_onnx:
+        onnx_table(work, detector, args, warm, measured, columns)
     if args.memory_size:
         memory_table(work, args.memory_size, args.device)
     return 0
+
+
+def measure(detector: Path, sam: Path, config: PredictConfig, warm: Path, measured: Path, out: Path,
+            batch: int) -> dict:
+    """A warm-up run, then the measured run: ms per image of each stage, whole run, images/s."""
+    options = RunOptions(batch=batch, progress=False, force=True)
+    predict_run(DefectPredictor(detector, sam, config), warm, out.with_name(out.name + "_warm"), options)
+    summary = predict_run(DefectPredictor(detector, sam, config), measured, out, options)
+    t, n = summary.timings, max(1, summary.images)
+    return {**{s: 1000 * getattr(t, s) / n for s in STAGES}, "whole": 1000 * t.wall / n, "images/s": n / t.wall}
+
+
+def onnx_table(work: Path, detector: Path, args, warm: Path, measured: Path, columns: dict) -> None:
+    """onnxruntime (CPUExecutionProvider) vs torch, both on the CPU, same models and images: `defect-vision export`
+    of each SAM type, then the same predict_run with backend onnxruntime."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        print("\nonnxruntime vs torch: skipped (onnx/onnxruntime not installed: pip install 'defect-vision[export]')")
+        return
+    import onnxruntime
+    import torch
+
+    from defect_vision.models.onnx_export import ExportConfig, export_onnx
+
+    rows = ("detector", "sam_encoder", "sam_decoder", "whole", "images/s")
+    table: dict[str, dict] = {}
+    for sam_type in args.sam_types:
+        sam = work / f"sam_{sam_type}.pth"
+        base = dict(conf=0.01, max_det=args.max_det, model_type=sam_type, device="cpu", seed=args.seed)
+        torch_cpu = columns.get(sam_type) if columns.get(sam_type, {}).get("device", "").startswith("cpu") else None
+        if torch_cpu is None:  # the main table ran on a GPU: measure torch on the CPU here
+            torch_cpu = measure(detector, sam, PredictConfig(**base), warm, measured, work / f"cpu_{sam_type}", args.batch)
+        torch_cpu = {**torch_cpu, "images/s": 1000 / torch_cpu["whole"]}
+        export = work / f"onnx_{sam_type}"
+        export_onnx(ExportConfig(detector, sam, export, model_type=sam_type, imgsz=args.imgsz, force=True))
+        ort = measure(detector, sam, PredictConfig(**base, backend="onnxruntime", onnx=export), warm, measured,
+                      work / f"ort_{sam_type}", args.batch)
+        table[sam_type] = {"torch": torch_cpu, "onnxruntime": ort}
+    print(f"\nonnxruntime {onnxruntime.__version__} (CPUExecutionProvider) vs torch {torch.__version__}, both on the "
+          f"CPU ({torch.get_num_threads()} torch threads), ms / image ({args.images} images, {args.max_det} boxes/image)")
+    heads = [(t, b) for t in table for b in ("torch", "onnxruntime")]
+    print("| ms / image | " + " | ".join(f"{t} {b}" for t, b in heads) + " |")
+    print("|---|" + "---:|" * len(heads))
+    for row in rows:
+        label = {"whole": "whole run (wall)"}.get(row, row)
+        fmt = "{:.2f}" if row == "images/s" else "{:.1f}"
+        print(f"| {label} | " + " | ".join(fmt.format(table[t][b][row]) for t, b in heads) + " |")
+    print("| onnxruntime / torch images/s | " + " | ".join(
+        f"{table[t]['onnxruntime']['images/s'] / table[t]['torch']['images/s']:.2f}x" if b == "onnxruntime" else ""
+        for t, b in heads) + " |")
 
 
 PEAK = """

@@ -49,6 +49,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available, fp16 autocast there), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<category>/sam)")
     p.add_argument("--cache-dir", type=Path, help="embedding cache (default: <out>/embeddings)")
+    p.add_argument("--resident-mb", type=float, default=8192,
+                   help="cached embeddings kept on the training device after their first read (MB; vit_b: 2 MB "
+                        "per image); the rest are read from --cache-dir every step")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     add_force(p)
     p.add_argument("--seed", type=int, default=0, help="seed for init (--from-scratch), shuffling and box jitter")
@@ -67,7 +70,8 @@ def config_from_args(a: argparse.Namespace) -> SamTrainConfig:
         model_type=a.model_type, checkpoint=a.checkpoint, from_scratch=a.from_scratch, epochs=a.epochs, lr=a.lr,
         weight_decay=a.weight_decay, warmup=a.warmup, clip_grad=a.clip_grad, batch_images=a.batch_images,
         jitter=a.jitter, jitter_max=a.jitter_max, points=a.points, train_prompt_encoder=a.train_prompt_encoder,
-        multimask=a.multimask, mask_threshold=a.mask_threshold, device=a.device, resume=a.resume, force=a.force,
+        multimask=a.multimask, mask_threshold=a.mask_threshold, device=a.device, resident_mb=a.resident_mb,
+        resume=a.resume, force=a.force,
         seed=a.seed, quiet=a.quiet)
 
 

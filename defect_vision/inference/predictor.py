@@ -47,6 +47,8 @@ class PredictConfig:
                 raise DatasetError(f"--{name} {getattr(self, name)}: must be within [0, 1]")
         if self.max_det < 1:
             raise DatasetError(f"--max-det {self.max_det}: must be >= 1")
+        if self.sam_batch is not None and self.sam_batch < 1:
+            raise DatasetError(f"--sam-batch {self.sam_batch}: must be >= 1")
         if self.backend not in BACKENDS:
             raise DatasetError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
 

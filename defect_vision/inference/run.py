@@ -114,6 +114,8 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     options = options or RunOptions()
     if options.batch < 1:
         raise DatasetError(f"--batch {options.batch}: must be >= 1")
+    if options.writers is not None and options.writers < 1:
+        raise DatasetError(f"--writers {options.writers}: must be >= 1")
     source = source if isinstance(source, Source) else resolve_source(source)
     summary = Summary(timings=predictor.timings)
     gt = GtBoxes(options.gt_boxes, source) if options.gt_boxes is not None else None

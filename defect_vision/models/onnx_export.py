@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +76,17 @@ def sha256(path: Path) -> str:
 
 
 @contextmanager
-def quiet_ultralytics():
-    """Only ultralytics' errors while exporting (its log would also call a YOLO-World v2 model 'not supported')."""
+def quiet_export():
+    """Only errors while exporting: ultralytics' log (which would call a YOLO-World v2 model 'not supported') and
+    torch's warnings about its legacy TorchScript-based exporter and Python ints in traced code are muted."""
     from ultralytics.utils import LOGGER
 
     level = LOGGER.level
     LOGGER.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         LOGGER.setLevel(level)
 
@@ -106,7 +110,7 @@ def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | No
                                    "verbose": False})
     strip_network_callbacks(exporter)
     try:
-        with quiet_ultralytics():
+        with quiet_export():
             written = Path(exporter(model=model))
     except Exception as exc:  # noqa: BLE001 - ultralytics raises AssertionError/ValueError/RuntimeError
         raise DatasetError(f"{path}: ONNX export of the detector failed ({str(exc).splitlines()[0][:200]})") from None
@@ -151,10 +155,7 @@ class SamBoxDecoder(SamOnnxModel):
 
 def _to_onnx(module: torch.nn.Module, args: tuple, file: Path, opset: int, inputs: list[str], outputs: list[str],
              dynamic: dict | None = None) -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints in SAM's code: sizes are fixed here
+    with quiet_export():  # SAM's sizes are fixed here, so the tracer's Python-int warnings do not matter
         torch.onnx.export(module.eval(), args, str(file), dynamo=False, opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_axes=dynamic)
 

@@ -23,8 +23,8 @@ from defect_vision.training.sam_checkpoints import Checkpointer, Progress, Start
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import PromptSet, load_prompts
 from defect_vision.training.sam_dist import Dist, init_distributed
-from defect_vision.training.sam_embeddings import EmbeddingCache
-from defect_vision.training.sam_steps import PromptedDecoder, Samples, evaluate, train_epoch
+from defect_vision.training.sam_embeddings import EmbeddingCache, ResidentEmbeddings
+from defect_vision.training.sam_steps import PromptedDecoder, Samples, evaluate, step_dtype, train_epoch
 
 StepHook = Callable[[int, int], None]  # (epoch, step): called after every optimizer step (tests interrupt with it)
 
@@ -50,7 +50,8 @@ def trainable_parameters(sam: torch.nn.Module, train_prompt_encoder: bool) -> li
 
 def build_optimizer(params: list[torch.nn.Parameter], config: SamTrainConfig, steps_per_epoch: int,
                     device: torch.device) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
-    """AdamW, linear warm-up (config.warmup of all steps) then cosine to 0, and a GradScaler (active on CUDA)."""
+    """AdamW, linear warm-up (config.warmup of all steps) then cosine to 0, and a GradScaler (active on CUDA). On
+    CUDA AdamW is the fused kernel, which takes the scaler's inf check on the device: a step without host sync."""
     total = max(1, steps_per_epoch * config.epochs)
     warmup = max(1, round(config.warmup * total))
 
@@ -59,7 +60,7 @@ def build_optimizer(params: list[torch.nn.Parameter], config: SamTrainConfig, st
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
 
@@ -77,6 +78,7 @@ class Session:
     train: Samples
     val: Samples
     cache: EmbeddingCache
+    resident: ResidentEmbeddings  # the cache's embeddings held on the training device
     encoder_calls: int  # over all ranks
     decoder: PromptedDecoder
     model: torch.nn.Module  # the decoder, DDP-wrapped under torchrun
@@ -86,7 +88,7 @@ class Session:
     scaler: torch.amp.GradScaler
 
     def embed(self, path: Path) -> torch.Tensor:
-        return self.cache.get(path, self.d.device)
+        return self.resident(path)
 
     def train_epoch(self, epoch: int, on_step: StepHook | None = None) -> float:
         """One epoch (shuffling and box jitter seeded by seed, epoch and rank); mean loss per instance, all ranks."""
@@ -149,6 +151,7 @@ def set_up(config: SamTrainConfig, d: Dist) -> tuple[Session, dict | None]:
     cache.ensure(paths[d.rank :: d.world], device, progress=d.main and not config.quiet)
     d.barrier()
     encoder_calls = int(d.sum(cache.encoder_calls)[0])
+    resident = ResidentEmbeddings(cache, device, step_dtype(device) or torch.float32, int(config.resident_mb * 2**20))
 
     decoder = PromptedDecoder(sam)
     model = decoder if d.world == 1 else torch.nn.parallel.DistributedDataParallel(
@@ -156,8 +159,8 @@ def set_up(config: SamTrainConfig, d: Dist) -> tuple[Session, dict | None]:
         find_unused_parameters=config.train_prompt_encoder)
     sampler = DistributedSampler(range(len(train)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=config.seed)
     optimizer, scheduler, scaler = build_optimizer(params, config, math.ceil(len(sampler) / config.batch_images), device)
-    session = Session(config, d, run, start, train_set, val_set, train, val, cache, encoder_calls, decoder, model,
-                      sampler, optimizer, scheduler, scaler)
+    session = Session(config, d, run, start, train_set, val_set, train, val, cache, resident, encoder_calls, decoder,
+                      model, sampler, optimizer, scheduler, scaler)
     return session, resume
 
 

@@ -164,8 +164,11 @@ def load_start(config: SamTrainConfig, resume: dict | None, main: bool = True) -
 
 
 def resume_training_state(optimizer, scheduler, scaler, resume: dict) -> Progress:
-    """Load the optimizer/scheduler/scaler states of resume.pt; the progress it recorded."""
+    """Load the optimizer/scheduler/scaler states of resume.pt; the progress it recorded. A run started on the CPU
+    saved its disabled GradScaler as {}: resumed on a GPU, the enabled scaler starts from its initial scale (its
+    load_state_dict({}) would raise)."""
     optimizer.load_state_dict(resume["optimizer"])
     scheduler.load_state_dict(resume["scheduler"])
-    scaler.load_state_dict(resume["scaler"])
+    if resume.get("scaler"):
+        scaler.load_state_dict(resume["scaler"])
     return Progress(resume["history"], resume["best_iou"], resume["best_epoch"])

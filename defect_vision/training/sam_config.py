@@ -34,6 +34,7 @@ class SamTrainConfig:
     multimask: bool = False
     mask_threshold: float = 0.0  # logit threshold of val masks (SamPredictor's)
     device: str = "auto"
+    resident_mb: float = 8192  # cached embeddings held on the training device (the rest read from disk per step)
     resume: bool = False  # continue the run in `out` after its last finished epoch
     force: bool = False  # write into an `out` that is not a previous train-sam output
     seed: int = 0

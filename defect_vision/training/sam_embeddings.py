@@ -16,6 +16,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
+from defect_vision.devices import HALF
 from defect_vision.io import atomic_path
 from defect_vision.data.images import read_image
 
@@ -71,7 +72,7 @@ class EmbeddingCache:
         """Run the image encoder (counted): 1x256xgxg float32 on `device`."""
         self.encoder_calls += 1
         x, _ = preprocess(self.sam, rgb, device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
+        with torch.autocast("cuda", dtype=HALF, enabled=torch.device(device).type == "cuda"):
             return self.sam.image_encoder(x).float()
 
     def save(self, key: str, emb: torch.Tensor) -> None:
@@ -79,21 +80,23 @@ class EmbeddingCache:
         with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
             np.save(f, emb.detach().to("cpu", torch.float16).numpy())
 
-    def load(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
-        """The cached embedding as float32 on `device`, or None when absent or unreadable."""
+    def load(self, key: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The cached embedding as `dtype` on `device` (copied as stored, fp16, then converted there), or None when
+        absent or unreadable."""
         try:
             arr = np.load(self.path(key))
         except (OSError, ValueError, EOFError):
             return None
-        return torch.from_numpy(arr).to(device=device, dtype=torch.float32)
+        return torch.from_numpy(arr).to(device).to(dtype)
 
-    def get(self, image_path: Path, device: torch.device | str = "cpu") -> torch.Tensor:
+    def get(self, image_path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Embedding of an image: from the cache, or computed once and cached."""
         key = self.key_of(image_path)
-        emb = self.load(key, device)
+        emb = self.load(key, device, dtype)
         if emb is None:
             emb = self.encode(read_image(Path(image_path)), device)
             self.save(key, emb)
+            emb = emb.to(dtype)
         return emb
 
     def ensure(self, image_paths: Iterable[Path], device: torch.device | str = "cpu", progress: bool = True) -> int:
@@ -109,3 +112,26 @@ class EmbeddingCache:
     def megabytes_per_image(self) -> float:
         files = list(self.dir.glob("*.npy"))
         return sum(f.stat().st_size for f in files) / max(len(files), 1) / 2**20
+
+
+class ResidentEmbeddings:
+    """The cache's embeddings kept in memory on the training device after their first read, so a step costs a
+    lookup instead of a disk read, an fp16 -> fp32 conversion and a host-to-device copy. Held in the dtype the
+    steps consume (fp16 on CUDA, where autocast runs the decoder in fp16; fp32 on CPU): the values are the cached
+    fp16 ones either way. Up to `budget_bytes`; embeddings beyond it are read from the cache each time."""
+
+    def __init__(self, cache: EmbeddingCache, device: torch.device, dtype: torch.dtype, budget_bytes: int):
+        self.cache, self.device, self.dtype, self.budget = cache, device, dtype, budget_bytes
+        self.held: dict[Path, torch.Tensor] = {}
+        self.bytes = 0
+        self.disk_reads = 0  # reads from the cache files (first reads, and every read beyond the budget)
+
+    def __call__(self, image_path: Path) -> torch.Tensor:
+        emb = self.held.get(image_path)
+        if emb is None:
+            emb = self.cache.get(image_path, self.device, self.dtype)
+            self.disk_reads += 1
+            if self.bytes + emb.nbytes <= self.budget:
+                self.held[image_path] = emb
+                self.bytes += emb.nbytes
+        return emb

@@ -11,13 +11,17 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
 from defect_vision.detections import Detections
-from defect_vision.devices import autocast
+from defect_vision.devices import HALF, autocast, full_precision
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import PromptSet, jitter_boxes, lowres_target, padded_points
 from defect_vision.training.sam_losses import mask_iou, sam_loss
 
 EmbedFn = Callable[[Path], torch.Tensor]
-HALF = torch.float16  # autocast dtype on CUDA (with a GradScaler); CPU runs in fp32
+
+
+def step_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training and validation steps: HALF on CUDA (with a GradScaler), fp32 elsewhere."""
+    return HALF if device.type == "cuda" else None
 
 
 class PromptedDecoder(torch.nn.Module):
@@ -34,8 +38,10 @@ class PromptedDecoder(torch.nn.Module):
         input frame, optional points -> (low-res logits NxMx4gx4g, IoU predictions NxM)."""
         out = []
         for emb, box, pts in zip(embeddings, boxes, points):
-            sparse, dense = self.prompt_encoder(points=pts, boxes=box, masks=None)
-            out.append(self.mask_decoder(image_embeddings=emb, image_pe=self.prompt_encoder.get_dense_pe(),
+            with full_precision(emb.device):  # coordinates and their sin/cos encodings in fp32, as at inference
+                sparse, dense = self.prompt_encoder(points=pts, boxes=box, masks=None)
+                image_pe = self.prompt_encoder.get_dense_pe()
+            out.append(self.mask_decoder(image_embeddings=emb, image_pe=image_pe,
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                          multimask_output=multimask))
         return out
@@ -49,7 +55,7 @@ class Samples:
         self.img_size = int(sam.image_encoder.img_size)
         self.low_res = int(sam.prompt_encoder.mask_input_size[0])
         self.transform = ResizeLongestSide(self.img_size)
-        self._targets: dict[int, torch.Tensor] = {}
+        self._targets: dict[tuple[int, str], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,12 +64,13 @@ class Samples:
     def paths(self) -> list[Path]:
         return [det.image.path for det in self.images]
 
-    def target(self, det: Detections) -> torch.Tensor:
-        """N x low x low soft targets in the low-res logit frame."""
-        if det.image.id not in self._targets:
-            self._targets[det.image.id] = torch.from_numpy(
-                np.stack([lowres_target(m, self.img_size, self.low_res) for m in det.masks]))
-        return self._targets[det.image.id]
+    def target(self, det: Detections, device: torch.device | str = "cpu") -> torch.Tensor:
+        """N x low x low float32 soft targets in the low-res logit frame, made once and kept on `device`."""
+        key = (det.image.id, str(device))
+        if key not in self._targets:
+            self._targets[key] = torch.from_numpy(
+                np.stack([lowres_target(m, self.img_size, self.low_res) for m in det.masks])).to(device)
+        return self._targets[key]
 
     @staticmethod
     def full_masks(det: Detections) -> torch.Tensor:
@@ -89,19 +96,20 @@ class Samples:
 def train_epoch(model: torch.nn.Module, samples: Samples, order: list[int], embed: EmbedFn, optimizer, scheduler,
                 scaler, rng: np.random.Generator, config: SamTrainConfig, device: torch.device, bar: bool = False,
                 on_step: Callable[[int], None] | None = None) -> float:
-    """One pass over `order` (image indices), `config.batch_images` images per step; mean loss per instance."""
+    """One pass over `order` (image indices), `config.batch_images` images per step; mean loss per instance. The
+    loss stays on the device until the epoch ends (no host synchronisation per step)."""
     model.train()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     steps = range(0, len(order), config.batch_images)
     for step, start in enumerate(tqdm(steps, desc="train", unit="step", disable=not bar, leave=False)):
         batch = [samples.images[i] for i in order[start : start + config.batch_images]]
         prompts = [samples.prompts(det, device, rng, config) for det in batch]
         n_inst = sum(len(det) for det in batch)
-        with autocast(device, HALF):
+        with autocast(device, step_dtype(device)):
             outputs = model([embed(det.image.path) for det in batch], [b for b, _ in prompts], [p for _, p in prompts],
                             config.multimask)
-            losses = [sam_loss(logits.float(), iou.float(), samples.target(det).to(device=device, dtype=torch.float32))
-                      * len(det) for det, (logits, iou) in zip(batch, outputs)]
+            losses = [sam_loss(logits.float(), iou.float(), samples.target(det, device)) * len(det)
+                      for det, (logits, iou) in zip(batch, outputs)]
             loss = torch.stack(losses).sum() / n_inst  # per-instance mean over all instances of the step
         count += n_inst
         optimizer.zero_grad(set_to_none=True)
@@ -112,10 +120,10 @@ def train_epoch(model: torch.nn.Module, samples: Samples, order: list[int], embe
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += float(loss.detach()) * n_inst
+        total += loss.detach() * n_inst
         if on_step is not None:
             on_step(step)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
@@ -123,17 +131,17 @@ def evaluate(sam: Sam, decoder: PromptedDecoder, samples: Samples, indices: list
              config: SamTrainConfig, device: torch.device) -> tuple[float, int]:
     """(sum of per-instance mask IoU at original resolution, number of instances) with exact GT boxes."""
     decoder.eval()
-    total, n = 0.0, 0
+    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for idx in indices:
         det = samples.images[idx]
         boxes, points = samples.prompts(det, device, None, config)
-        with autocast(device, HALF):
+        with autocast(device, step_dtype(device)):
             logits, iou = decoder([embed(det.image.path)], [boxes], [points], config.multimask)[0]
         if config.multimask:  # what SamPredictor users take: the mask with the highest predicted IoU
             logits = logits[torch.arange(len(logits)), iou.argmax(1)][:, None]
         size = (det.image.height, det.image.width)
         input_size = samples.transform.get_preprocess_shape(*size, samples.img_size)
         masks = sam.postprocess_masks(logits.float(), input_size, size)[:, 0]
-        total += float(mask_iou(masks, samples.full_masks(det).to(device).float(), config.mask_threshold).sum())
+        total += mask_iou(masks, samples.full_masks(det).to(device).float(), config.mask_threshold).sum()
         n += len(det)
-    return total, n
+    return float(total), n

@@ -1,0 +1,323 @@
+"""`defect-vision export` (ONNX) and `predict --backend onnxruntime`: files, manifest, parity with torch, bad input.
+
+Tiny random-init checkpoints in the real formats (YOLO-World yolov8n-worldv2 at 64 px, SAM vit_tiny). Tests that need
+onnx/onnxruntime (the `[export]` extra) are skipped when they are absent."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from defect_vision.cli import main
+from defect_vision.data.images import read_image
+from defect_vision.data.mvtec import read_category
+from defect_vision.errors import DatasetError
+from defect_vision.masks import decode_rle
+from defect_vision.models.random_init import save_random_detector, save_random_sam
+
+IMGSZ = 64
+FILES = ("detector.onnx", "sam_image_encoder.onnx", "sam_decoder.onnx")
+
+
+def needs_onnx() -> None:
+    pytest.importorskip("onnx", reason="onnx not installed (pip install 'defect-vision[export]')")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'defect-vision[export]')")
+
+
+@pytest.fixture(scope="module")
+def category(synthetic_root):
+    return read_category(synthetic_root, "toy_wood")
+
+
+def make_run(run: Path, names: list[str], thresholds: dict | None) -> Path:
+    """runs/<C> as the pipeline leaves it: yolo_world/best.pt, sam/best.pth + best.json, thresholds.json."""
+    save_random_detector(run / "yolo_world" / "best.pt", names, score_bias=0.0, imgsz=IMGSZ)
+    save_random_sam(run / "sam" / "best.pth", "vit_tiny")
+    (run / "sam" / "best.json").write_text(json.dumps({"model_type": "vit_tiny"}))
+    if thresholds is not None:
+        (run / "thresholds.json").write_text(json.dumps(thresholds))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(category, tmp_path_factory) -> dict:
+    """A run, exported by `defect-vision export --run RUN` (default --out RUN/onnx), with any subprocess recorded."""
+    needs_onnx()
+    run = make_run(tmp_path_factory.mktemp("runs") / "toy_wood", category.defect_types,
+                   {"thresholds": {"hole": 0.3, "stain": 0.99}, "default": 0.2})
+    commands, real = [], {}
+    mp = pytest.MonkeyPatch()
+    for name in ("run", "check_output", "check_call", "Popen"):
+        real[name] = getattr(subprocess, name)
+
+        def spy(*args, _name=name, **kwargs):
+            commands.append(str(args[0] if args else kwargs.get("args")))
+            return real[_name](*args, **kwargs)
+
+        mp.setattr(subprocess, name, spy)
+    try:
+        rc = main(["export", "--run", str(run)])
+    finally:
+        mp.undo()
+    assert rc == 0
+    return {"run": run, "dir": run / "onnx", "commands": commands}
+
+
+@pytest.fixture(scope="module")
+def images(category, tmp_path_factory) -> Path:
+    """4 test images: 3 defect (one grayscale in the set), 1 good, plus a 160x96 resize (SAM's resize + padding)."""
+    d = tmp_path_factory.mktemp("images")
+    picks = [r for r in category.images if r.file_name.startswith("test/")][::5][:4]
+    for r in picks:
+        shutil.copy(r.path, d / r.file_name.replace("/", "_"))
+    cv2.imwrite(str(d / "small.png"), cv2.resize(cv2.imread(str(picks[0].path)), (160, 96)))
+    return d
+
+
+def predict(argv: list[str], out: Path) -> tuple[list[dict], dict]:
+    assert main(["predict", *argv, "--out", str(out), "--quiet"]) == 0
+    return json.loads((out / "predictions.json").read_text()), json.loads((out / "summary.json").read_text())
+
+
+def mask_iou(a: dict, b: dict) -> float:
+    ma, mb = decode_rle(a), decode_rle(b)
+    union = (ma | mb).sum()
+    return float((ma & mb).sum() / union) if union else 1.0
+
+
+# ---------------------------------------------------------------- export
+
+def test_export_writes_three_onnx_files_and_a_manifest(exported, category, capsys):
+    import onnx
+
+    d, run = exported["dir"], exported["run"]
+    assert sorted(p.name for p in d.iterdir()) == sorted([*FILES, "manifest.json", "thresholds.json", ".defect-vision.json"])
+    assert json.loads((d / ".defect-vision.json").read_text())["kind"] == "export"
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["format"] == "defect-vision-onnx" and m["version"] == 1 and m["opset"] == 17
+    det, sam = m["detector"], m["sam"]
+    assert det["class_names"] == category.defect_types and det["imgsz"] == IMGSZ and det["stride"] == 32
+    assert det["file"] == "detector.onnx" and det["input"] == "images" and not det["end2end"]
+    assert sam["model_type"] == "vit_tiny" and sam["image_size"] == 256
+    assert sam["embedding_shape"] == [256, 32, 32] and sam["low_res_size"] == [128, 128]
+    assert sam["pixel_mean"] == pytest.approx([123.675, 116.28, 103.53]) and sam["box_labels"] == [2, 3]
+    assert json.loads((d / m["thresholds"]).read_text()) == json.loads((run / "thresholds.json").read_text())
+    for name in FILES:
+        model = onnx.load(str(d / name), load_external_data=False)
+        assert {o.domain: o.version for o in model.opset_import}.get("", None) == 17
+    # ultralytics' metadata names the classes inside detector.onnx too ("baked in")
+    meta = {p.key: p.value for p in onnx.load(str(d / "detector.onnx")).metadata_props}
+    assert all(n in meta["names"] for n in category.defect_types)
+    # nothing was pip-installed (ultralytics' exporter auto-installs onnxslim/onnxruntime when asked to simplify)
+    assert not [c for c in exported["commands"] if "pip" in c or "install" in c], exported["commands"]
+
+
+def test_export_bad_input_is_one_line_and_writes_nothing(exported, tmp_path, capsys):
+    run = exported["run"]
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "yolo_world", broken / "yolo_world")  # no sam/
+    cases = [
+        (["--run", str(broken), "--out", str(tmp_path / "o1")], f"{broken / 'sam' / 'best.pth'}: missing"),
+        (["--detector", str(run / "sam" / "best.pth"), "--sam", str(run / "sam" / "best.pth"), "--out", str(tmp_path / "o2")],
+         "this is a SAM checkpoint"),
+        (["--run", str(run), "--thresholds", str(run / "sam" / "best.json"), "--out", str(tmp_path / "o3")],
+         f"{run / 'sam' / 'best.json'}: expected"),
+        (["--run", str(run), "--opset", "40", "--out", str(tmp_path / "o4")], "--opset 40"),
+        (["--detector", str(run / "yolo_world" / "best.pt"), "--out", str(tmp_path / "o5")], "--sam: required"),
+    ]
+    for argv, expected in cases:
+        assert main(["export", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err, err
+    assert not [p for p in tmp_path.iterdir() if p.name != "broken"]  # no output folder, no temporary left
+
+
+def test_missing_optional_packages_are_one_line_errors(images, monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "onnxruntime") else real(name, *a))
+    run = make_run(tmp_path / "run", ["hole"], None)
+    assert main(["export", "--run", str(run)]) == 2
+    assert "ONNX export needs the onnx package, which is not installed (pip install 'defect-vision[export]')" in capsys.readouterr().err
+    assert main(["predict", "--run", str(run), "--backend", "onnxruntime", "--source", str(images), "--out", str(tmp_path / "p")]) == 2
+    assert "--backend onnxruntime needs the onnxruntime package" in capsys.readouterr().err
+    assert not (run / "onnx").exists() and not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------- parity
+
+def test_onnxruntime_backend_writes_the_same_outputs_as_torch(exported, images, tmp_path):
+    run = exported["run"]
+    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--max-det", "5", "--batch", "2"]
+    ref, ref_summary = predict(common, tmp_path / "torch")
+    got, summary = predict([*common, "--backend", "onnxruntime"], tmp_path / "ort")  # --onnx: RUN/onnx
+    assert summary["config"]["backend"] == "onnxruntime" and summary["config"]["onnx"] == str(run / "onnx")
+    assert summary["device"] == "cpu" and summary["config"]["thresholds"] == str(run / "thresholds.json")
+    assert len(got) == len(ref) > 0 and summary["detections_per_class"] == ref_summary["detections_per_class"]
+    assert "stain" not in summary["detections_per_class"]  # its threshold 0.99 applied the same way
+    ious = []
+    for a, b in zip(ref, got):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert np.abs(np.array(a["bbox"]) - np.array(b["bbox"])).max() <= 1.0
+        assert abs(a["score"] - b["score"]) < 1e-3
+        ious.append(mask_iou(a["segmentation"], b["segmentation"]))
+    assert min(ious) >= 0.99, ious
+    for name in ("images", "images_with_detections", "sam_encoder_calls", "sam_decoder_calls", "detector_calls"):
+        assert summary[name] == ref_summary[name], name
+    for png in sorted((tmp_path / "torch" / "masks").iterdir()):
+        a, b = cv2.imread(str(png), cv2.IMREAD_UNCHANGED), cv2.imread(str(tmp_path / "ort" / "masks" / png.name), cv2.IMREAD_UNCHANGED)
+        assert a.shape == b.shape and (a == b).mean() >= 0.99
+
+
+@pytest.fixture(scope="module")
+def predictors(exported):
+    from defect_vision import DefectPredictor, PredictConfig
+
+    run = exported["run"]
+    torch_p = DefectPredictor.from_run(run, PredictConfig(conf=0.01, max_det=5, device="cpu"))
+    onnx_p = DefectPredictor.from_run(run, PredictConfig(conf=0.01, max_det=5), backend="onnxruntime")
+    return torch_p, onnx_p
+
+
+def test_sam_on_ground_truth_boxes_matches_torch(predictors, category):
+    """Real defect boxes (small, anywhere), square and non-square images: mask IoU >= 0.99 per instance."""
+    torch_p, onnx_p = predictors
+    recs = [r for r in category.images if r.instances][:4]
+    ious, n_pixels = [], 0
+    for k, r in enumerate(recs):
+        pixels, gt = read_image(r.path), r.to_detections(category.defect_types)
+        if k == 3:  # 200x120: SAM resizes the longest side and pads the bottom
+            sx, sy = 200 / pixels.shape[1], 120 / pixels.shape[0]
+            pixels = np.ascontiguousarray(cv2.resize(pixels, (200, 120)))
+            gt.xyxy = gt.xyxy * np.array([sx, sy, sx, sy])
+        a = torch_p.segment(pixels, gt[np.arange(len(gt))])
+        b = onnx_p.segment(pixels, gt[np.arange(len(gt))])
+        assert len(a.rle) == len(b.rle) == len(gt) and a.rle[0]["size"] == list(pixels.shape[:2])
+        ious += [mask_iou(x, y) for x, y in zip(a.rle, b.rle)]
+        n_pixels += sum(int(decode_rle(x).sum()) for x in a.rle)
+        assert np.abs(a.data["sam_iou"] - b.data["sam_iou"]).max() < 1e-4
+    assert n_pixels > 0 and min(ious) >= 0.99, ious
+
+
+def test_detector_raw_outputs_and_boxes_match_torch(predictors, images):
+    import torch
+
+    torch_p, onnx_p = predictors
+    pixels = [read_image(p) for p in sorted(images.iterdir())]
+    x = torch_p.detector.preprocess(pixels)
+    with torch.inference_mode():
+        raw = torch_p.detector.model(x)[0].numpy()
+    assert np.abs(onnx_p.detector.model(x).numpy() - raw).max() < 1e-3  # same input batch (letterbox reused)
+    for a, b in zip(torch_p.detect(pixels), onnx_p.detect(pixels)):
+        assert len(a) == len(b) > 0 and np.array_equal(a.class_id, b.class_id)
+        assert np.abs(a.xyxy - b.xyxy).max() <= 1.0 and np.abs(a.score - b.score).max() < 1e-3
+
+
+def test_encoder_once_per_image_with_boxes_none_without_and_chunked_masks(predictors, category):
+    from defect_vision.detections import Detections
+
+    _, onnx_p = predictors
+    seg = onnx_p.segmenter
+    runs = {"encoder": 0, "decoder": 0}
+    for name in runs:
+        sess = getattr(seg, name)
+        real = sess.run
+
+        def counting(*args, _name=name, _real=real, **kwargs):
+            runs[_name] += 1
+            return _real(*args, **kwargs)
+
+        sess.run = counting
+    rec = next(r for r in category.images if len(r.instances) >= 2)
+    pixels, gt = read_image(rec.path), rec.to_detections(category.defect_types)
+    before = seg.encoder_calls
+    empty = onnx_p.segment(pixels, Detections.empty(class_names=category.defect_types))
+    assert empty.rle == [] and runs == {"encoder": 0, "decoder": 0} and seg.encoder_calls == before
+    one = onnx_p.segment(pixels, gt[np.arange(len(gt))]).rle
+    assert runs == {"encoder": 1, "decoder": 1} and seg.encoder_calls == before + 1
+    chunks, seg.budget = seg.upsample_chunks, 5 * pixels.shape[0] * pixels.shape[1]  # one box per chunk
+    try:
+        many = onnx_p.segment(pixels, gt[np.arange(len(gt))]).rle
+    finally:
+        from defect_vision.inference.segmenter import MASK_BUDGET_BYTES
+
+        seg.budget = MASK_BUDGET_BYTES
+    assert seg.upsample_chunks - chunks == len(gt) >= 2 and runs == {"encoder": 2, "decoder": 2}
+    assert [r["counts"] for r in many] == [r["counts"] for r in one]
+
+
+def test_torch_backend_ignores_onnx(exported, images, tmp_path):
+    preds, summary = predict(["--run", str(exported["run"]), "--source", str(images), "--onnx", str(tmp_path / "nowhere"),
+                              "--box-only"], tmp_path / "out")
+    assert summary["config"]["backend"] == "torch" and summary["config"]["onnx"] is None
+
+
+# ---------------------------------------------------------------- bad input for predict --backend onnxruntime
+
+def _copy_export(exported, dest: Path) -> Path:
+    shutil.copytree(exported["dir"], dest)
+    return dest
+
+
+def test_onnx_folder_of_another_run_is_refused(exported, category, images, tmp_path, capsys):
+    other = make_run(tmp_path / "other", ["dent", "scratch"], None)
+    d = exported["dir"]
+    argv = ["predict", "--source", str(images), "--backend", "onnxruntime", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--run", str(other), "--onnx", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {d / 'manifest.json'}: exported from another detector than {other / 'yolo_world' / 'best.pt'}")
+    assert f"classes {', '.join(category.defect_types)} vs dent, scratch" in err and "\n" not in err
+    # same models, other thresholds
+    bad = tmp_path / "thresholds.json"
+    bad.write_text(json.dumps({"thresholds": {"hole": 0.5}, "default": 0.2}))
+    assert main([*argv, "--run", str(exported["run"]), "--thresholds", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {d / 'thresholds.json'}: thresholds differ from {bad} (an ONNX folder of another run, or "
+                   "older than the calibration: re-run defect-vision export)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file_bad_opset_and_foreign_folder_are_one_line_errors(exported, images, tmp_path, capsys):
+    import onnx
+
+    missing = _copy_export(exported, tmp_path / "missing")
+    (missing / "sam_decoder.onnx").unlink()
+    too_new = _copy_export(exported, tmp_path / "too_new")
+    model = onnx.load(str(too_new / "detector.onnx"))
+    model.opset_import[0].version = 40
+    onnx.save(model, str(too_new / "detector.onnx"))
+    swapped = _copy_export(exported, tmp_path / "swapped")
+    shutil.copy(swapped / "sam_image_encoder.onnx", swapped / "sam_decoder.onnx")
+    cases = [
+        (missing, f"{missing / 'sam_decoder.onnx'}: missing (listed in the export's manifest.json"),
+        (too_new, f"{too_new / 'detector.onnx'}: opset 40 is newer than onnxruntime"),
+        (swapped, f"{swapped / 'sam_decoder.onnx'}: inputs image, expected image_embeddings, point_coords, point_labels"),
+        (tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: no such ONNX export folder"),
+        (images, f"{images / 'manifest.json'}: missing"),
+    ]
+    for folder, expected in cases:
+        out = tmp_path / f"out_{folder.name}"
+        assert main(["predict", "--source", str(images), "--backend", "onnxruntime", "--onnx", str(folder),
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {expected}") and "\n" not in err, err
+        assert not out.exists()
+
+
+def test_onnx_folder_alone_is_enough(exported, images, tmp_path):
+    """Deployment: only the export folder (no run, no checkpoints); its thresholds apply."""
+    d = _copy_export(exported, tmp_path / "deploy")
+    preds, summary = predict(["--source", str(images), "--backend", "onnxruntime", "--onnx", str(d), "--conf", "0.01"],
+                             tmp_path / "out")
+    assert summary["config"]["thresholds"] == str(d / "thresholds.json") and "stain" not in summary["detections_per_class"]
+    assert len(preds) > 0 and summary["sam_encoder_calls"] == summary["images_with_detections"]
+    with pytest.raises(DatasetError, match="--model-type vit_b: the export .* holds a vit_tiny SAM"):
+        from defect_vision import DefectPredictor, PredictConfig
+
+        DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, model_type="vit_b"))
