@@ -5,6 +5,8 @@ and the ratio of the whole run to the sum of the three model forwards (target <=
 Models are random-init checkpoints in the real formats and real sizes (YOLO-World v2 at --detector-cfg, SAM at
 --sam-types), since no weights can be downloaded; speed does not depend on the weights. The random detector's
 score bias is set so it detects on every image, capped by --max-det, so SAM decodes --max-det boxes per image.
+With onnx + onnxruntime installed (the [export] extra), a second table puts the onnxruntime backend (`defect-vision
+export`, then predict with backend onnxruntime) head to head with torch, both on the CPU (--no-onnx skips it).
 """
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 """Benchmark YOLO-World v2: training and inference images/s at a given size on this machine's CPU (and GPU if any).
 
 Training: forward + loss + backward + optimizer step on synthetic batches (3 boxes per image), i.e. the model's
-cost without data loading. Inference: `YOLOWorld(path).predict` on synthetic images, end to end (letterbox,
-forward, NMS), batch 1. Checkpoint save: one epoch's last.pt (half-precision EMA + Adam state, as ultralytics
+cost without data loading, with the trainer's precision on CUDA (AMP: fp16 autocast + GradScaler, as ultralytics
+trains; --precision fp32 to compare). Inference: the pipeline's Detector (defect_vision.inference.detector:
+letterbox, forward, NMS) on synthetic images, batch 1, in `defect-vision predict`'s precision (--precision auto:
+fp16 autocast on CUDA, fp32 on CPU). Checkpoint save: one epoch's last.pt (half-precision EMA + Adam state, as ultralytics
 serialises it) written in place (ultralytics) vs to a temporary file + fsync + rename (DefectWorldTrainer, which
 survives a kill -9 inside the write). Random-init weights unless --model names a checkpoint; offline.
 """
@@ -38,7 +40,12 @@ def build_model(cfg: str, model_path: Path | None, nc: int):
     return model.float()
 
 
-def bench_train(model, device: str, imgsz: int, batch: int, steps: int, warmup: int) -> float:
+def train_amp(device: str, precision: str) -> bool:
+    """Whether training runs AMP: on CUDA unless fp32 is asked for (ultralytics' trainer, amp=True)."""
+    return device.startswith("cuda") and precision != "fp32"
+
+
+def bench_train(model, device: str, imgsz: int, batch: int, steps: int, warmup: int, precision: str = "auto") -> float:
     from types import SimpleNamespace
 
     from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -59,38 +66,46 @@ def bench_train(model, device: str, imgsz: int, batch: int, steps: int, warmup: 
         "bboxes": torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.2 + 0.05], 1).to(device),
         "txt_feats": model.txt_feats.expand(batch, -1, -1).to(device),
     }
+    amp = train_amp(device, precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     times = []
     for i in tqdm(range(warmup + steps), desc=f"train {device}", unit="batch", leave=False):
         sync(device)
         t = time.perf_counter()
-        loss, _ = model.loss(targets)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):  # as BaseTrainer: autocast(self.amp)
+            loss, _ = model.loss(targets)
         opt.zero_grad()
-        loss.sum().backward()
-        opt.step()
+        scaler.scale(loss.sum()).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        scaler.step(opt)
+        scaler.update()
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return batch * len(times) / sum(times)
 
 
-def bench_predict(model, device: str, imgsz: int, images: int, warmup: int) -> float:
-    from ultralytics import YOLOWorld
+def bench_predict(model, device: str, imgsz: int, images: int, warmup: int, precision: str = "auto") -> tuple[float, str]:
+    """(images/s, autocast dtype name) of the pipeline's Detector, batch 1."""
+    from defect_vision.devices import autocast_dtype, resolve_device
+    from defect_vision.inference.detector import Detector
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
-        torch.save({"model": deepcopy(model).half(), "train_args": {}}, path)
-        yolo = YOLOWorld(str(path))
+        torch.save({"model": deepcopy(model).half(), "train_args": {"imgsz": imgsz}}, path)
+        dev = resolve_device(device)
+        dtype = autocast_dtype(dev, precision)
+        detector = Detector(path, dev, dtype, imgsz)
         rng = np.random.default_rng(0)
         ims = [rng.integers(0, 255, (imgsz, imgsz, 3), dtype=np.uint8) for _ in range(images + warmup)]
-        dev = "cpu" if device == "cpu" else device.split(":")[-1]
         times = []
         for i, im in enumerate(tqdm(ims, desc=f"predict {device}", unit="img", leave=False)):
             t = time.perf_counter()
-            yolo.predict(im, imgsz=imgsz, device=dev, verbose=False)
-            sync(device)
+            detector.predict([im], conf=0.25)  # ends with the boxes on the host: no extra sync needed
             if i >= warmup:
                 times.append(time.perf_counter() - t)
-    return len(times) / sum(times)
+    return len(times) / sum(times), str(dtype).replace("torch.", "") if dtype else "fp32"
 
 
 def bench_save(model, repeats: int, folder: Path | None = None) -> tuple[float, float, float]:
@@ -144,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--save-repeats", type=int, default=5, help="timed checkpoint saves (0: skip)")
     p.add_argument("--save-dir", type=Path, default=None, help="folder for the checkpoint-save timing (default: system temp)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto: what the pipeline runs (training AMP and fp16 inference autocast on CUDA, fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -155,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for dev in devices:
         label = torch.cuda.get_device_name(int(dev.split(":")[-1] or 0)) if dev.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
-        train = bench_train(model, dev, a.imgsz, a.batch, a.steps, a.warmup)
-        infer = bench_predict(model, dev, a.imgsz, a.images, a.warmup)
-        rows.append((dev, label, train, infer))
+        train = bench_train(model, dev, a.imgsz, a.batch, a.steps, a.warmup, a.precision)
+        infer, infer_dtype = bench_predict(model, dev, a.imgsz, a.images, a.warmup, a.precision)
+        rows.append((dev, label, train, "amp fp16" if train_amp(dev, a.precision) else "fp32", infer, infer_dtype))
     print(f"\nYOLO-World v2 {name} ({params:.1f}M params), imgsz {a.imgsz}, train batch {a.batch}, predict batch 1")
-    print("| device | hardware | train img/s | predict img/s |\n|---|---|---:|---:|")
-    for dev, label, train, infer in rows:
-        print(f"| {dev} | {label} | {train:.2f} | {infer:.2f} |")
+    print("| device | hardware | train img/s | train precision | predict img/s | predict precision |\n"
+          "|---|---|---:|---|---:|---|")
+    for dev, label, train, train_prec, infer, infer_prec in rows:
+        print(f"| {dev} | {label} | {train:.2f} | {train_prec} | {infer:.2f} | {infer_prec} |")
     if a.save_repeats > 0:
         mb, in_place, atomic = bench_save(model, a.save_repeats, a.save_dir)
         print(f"checkpoint save ({mb:.1f} MB, median of {a.save_repeats}): in place {in_place:.0f} ms, "

@@ -17,7 +17,10 @@ ALLOWED = {
     "training": {"data", "formats", "models"},
     "inference": {"data", "models"},
     "evaluation": {"data", "formats"},
-    "cli": {"data", "formats", "models", "training", "inference", "evaluation"},
+    # orchestration over several stages: Ray batch inference, open-vocabulary and label-count experiments
+    "distributed": {"data", "formats", "models", "inference", "evaluation"},
+    "experiments": {"data", "formats", "models", "training", "inference", "evaluation"},
+    "cli": {"data", "formats", "models", "training", "inference", "evaluation", "distributed", "experiments"},
 }
 
 
