@@ -32,13 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imgsz", type=int, default=640, help="detector input size")
     p.add_argument("--max-det", type=int, default=5, help="detections (so SAM boxes) per image")
     p.add_argument("--batch", type=int, default=4, help="images per detector forward")
+    p.add_argument("--sam-batch", type=int, default=None, help="images per SAM encoder forward (default: 4 on CUDA, 1 on CPU)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda:N")
-    p.add_argument("--precision", default="auto", help="auto|fp32|fp16|bf16 (autocast on CUDA)")
+    p.add_argument("--precision", default="auto", help="auto|fp32|fp16|bf16 (autocast on CUDA; auto: fp16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-size", type=int, default=2000,
                    help="image side of the peak-memory table (SAM masks of 1..100 boxes; 0: skip it)")
     p.add_argument("--no-onnx", action="store_true",
                    help="skip the onnxruntime vs torch CPU table (it needs onnx + onnxruntime: the [export] extra)")
+    p.add_argument("--onnx-threads", type=int, nargs="+", default=None,
+                   help="intra-op thread counts of the onnxruntime vs torch table, one row pair each (default: torch's)")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for sam_type in args.sam_types:
         sam = save_random_sam(work / f"sam_{sam_type}.pth", sam_type, seed=args.seed)
         config = PredictConfig(conf=0.01, max_det=args.max_det, model_type=sam_type, device=args.device,
-                               precision=args.precision, seed=args.seed)
+                               precision=args.precision, seed=args.seed, sam_batch=args.sam_batch)
         options = RunOptions(batch=args.batch, progress=False, force=True)
         predict_run(DefectPredictor(detector, sam, config), warm, work / "out_warm", options)
         summary = predict_run(DefectPredictor(detector, sam, config), measured, work / f"out_{sam_type}", options)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| whole / forwards (target <= 1.15) | " + " | ".join(f"{columns[h]['ratio']:.3f}" for h in heads) + " |")
     print("| images/s | " + " | ".join(f"{1000 / columns[h]['whole']:.2f}" for h in heads) + " |")
     if not args.no_onnx:
-        onnx_table(work, detector, args, warm, measured, columns)
+        onnx_table(work, detector, args, warm, measured)
     if args.memory_size:
         memory_table(work, args.memory_size, args.device)
     return 0
@@ -93,9 +96,9 @@ def measure(detector: Path, sam: Path, config: PredictConfig, warm: Path, measur
     return {**{s: 1000 * getattr(t, s) / n for s in STAGES}, "whole": 1000 * t.wall / n, "images/s": n / t.wall}
 
 
-def onnx_table(work: Path, detector: Path, args, warm: Path, measured: Path, columns: dict) -> None:
-    """onnxruntime (CPUExecutionProvider) vs torch, both on the CPU, same models and images: `defect-vision export`
-    of each SAM type, then the same predict_run with backend onnxruntime."""
+def onnx_table(work: Path, detector: Path, args, warm: Path, measured: Path) -> None:
+    """onnxruntime (CPUExecutionProvider) vs torch, both on the CPU with the same intra-op thread count (onnxruntime
+    takes torch's), same models and images: `defect-vision export` of each SAM type, then the same predict_run."""
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -106,32 +109,32 @@ def onnx_table(work: Path, detector: Path, args, warm: Path, measured: Path, col
 
     from defect_vision.models.onnx_export import ExportConfig, export_onnx
 
-    rows = ("detector", "sam_encoder", "sam_decoder", "whole", "images/s")
-    table: dict[str, dict] = {}
+    exports = {}
     for sam_type in args.sam_types:
-        sam = work / f"sam_{sam_type}.pth"
-        base = dict(conf=0.01, max_det=args.max_det, model_type=sam_type, device="cpu", seed=args.seed)
-        torch_cpu = columns.get(sam_type) if columns.get(sam_type, {}).get("device", "").startswith("cpu") else None
-        if torch_cpu is None:  # the main table ran on a GPU: measure torch on the CPU here
-            torch_cpu = measure(detector, sam, PredictConfig(**base), warm, measured, work / f"cpu_{sam_type}", args.batch)
-        torch_cpu = {**torch_cpu, "images/s": 1000 / torch_cpu["whole"]}
-        export = work / f"onnx_{sam_type}"
-        export_onnx(ExportConfig(detector, sam, export, model_type=sam_type, imgsz=args.imgsz, force=True))
-        ort = measure(detector, sam, PredictConfig(**base, backend="onnxruntime", onnx=export), warm, measured,
-                      work / f"ort_{sam_type}", args.batch)
-        table[sam_type] = {"torch": torch_cpu, "onnxruntime": ort}
-    print(f"\nonnxruntime {onnxruntime.__version__} (CPUExecutionProvider) vs torch {torch.__version__}, both on the "
-          f"CPU ({torch.get_num_threads()} torch threads), ms / image ({args.images} images, {args.max_det} boxes/image)")
-    heads = [(t, b) for t in table for b in ("torch", "onnxruntime")]
-    print("| ms / image | " + " | ".join(f"{t} {b}" for t, b in heads) + " |")
-    print("|---|" + "---:|" * len(heads))
-    for row in rows:
-        label = {"whole": "whole run (wall)"}.get(row, row)
-        fmt = "{:.2f}" if row == "images/s" else "{:.1f}"
-        print(f"| {label} | " + " | ".join(fmt.format(table[t][b][row]) for t, b in heads) + " |")
-    print("| onnxruntime / torch images/s | " + " | ".join(
-        f"{table[t]['onnxruntime']['images/s'] / table[t]['torch']['images/s']:.2f}x" if b == "onnxruntime" else ""
-        for t, b in heads) + " |")
+        exports[sam_type] = work / f"onnx_{sam_type}"
+        export_onnx(ExportConfig(detector, work / f"sam_{sam_type}.pth", exports[sam_type], model_type=sam_type,
+                                 imgsz=args.imgsz, force=True))
+    before = torch.get_num_threads()
+    rows = []
+    for threads in args.onnx_threads or [before]:
+        torch.set_num_threads(threads)
+        for sam_type in args.sam_types:
+            sam = work / f"sam_{sam_type}.pth"
+            base = dict(conf=0.01, max_det=args.max_det, model_type=sam_type, device="cpu", seed=args.seed)
+            ref = measure(detector, sam, PredictConfig(**base), warm, measured, work / f"cpu_{sam_type}_{threads}", args.batch)
+            ort = measure(detector, sam, PredictConfig(**base, backend="onnxruntime", onnx=exports[sam_type]), warm,
+                          measured, work / f"ort_{sam_type}_{threads}", args.batch)
+            rows += [(sam_type, threads, "torch", ref, ""),
+                     (sam_type, threads, "onnxruntime", ort, f"{ort['images/s'] / ref['images/s']:.2f}x")]
+    torch.set_num_threads(before)
+    print(f"\nonnxruntime {onnxruntime.__version__} (CPUExecutionProvider) vs torch {torch.__version__}, CPU, "
+          f"{args.images} images of {args.size}x{args.size}, detector {args.detector_cfg} @ {args.imgsz}, "
+          f"{args.max_det} boxes/image, batch {args.batch}; ms / image")
+    print("| SAM | threads | backend | detector | sam_encoder | sam_decoder | whole run | images/s | vs torch |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for sam_type, threads, backend, r, ratio in rows:
+        print(f"| {sam_type} | {threads} | {backend} | {r['detector']:.1f} | {r['sam_encoder']:.1f} | "
+              f"{r['sam_decoder']:.1f} | {r['whole']:.1f} | {r['images/s']:.2f} | {ratio} |")
 
 
 PEAK = """

@@ -74,12 +74,13 @@ def user_loop(det: Path, sam: Path, sam_type: str, images: list[Path], out: Path
 
 
 def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: float, max_det: int, device: str,
-         batch: int) -> float:
+         batch: int, precision: str = "auto") -> float:
     from defect_vision.inference.predictor import DefectPredictor, PredictConfig
     from defect_vision.inference.run import RunOptions, predict_run
 
     t0 = time.perf_counter()
-    predictor = DefectPredictor(det, sam, PredictConfig(conf=conf, max_det=max_det, model_type=sam_type, device=device))
+    predictor = DefectPredictor(det, sam, PredictConfig(conf=conf, max_det=max_det, model_type=sam_type, device=device,
+                                                           precision=precision))
     predict_run(predictor, folder, out, RunOptions(batch=batch, progress=False, force=True))
     return time.perf_counter() - t0
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per side (alternating); the median is reported")
     p.add_argument("--busy", type=int, nargs="*", default=[0, 1], help="other busy processes during the runs")
     p.add_argument("--device", default="cpu", help="cpu | cuda:N")
+    p.add_argument("--precision", nargs="+", default=["auto"],
+                   help="our precision(s), one column each (auto = fp32 on CPU, fp16 on CUDA; bf16 on a CPU with AVX512-BF16)")
     a = p.parse_args(argv)
     go_offline()
     import torch
@@ -114,26 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         burners = [mp.Process(target=burn, args=(stop,), daemon=True) for _ in range(busy)]
         for b in burners:
             b.start()
-        loop_s, our_s = [], []
+        loop_s, our_s = [], {prec: [] for prec in a.precision}
         try:
             for r in range(a.repeat):
                 loop_s.append(user_loop(det, sam, a.sam_type, images, work / "loop", 0.01, a.boxes, a.device))
-                our_s.append(ours(det, sam, a.sam_type, work / "images", work / "ours", 0.01, a.boxes, a.device, a.batch))
+                for prec in a.precision:
+                    our_s[prec].append(ours(det, sam, a.sam_type, work / "images", work / "ours", 0.01, a.boxes,
+                                            a.device, a.batch, prec))
         finally:
             stop.set()
             for b in burners:
                 b.join()
         loop_ips = [a.images / s for s in loop_s]
-        our_ips = [a.images / s for s in our_s]
-        ratios = [o / l for o, l in zip(our_ips, loop_ips)]
-        rows.append((busy, statistics.median(loop_ips), statistics.median(our_ips), statistics.median(ratios),
-                     min(ratios), max(ratios)))
+        for prec in a.precision:
+            our_ips = [a.images / s for s in our_s[prec]]
+            ratios = [o / l for o, l in zip(our_ips, loop_ips)]
+            rows.append((busy, prec, statistics.median(loop_ips), statistics.median(our_ips), statistics.median(ratios),
+                         min(ratios), max(ratios)))
     print(f"\nhead-to-head on {name}: {a.images} images of {a.size} px, {a.detector_cfg} @ {a.imgsz}, SAM {a.sam_type}, "
           f"{a.boxes} boxes/image, model loading included, median of {a.repeat}")
-    print("| other busy processes | user loop img/s | defect-vision img/s | ratio (median) | ratio min..max |")
-    print("|---:|---:|---:|---:|---:|")
-    for busy, lo, ou, med, mn, mx in rows:
-        print(f"| {busy} | {lo:.2f} | {ou:.2f} | {med:.2f}x | {mn:.2f}..{mx:.2f} |")
+    print("| other busy processes | our precision | user loop img/s | defect-vision img/s | ratio (median) | ratio min..max |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for busy, prec, lo, ou, med, mn, mx in rows:
+        print(f"| {busy} | {prec} | {lo:.2f} | {ou:.2f} | {med:.2f}x | {mn:.2f}..{mx:.2f} |")
     return 0
 
 

@@ -291,7 +291,7 @@ def test_rerun_replaces_only_a_previous_output(synthetic_root, exported, tmp_pat
                        "in it); pass --force to replace it, or choose another folder")
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
     assert to_coco([*args, "--force"]) == 0
-    names = [f"instances_{s}.json" for s in ("test", "train", "val")]
+    names = [f"instances_{s}.json" for s in ("test", "train", "val")] + ["prompts.yaml"]
     assert sorted(p.name for p in target.iterdir()) == sorted([".defect-vision.json", *names])
     assert to_coco(args) == 0  # our own output: replaced without --force
     assert [p.name for p in tmp_path.iterdir()] == ["coco"]  # no temporary folder left

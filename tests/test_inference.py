@@ -66,12 +66,14 @@ def _write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def counters(monkeypatch) -> dict:
-    """Count real SAM image-encoder forwards and record the box prompts the decoder got (model input coordinates)."""
-    seen = {"encoder": 0, "boxes": []}
+    """Count the images through SAM's real image encoder (and its forwards), and record the box prompts the decoder
+    got (model input coordinates)."""
+    seen = {"encoder": 0, "forwards": [], "boxes": []}
     encoder_forward, embed_boxes = ImageEncoderViT.forward, PromptEncoder._embed_boxes
 
     def counting_forward(self, x):
-        seen["encoder"] += 1
+        seen["encoder"] += len(x)
+        seen["forwards"].append(len(x))
         return encoder_forward(self, x)
 
     def recording_boxes(self, boxes):
@@ -129,6 +131,26 @@ def test_gt_boxes_with_sam_on_a_coco_json(gt_json, models, counters, tmp_path, c
         assert np.array_equal(label > 0, union)
         assert set(np.unique(label)) <= {0} | {p["category_id"] for p in mine}
     assert summary["mode"] == "gt_boxes" and summary["images"] == 5 and summary["detections"] == len(preds)
+
+
+def test_sam_batch_runs_the_encoder_over_the_images_with_boxes_together(gt_json, models, counters, tmp_path):
+    """--sam-batch 4 with a detector batch of 5 (3 with boxes, 2 good): ONE encoder forward of the 3 images with
+    boxes, none for the good ones; the masks are those of --sam-batch 1 (one forward per image)."""
+    common = ["--source", str(gt_json), "--gt-boxes", str(gt_json), "--sam", str(models["sam"]), "--batch", "5", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "b1"), "--sam-batch", "1"]) == 0
+    assert counters["forwards"] == [1, 1, 1]
+    counters["forwards"].clear()
+    assert main([*common, "--out", str(tmp_path / "b4"), "--sam-batch", "4"]) == 0
+    assert counters["forwards"] == [3] and counters["encoder"] == 6
+    one, _, s1 = read_outputs(tmp_path / "b1")
+    four, _, s4 = read_outputs(tmp_path / "b4")
+    assert (s1["sam_encoder_calls"], s1["sam_encoder_batches"]) == (3, 3)
+    assert (s4["sam_encoder_calls"], s4["sam_encoder_batches"], s4["sam_decoder_calls"]) == (3, 1, 3)
+    assert s4["config"]["sam_batch"] == 4 and len(one) == len(four) > 0
+    for a, b in zip(one, four):
+        assert (a["image_id"], a["bbox"]) == (b["image_id"], b["bbox"])
+        ma, mb = decode_rle(a["segmentation"]), decode_rle(b["segmentation"])
+        assert (ma != mb).mean() < 1e-3  # batched matmuls may flip a pixel whose logit is ~0
 
 
 def test_box_only_segmentation_is_exactly_the_box(gt_json, tmp_path):
@@ -277,7 +299,8 @@ def test_bad_input_is_one_line_error_and_no_output(case, odd_folder, gt_json, mo
                              f"{tmp_path / 'truncated.pth'}: does not fit SAM model type 'vit_tiny'"),
         "cuda_missing": (["--detector", det, "--box-only", "--device", "cuda:0"], "--device cuda:0: CUDA was asked for"),
         "malformed_thresholds": (["--detector", det, "--box-only", "--thresholds", str(bad_json)], f"{bad_json}: not valid JSON"),
-        "unknown_class": (["--detector", det, "--box-only", "--classes", "dent"], "--classes: unknown class name(s) dent"),
+        "unknown_class": (["--detector", det, "--box-only", "--classes", "dent", "--clip", str(tmp_path / "clip.pt")],
+                          f"{tmp_path / 'clip.pt'}: CLIP text encoder not found"),  # a new name needs the encoder
         "gt_from_other_dataset": (["--gt-boxes", str(other), "--box-only"], f"{other}: none of the source images is in this json"),
     }[case]
     out = tmp_path / "out"
@@ -411,6 +434,38 @@ def test_a_failed_write_stops_the_run_at_once_naming_file_and_errno(odd_folder, 
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_the_writer_queue_is_bounded(odd_folder, models, tmp_path, monkeypatch):
+    """Slow writes hold the run back: with 1 writer at most 2 images (pixels + masks) wait to be written, instead
+    of the whole source piling up in memory."""
+    import time
+
+    import defect_vision.inference.run as run_mod
+
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(10):
+        (src / f"{i:02d}.png").write_bytes((odd_folder / "a.png").read_bytes())
+    written, lag, real = [], [], run_mod.write_png
+
+    def slow(path, image):
+        time.sleep(0.15)
+        real(path, image)
+        written.append(path)
+
+    real_detect = run_mod.DefectPredictor.detect
+
+    def detect(self, ims):
+        lag.append(len(lag) - len(written))  # images handed to the writers before this batch, not written yet
+        return real_detect(self, ims)
+
+    monkeypatch.setattr(run_mod, "write_png", slow)
+    monkeypatch.setattr(run_mod.DefectPredictor, "detect", detect)
+    out = tmp_path / "out"
+    assert main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
+                 "--batch", "1", "--writers", "1", "--quiet"]) == 0
+    assert len(lag) == 10 and max(lag) <= 2 and len(list((out / "masks").iterdir())) == 10
+
+
 def test_ctrl_c_is_one_line_exit_130_and_stale_temporaries_are_cleaned(odd_folder, models, tmp_path, capsys, monkeypatch):
     import defect_vision.inference.run as run_mod
 
@@ -478,3 +533,85 @@ def test_readme_python_api_example(models, category, tmp_path, monkeypatch):
     assert len(entries) == n and entries[0]["image_id"] == 1 and {"bbox", "score", "segmentation"} <= set(entries[0])
     many = scope["predictor"]([cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB)] * 2)
     assert isinstance(many, list) and len(many) == 2
+
+
+# ---------------------------------------------------------------- precision (CUDA autocast paths, run with CPU autocast)
+def _head_outputs(detector) -> list:
+    """Record what the detection head's decoding returns (boxes xywh + scores, in the letterbox frame)."""
+    head = detector.model.model[-1]
+    inner, seen = head._inference, []
+    head._inference = lambda x: seen.append(inner(x)) or seen[-1]
+    g = torch.Generator().manual_seed(0)
+    for seq in head.cv2:  # the random detector's box logits are constant (every distance 7.5 cells): vary them
+        with torch.no_grad():
+            seq[-1].bias.copy_(torch.randn(seq[-1].bias.shape, generator=g))
+    return seen
+
+
+def test_detector_decodes_boxes_in_fp32_under_bf16_autocast(models, odd_folder, monkeypatch):
+    """ultralytics decodes in the feature maps' dtype: under bf16 autocast every box coordinate is a bf16 number
+    (4 px steps at 640 px); the Detector decodes in fp32, so coordinates keep their fp32 values."""
+    import defect_vision.inference.detector as detector_mod
+    from defect_vision.data.images import read_image
+    from defect_vision.inference.detector import Detector
+
+    images = [read_image(odd_folder / "a.png")]
+    cpu = torch.device("cpu")
+
+    def decoded(dtype):
+        det = Detector(models["detector"], cpu, dtype, IMGSZ)
+        seen = _head_outputs(det)
+        det.predict(images, conf=0.1)
+        return seen[0][:, :4].float()
+
+    on_bf16_grid = lambda y: (y == y.bfloat16().float()).float().mean().item()  # noqa: E731
+    fp32, ours = decoded(None), decoded(torch.bfloat16)
+    assert on_bf16_grid(ours) < 0.05 and ours.dtype == torch.float32
+    assert (ours - fp32).abs().max() < 0.2  # only the network ran in bf16
+    monkeypatch.setattr(detector_mod, "decode_head_in_fp32", lambda model: None)
+    assert on_bf16_grid(decoded(torch.bfloat16)) == 1.0  # what ultralytics' own decoding gives
+
+
+def test_segmenter_matches_sam_predictor_and_encodes_prompts_in_fp32(models, odd_folder, monkeypatch):
+    """fp32: the masks are SamPredictor's, bit for bit (RLEs of the crops == RLEs of its full masks). Under bf16
+    autocast the encoder and decoder run in bf16 while the box encoding (matmul + sin/cos) stays fp32."""
+    from segment_anything import SamPredictor
+    from segment_anything.modeling import MaskDecoder
+
+    from defect_vision.data.images import read_image
+    from defect_vision.detections import encode_masks
+    from defect_vision.inference.segmenter import Segmenter
+    from defect_vision.models.sam import load_sam
+
+    image = read_image(odd_folder / "b_gray.png")
+    boxes = np.array([[10, 10, 60, 80], [100, 20, 150, 90], [0, 0, 159, 95], [50, 50, 52, 53]], np.float32)
+    sam = load_sam(models["sam"], "vit_tiny")
+    rles, iou = Segmenter(sam, torch.device("cpu")).segment(image, boxes)
+    ref = SamPredictor(sam)
+    ref.set_image(image)
+    masks, ref_iou, _ = ref.predict_torch(None, None, ref.transform.apply_boxes_torch(torch.from_numpy(boxes), image.shape[:2]),
+                                          multimask_output=False)
+    assert [r["counts"] for r in rles] == [r["counts"] for r in encode_masks(masks[:, 0].numpy())]
+    np.testing.assert_allclose(iou, ref_iou[:, 0].numpy(), atol=1e-6)
+
+    seen = {"box_autocast": [], "box_dtype": [], "sparse": [], "encoder": []}
+    embed_boxes, decoder_forward = PromptEncoder._embed_boxes, MaskDecoder.forward
+
+    def boxes_hook(self, b):
+        seen["box_autocast"].append(torch.is_autocast_enabled("cpu"))
+        out = embed_boxes(self, b)
+        seen["box_dtype"].append(out.dtype)
+        return out
+
+    def decoder_hook(self, **kw):
+        seen["sparse"].append(kw["sparse_prompt_embeddings"].dtype)
+        return decoder_forward(self, **kw)
+
+    sam.image_encoder.patch_embed.register_forward_hook(lambda m, i, out: seen["encoder"].append(out.dtype))
+
+    monkeypatch.setattr(PromptEncoder, "_embed_boxes", boxes_hook)
+    monkeypatch.setattr(MaskDecoder, "forward", decoder_hook)
+    low, low_iou = Segmenter(sam, torch.device("cpu"), torch.bfloat16).segment(image, boxes)
+    assert seen == {"box_autocast": [False], "box_dtype": [torch.float32], "sparse": [torch.float32],
+                    "encoder": [torch.bfloat16]}
+    assert len(low) == 4 and low_iou.dtype == np.float32

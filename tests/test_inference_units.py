@@ -10,7 +10,7 @@ import torch
 from defect_vision.errors import DatasetError
 from defect_vision.masks import decode_rle
 from defect_vision.models.checkpoints import SAM, STATE_DICT, UNREADABLE, sniff_checkpoint
-from defect_vision.detections import Detections, ImageInfo
+from defect_vision.detections import Detections, ImageInfo, encode_masks
 from defect_vision.devices import DeviceError, Timings, autocast_dtype, resolve_device
 from defect_vision.inference.sources import output_name, resolve_source
 from defect_vision.inference.thresholds import load_thresholds
@@ -159,3 +159,160 @@ def test_the_record_converts_to_supervision():
     assert s.xyxy.tolist() == boxes.tolist() and s.class_id.tolist() == [1, 0]
     assert s.mask.shape == (2, 5, 8) and (s.mask == det.masks).all()
     assert list(s.data["class_name"]) == ["hole", "crack"] and s.confidence.tolist() == pytest.approx([0.9, 0.4])
+
+
+# ---------------------------------------------------------------- CUDA decisions, tested with a patched torch.cuda
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two CUDA devices as torch.cuda reports them: cuda:0 a T4 (7.5, bf16 only emulated), cuda:1 an A100 (8.0).
+    torch.cuda.is_bf16_supported must not be asked (it counts emulation and looks at the current device)."""
+    caps = {0: (7, 5), 1: (8, 0)}
+    asked = []
+
+    def capability(device=None):
+        asked.append(torch.device(device).index)
+        return caps[torch.device(device).index]
+
+    def forbidden(*a, **k):
+        raise AssertionError("torch.cuda.is_bf16_supported() was consulted")
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: {0: "Tesla T4", 1: "A100"}[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", forbidden)
+    return asked
+
+
+def test_auto_precision_is_fp16_and_bf16_only_where_native_on_the_chosen_device(fake_gpus):
+    from defect_vision.devices import HALF, bf16_native
+    from defect_vision.training.sam_steps import step_dtype
+
+    t4, a100 = torch.device("cuda:0"), torch.device("cuda:1")
+    assert autocast_dtype(t4, "auto") == autocast_dtype(a100, "auto") == torch.float16 == HALF
+    assert step_dtype(a100) == autocast_dtype(a100, "auto")  # SAM: one dtype for fine-tune, cache and inference
+    assert step_dtype(torch.device("cpu")) is None and autocast_dtype(torch.device("cpu"), "auto") is None
+    assert autocast_dtype(a100, "bf16") == torch.bfloat16 and fake_gpus[-1] == 1  # asked cuda:1, not the current
+    with pytest.raises(DeviceError, match=r"--precision bf16: cuda:0 \(Tesla T4, compute capability 7.5\) has no "
+                                          r"native bf16 \(emulated, slow\); use --precision fp16 or auto"):
+        autocast_dtype(t4, "bf16")
+    assert autocast_dtype(t4, "fp16") == torch.float16 and autocast_dtype(t4, "fp32") is None
+    assert (bf16_native(t4), bf16_native(a100), bf16_native(torch.device("cpu"))) == (False, True, False)
+
+
+class FakeEvent:
+    """A CUDA timing event: record() notes the stream; elapsed_time() gives 5 ms per pair."""
+
+    def __init__(self):
+        self.stream, self.synced = None, 0
+
+    def record(self, stream=None):
+        self.stream = stream
+
+    def synchronize(self):
+        self.synced += 1
+
+    def elapsed_time(self, end):
+        return 5.0
+
+
+def test_cuda_timers_record_events_and_synchronise_only_in_debug_mode(monkeypatch):
+    import defect_vision.devices as devices
+    from defect_vision.devices import SYNC_TIMINGS_ENV, timed
+
+    syncs, events, streams = [], [], []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams.append(device) or f"stream of {device}")
+    monkeypatch.setattr(devices, "_timing_event", lambda: events.append(FakeEvent()) or events[-1])
+    monkeypatch.delenv(SYNC_TIMINGS_ENV, raising=False)
+    gpu = torch.device("cuda:1")
+    t = Timings()
+    assert t.sync is False
+    for stage in ("detector", "sam_encoder", "sam_encoder"):
+        with timed(t, stage, gpu):
+            pass
+    assert syncs == [] and t.sam_encoder == 0.0 and len(t.pending) == 3  # nothing waited for yet
+    assert streams == [gpu] * 3 and {e.stream for e in events} == {"stream of cuda:1"}  # the chosen GPU's stream
+    d = t.as_dict()
+    assert (d["detector"], d["sam_encoder"], d["synchronised"]) == (0.005, 0.010, False) and not t.pending
+    assert [e.synced for e in events] == [0, 1] * 3  # settle waited on each end event, once
+
+    monkeypatch.setenv(SYNC_TIMINGS_ENV, "1")
+    debug = Timings()
+    with timed(debug, "sam_decoder", gpu):
+        pass
+    with timed(debug, "write"):  # host stages never synchronise
+        pass
+    assert debug.sync and syncs == [gpu, gpu] and len(events) == 6 and debug.as_dict()["synchronised"]
+
+
+def test_to_device_shares_cpu_memory():
+    from defect_vision.devices import to_device
+
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    t = to_device(a, torch.device("cpu"))
+    assert t.dtype == torch.uint8 and np.shares_memory(t.numpy(), a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_device_copies_from_pinned_memory_on_cuda():
+    from defect_vision.devices import to_device
+
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    t = to_device(a, torch.device("cuda:0"))
+    assert t.is_cuda and torch.equal(t.cpu(), torch.from_numpy(a))
+
+
+# ---------------------------------------------------------------- masks handed to the writers cropped to their extent
+def _random_masks(n=12, h=37, w=53, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w), bool)
+    for k in range(n):
+        r0, c0 = rng.integers(0, h), rng.integers(0, w)
+        masks[k, r0 : r0 + rng.integers(1, h), c0 : c0 + rng.integers(1, w)] = rng.random((h, w))[r0 : r0 + 1].any()
+        masks[k] &= rng.random((h, w)) < 0.7  # holes
+    masks[0] = False  # empty
+    masks[1] = True  # full
+    masks[2, :, -1] = True  # touches the last column
+    return masks
+
+
+def test_crops_give_the_rles_of_the_full_masks_and_copy_only_their_extent():
+    from defect_vision.inference.segmenter import crop_masks, mask_extents
+
+    masks = _random_masks()
+    crops = crop_masks(torch.from_numpy(masks))
+    assert [r["counts"] for r in (c.rle() for c in crops)] == [r["counts"] for r in encode_masks(masks)]
+    assert all(np.array_equal(c.full(), m) for c, m in zip(crops, masks))
+    ext = mask_extents(torch.from_numpy(masks)).numpy()
+    assert ext[0].tolist() == [0, 0, 0, 0] and ext[1].tolist() == [0, 37, 0, 53] and ext[2, 3] == 53
+    rows, cols = np.flatnonzero(masks[5].any(1)), np.flatnonzero(masks[5].any(0))
+    assert ext[5].tolist() == [rows[0], rows[-1] + 1, cols[0], cols[-1] + 1]
+    assert crops[0].crop.shape == (0, 0) and sum(c.crop.size for c in crops) < masks.size
+
+
+def test_label_mask_and_overlay_from_crops_equal_those_from_rles():
+    from defect_vision.inference.segmenter import crop_masks
+    from defect_vision.inference.writers import finish_masks, overlay
+
+    masks = _random_masks(seed=1)
+    n, h, w = masks.shape
+    rng = np.random.default_rng(2)
+    common = dict(xyxy=np.tile([1.0, 2.0, 30.0, 20.0], (n, 1)), class_id=rng.integers(0, 3, n),
+                  score=np.round(rng.random(n), 2), class_names=["a", "b", "c"])
+    from_rle = Detections(rle=encode_masks(masks), **common)
+    from_crops = Detections(data={"mask_crops": crop_masks(torch.from_numpy(masks))}, **common)
+    assert np.array_equal(label_mask(from_crops, h, w), label_mask(from_rle, h, w))
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    assert np.array_equal(overlay(image, from_crops), overlay(image, from_rle))
+    assert finish_masks(from_crops).rle is not None
+    assert [r["counts"] for r in from_crops.rle] == [r["counts"] for r in from_rle.rle]
+
+
+def test_bf16_on_cpu_is_an_opt_in_where_the_cpu_has_it(monkeypatch):
+    import defect_vision.devices as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_bf16_native", lambda: True)
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cpu, "auto") is None
+    monkeypatch.setattr(dev, "cpu_bf16_native", lambda: False)
+    with pytest.raises(DeviceError, match="native bf16"):
+        autocast_dtype(cpu, "bf16")

@@ -15,6 +15,8 @@ COMMANDS = {
     "evaluate": ("evaluate", "predictions vs COCO ground truth: mask IoU, COCO AP, pixel AUROC/AUPRO, max-F1"),
     "report": ("report", "the HTML report of a run folder"),
     "pipeline": ("pipeline", "every stage on one category (scripts/run_pipeline.sh)"),
+    "openvocab": ("openvocab", "leave-one-defect-out: detect held-out defect names (seen / unseen table)"),
+    "curve": ("curve", "few-shot learning curve: metrics vs labelled images per class, smallest k that is enough"),
 }
 
 

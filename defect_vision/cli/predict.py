@@ -16,8 +16,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                epilog="--run runs/<C> stands for --detector runs/<C>/yolo_world/best.pt --sam runs/<C>/sam/best.pth "
                       "--thresholds runs/<C>/thresholds.json (when it exists); explicit options win.")
     p.add_argument("--source", required=True,
-                   help="a folder (searched recursively), a glob ('imgs/*.png'), one image, or a COCO instances json "
-                        "(images from info.image_root + file_name, keeping its image ids)")
+                   help="a folder (searched recursively), a glob ('imgs/*.png'), one image, a COCO instances json "
+                        "(images from info.image_root + file_name, keeping its image ids), or a CSV manifest (column "
+                        "'image': paths absolute or relative to the CSV; ids 1..N in row order)")
     p.add_argument("--run", type=Path, default=None, help="a pipeline run folder: its detector, SAM and thresholds")
     p.add_argument("--detector", type=Path, help="YOLO-World checkpoint (runs/<C>/yolo_world/best.pt); "
                                                  "not needed with --gt-boxes")
@@ -31,7 +32,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (per-class ones: --thresholds)")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=100, help="most detections per image")
-    p.add_argument("--classes", nargs="+", default=None, help="keep only these class names (default: all classes)")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="the vocabulary: names the detector knows are kept (a filter); any name it was never trained on "
+                        "('crack' 'burn mark') is embedded with the local text encoder and the detector then detects "
+                        "exactly these names (default: all trained classes)")
+    p.add_argument("--text-encoder", choices=("clip", "random"), default=None,
+                   help="encoder of new --classes names (default: the one the detector was trained with)")
+    p.add_argument("--clip", type=Path, default=None,
+                   help="OpenAI-format CLIP ViT-B-32 file for new --classes names (default: weights/clip/ViT-B-32.pt; "
+                        "never downloaded)")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="prompts.yaml with phrasings of new --classes names (default: the name itself)")
     p.add_argument("--imgsz", type=int, default=None, help="detector input size (default: the checkpoint's, else 640)")
     p.add_argument("--batch", type=int, default=4, help="images per detector forward")
     p.add_argument("--sam-batch", type=int, default=None,
@@ -63,6 +74,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         "used by --backend onnxruntime, ignored by torch")
     add_force(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from defect_vision.cli import predict_ray
+
+    predict_ray.add_arguments(p)
     return p
 
 
@@ -93,6 +107,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
         if a.backend == "onnxruntime" and onnx is None:
             raise DatasetError("--onnx: required with --backend onnxruntime (a folder written by defect-vision export)")
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
+                               text_encoder=a.text_encoder, clip=a.clip, prompts=a.prompts,
                                thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,
                                box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed,
                                sam_batch=a.sam_batch,
@@ -103,8 +118,14 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
         from defect_vision.inference.sources import resolve_source
 
         source = resolve_source(a.source)  # bad sources fail before any model is loaded
-        predictor = DefectPredictor(detector, None if a.box_only else sam, config)
-        summary = predict_run(predictor, source, a.out, options)
+        from defect_vision.cli import predict_ray
+
+        if a.engine == "ray":
+            summary = predict_ray.run(a, detector, sam, config, source, options)
+        else:
+            predict_ray.refuse_ray_options(a)
+            predictor = DefectPredictor(detector, None if a.box_only else sam, config)
+            summary = predict_run(predictor, source, a.out, options)
         print(summary.line(a.out))
 
     return run_command(body, a.out)

@@ -44,6 +44,17 @@ def build_parser(prog: str = "defect-vision train-detector") -> argparse.Argumen
                    help="folder of cached prompt embeddings keyed by (encoder, weights sha256, prompt)")
     p.add_argument("--prompt-template", default=d.prompt_template,
                    help="prompt per class; {name} = the COCO prompt (e.g. 'faulty imprint'), {category} = the category")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="prompts.yaml: per class one or more phrasings (scratch: [scratch, thin scratch line]); the "
+                        "class embedding is the normalised mean of theirs (default: <coco>/prompts.yaml when present)")
+    p.add_argument("--tune-prompts", action="store_true",
+                   help="learnable class embeddings initialised from CLIP (YOLO-World prompt tuning), saved in best.pt; "
+                        "default: embeddings frozen")
+    p.add_argument("--prompt-reg", type=float, default=d.prompt_reg,
+                   help="with --tune-prompts: weight of the L2 pull of each embedding towards its CLIP initialisation")
+    p.add_argument("--prompt-only", action="store_true",
+                   help="YOLO-World's prompt-tuning recipe: only the embeddings train, the whole detector (backbone, "
+                        "neck, head, BN statistics) stays frozen; implies --tune-prompts")
     p.add_argument("--epochs", type=int, default=SEED_REPORT_DEFAULTS["epochs"], help="training epochs")
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="training/validation image size")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size")
@@ -94,7 +105,9 @@ def config_from_args(a: argparse.Namespace):
         category=a.category, data=a.data or paths.data_yaml, coco=a.coco or paths.format_dir("coco"),
         out=a.out or paths.detector_run, model=a.model, from_scratch=a.from_scratch, model_cfg=a.model_cfg,
         text_encoder=a.text_encoder, clip=a.clip, embedding_cache=a.embedding_cache,
-        prompt_template=a.prompt_template, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, device=a.device,
+        prompt_template=a.prompt_template, prompts=a.prompts, tune_prompts=a.tune_prompts,
+        prompt_reg=a.prompt_reg, prompt_only=a.prompt_only, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
+        device=a.device,
         workers=a.workers, optimizer=a.optimizer, lr0=a.lr0, cos_lr=a.cos_lr, freeze=a.freeze, balanced=a.balanced,
         eval_zero_shot=a.eval_zero_shot, plots=a.plots, resume=a.resume, seed=a.seed, force=a.force,
         overrides=parse_overrides(a.overrides))

@@ -101,6 +101,7 @@ class Category:
     defect_types: list[str]  # sorted; category id = index + 1
     unlabelled: list[ImageRecord] = field(default_factory=list)  # images without ground truth (prediction only)
     prompts: dict[str, str] = field(default_factory=dict)  # class name -> prompt text (default: '_' -> ' ')
+    phrasings: dict[str, list[str]] = field(default_factory=dict)  # class name -> its phrasings (prompt first)
 
     def category_id(self, defect_type: str) -> int:
         return self.defect_types.index(defect_type) + 1

@@ -90,15 +90,15 @@ def resolve(source: DatasetSource) -> DatasetSource:
     return found
 
 
-def load_names(path: Path | None) -> dict[str, str]:
-    """names.yaml: {class name: prompt | [prompt, synonym, ...]} -> {class name: prompt}."""
+def load_phrasings(path: Path | None, what: str = "names") -> dict[str, list[str]]:
+    """names.yaml / prompts.yaml: {class name: prompt | [prompt, phrasing, ...]} -> {class name: [phrasings]}."""
     if path is None:
         return {}
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: no such names file")
+        raise DatasetError(f"{path}: no such {what} file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -110,8 +110,13 @@ def load_names(path: Path | None) -> dict[str, str]:
         prompts = value if isinstance(value, list) else [value]
         if not prompts or not all(isinstance(v, str) and v.strip() for v in prompts):
             raise DatasetError(f"{path}: class '{name}' needs a prompt text (or a list of them), got {value!r}")
-        out[str(name)] = prompts[0].strip()
+        out[str(name)] = list(dict.fromkeys(v.strip() for v in prompts))
     return out
+
+
+def load_names(path: Path | None) -> dict[str, str]:
+    """names.yaml: {class name: prompt | [prompt, synonym, ...]} -> {class name: prompt}."""
+    return {name: prompts[0] for name, prompts in load_phrasings(path).items()}
 
 
 def read_dataset(source: DatasetSource, progress: bool = False) -> Category:
@@ -120,10 +125,12 @@ def read_dataset(source: DatasetSource, progress: bool = False) -> Category:
     samples = reader(source.format).samples(source)
     cat = build_category(source.category, source.cat_root.resolve(), samples, source.min_area, source.mask_threshold,
                          progress)
-    names = load_names(source.names)
+    phrasings = load_phrasings(source.names)
+    names = {name: prompts[0] for name, prompts in phrasings.items()}
     unknown = sorted(set(names) - set(cat.defect_types))
     if unknown:
         raise DatasetError(f"{source.names}: classes {', '.join(unknown)} are not in the dataset "
                            f"(its classes: {', '.join(cat.defect_types)})")
     cat.prompts = names
+    cat.phrasings = phrasings
     return cat

@@ -1,7 +1,7 @@
 """One HTML page per run: every stage's metrics, the weights used, and the best and worst test images.
 
 Reads `runs/<C>/{yolo_world/best.json, sam/best.json, eval/metrics.json, eval_gt_boxes/metrics.json,
-predict/predictions.json, pipeline.json}` (whatever exists) and writes `runs/<C>/report/` with
+predict/predictions.json, pipeline.json, openvocab/results.json, curve/results.json}` (whatever exists) and writes `runs/<C>/report/` with
 `index.html`, `report.json` (the numbers on the page), `thumbs/*.png` and `plots/*.png`, as a whole
 (io.atomic_dir, kind "report"). Smoke runs (random-init weights) are labelled as such on the page: their
 numbers test the plumbing only. The image-level defect-type accuracy of eval/metrics.json is shown beside the
@@ -79,6 +79,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # e.g. which mask figures come from boxes
     missing: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)  # the files read
+    openvocab: dict | None = None  # openvocab/results.json: seen / unseen per held-out class (experiment_section)
+    curve: dict | None = None  # curve/results.json: metric vs labelled images per class
 
 
 def read_optional_json(path: Path, missing: list[str], read: list[str]) -> dict | list | None:
@@ -264,8 +266,27 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
         scores, gts, pms = score_images(gt, predictions)
         rep.best, rep.worst = pick_best_worst(scores, k)
         images = {"dataset": gt, "gt": gts, "pred": pms}
+    rep.openvocab = openvocab_summary(read_optional_json(run / "openvocab" / "results.json", [], read))
+    rep.curve = curve_summary(read_optional_json(run / "curve" / "results.json", [], read))
     rep.missing, rep.inputs = missing, read
     return rep, images
+
+
+def openvocab_summary(results: dict | None) -> dict | None:
+    """What the page shows of openvocab/results.json (None when absent or without rows)."""
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        return None
+    keep = ("category", "weights", "text_encoder", "held_out_images", "mask_source", "settings", "rows")
+    return {**{k: results.get(k) for k in keep}, "plot": None}
+
+
+def curve_summary(results: dict | None) -> dict | None:
+    """What the page shows of curve/results.json (None when absent or without a summary)."""
+    if not isinstance(results, dict) or not isinstance(results.get("summary"), dict):
+        return None
+    keep = ("category", "weights", "sam_weights", "shots", "seeds", "target", "subsets", "settings", "summary",
+            "smallest_k")
+    return {**{k: results.get(k) for k in keep}, "plot": None}
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -327,6 +348,55 @@ def image_type_section(rep: RunReport) -> str:
     ])
 
 
+def openvocab_section(rep: RunReport) -> str:
+    """The seen / unseen table: per held-out class, box AP50 and mask IoU of its name for the start model
+    (zero-shot), the model fine-tuned without it (unseen) and the model fine-tuned with it (seen)."""
+    ov, e = rep.openvocab, html.escape
+    if ov is None:
+        return ""
+    rows = [[e(str(r.get("class"))), *(fmt(dig(r, key, m)) for key in ("zero_shot", "unseen", "seen")
+                                       for m in ("ap50", "mask_iou"))] for r in ov["rows"]]
+    head = ["held-out class"] + [f"{who} {m}" for who in ("zero-shot", "unseen", "seen") for m in ("box AP50", "mask IoU")]
+    plot = (f'<figure><img src="{e(ov["plot"])}" alt="seen / unseen" width="800"><figcaption>box AP50 and mask IoU '
+            f"of each held-out class: zero-shot, unseen, seen</figcaption></figure>" if ov["plot"] else "")
+    return "".join([
+        "<h2>Open vocabulary: seen / unseen defect names (leave-one-defect-out)</h2>",
+        f"<p>For each class k: fine-tuned on every other class, k's images {e(str(ov.get('held_out_images')))}; "
+        f"detected on the test split with the full vocabulary, k's name included. Weights: "
+        f"{e(str(ov.get('weights')))}; text encoder: {e(str(ov.get('text_encoder')))}; masks: "
+        f"{e(str(ov.get('mask_source')))}.</p>",
+        table(head, rows, "openvocab"), plot,
+    ])
+
+
+def curve_section(rep: RunReport) -> str:
+    """The learning curve: per k (labelled defect images per class) the mean and seed range of each metric, and
+    the smallest k within the target of 'all'."""
+    cv, e = rep.curve, html.escape
+    if cv is None:
+        return ""
+    from defect_vision.evaluation.experiment_plots import CURVE_METRICS
+
+    ks = [p["k"] for p in (cv["summary"].get(CURVE_METRICS[0][0]) or [])]
+    rows = []
+    for metric, label in CURVE_METRICS:
+        points = {str(p["k"]): p for p in cv["summary"].get(metric) or []}
+        cells = [(f"{fmt(points[str(k)]['mean'])} [{fmt(points[str(k)]['min'])}-{fmt(points[str(k)]['max'])}]"
+                  if str(k) in points and points[str(k)]["n"] > 1 else fmt((points.get(str(k)) or {}).get("mean")))
+                 for k in ks]
+        best = (cv.get("smallest_k") or {}).get(metric)
+        rows.append([e(label), *cells, "n/a (all is 0)" if best is None else e(str(best))])
+    target = number(cv.get("target")) or 0.9
+    plot = (f'<figure><img src="{e(cv["plot"])}" alt="learning curve" width="900"><figcaption>metric vs labelled '
+            f"images per class, mean and seed range</figcaption></figure>" if cv["plot"] else "")
+    return "".join([
+        "<h2>How many labelled images are enough (few-shot learning curve)</h2>",
+        f"<p>k = labelled defect images per class (0: zero-shot). {e(str(cv.get('subsets')))}. Seeds "
+        f"{e(str(cv.get('seeds')))}; weights: {e(str(cv.get('weights')))}. Cells: mean [min-max over seeds].</p>",
+        table(["metric", *(f"k = {k}" for k in ks), f"smallest k within {target:.0%} of all"], rows, "curve"), plot,
+    ])
+
+
 def render(rep: RunReport) -> str:
     e = html.escape
     w = rep.weights
@@ -381,6 +451,8 @@ def render(rep: RunReport) -> str:
         table(["class", "detector AP50", "mask IoU", "box AP", "mask AP"], pc_rows, "per-class") if pc_rows
         else "<p>no per-class numbers</p>",
         image_type_section(rep),
+        openvocab_section(rep),
+        curve_section(rep),
         "<h2>Best test images</h2><p>Red: predicted masks"
         + (f" at the per-class thresholds calibrated on val (<code>{e(rep.thumb_thresholds)}</code>)" if rep.thumb_thresholds
            else " (all predictions)") + ". Green outline: ground truth. IoU: defect pixels, predicted vs true.</p>",
@@ -411,14 +483,16 @@ def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top
     if not run.is_dir():
         raise DatasetError(f"{run}: no such run folder")
     rep, images = collect(run, gt, top_k)
-    if all(v is None for v in (*rep.detector.values(), rep.sam_finetune, *rep.segmentation.values())):
+    if all(v is None for v in (*rep.detector.values(), rep.sam_finetune, *rep.segmentation.values(), rep.openvocab,
+                               rep.curve)):
         raise DatasetError(f"{run}: no stage output found (expected yolo_world/best.json, sam/best.json, eval/metrics.json)")
     with atomic_dir(out, KIND, [Path(p) for p in rep.inputs], force) as tmp:
         (tmp / "thumbs").mkdir()
         if images:
             _draw_thumbs(rep, images, tmp)
-        if rep.plots or rep.image_classification:
+        if rep.plots or rep.image_classification or rep.openvocab or rep.curve:
             (tmp / "plots").mkdir()
+        _experiment_plots(rep, tmp / "plots")
         for p in rep.plots:
             shutil.copy2(run / "eval" / p, tmp / "plots" / p)
         if rep.image_classification:
@@ -426,6 +500,20 @@ def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top
         (tmp / "index.html").write_text(render(rep))
         (tmp / "report.json").write_text(json.dumps(asdict(rep), indent=2))
     return rep
+
+
+def _experiment_plots(rep: RunReport, folder: Path) -> None:
+    """The seen / unseen bars and the learning curve, drawn from the experiments' results."""
+    if not (rep.openvocab or rep.curve):
+        return
+    from defect_vision.evaluation import experiment_plots  # matplotlib: only when drawing
+
+    if rep.openvocab:
+        experiment_plots.seen_unseen_bars(rep.openvocab, folder / "seen_unseen.png")
+        rep.openvocab["plot"] = "plots/seen_unseen.png"
+    if rep.curve:
+        experiment_plots.learning_curve(rep.curve, folder / "curve.png")
+        rep.curve["plot"] = "plots/curve.png"
 
 
 def _confusion_plot(rep: RunReport, folder: Path) -> None:

@@ -17,14 +17,17 @@ def image_ids_listing(pred_path: Path) -> Path:
     return Path(pred_path).with_name("image_ids.json")
 
 
-def image_id_map(pred_path: Path, gt: CocoDataset) -> dict[int, int] | None:
+def image_id_map(pred_path: Path, gt: CocoDataset, entries: list | None = None,
+                 listing: Path | None = None) -> dict[int, int] | None:
     """Prediction image id -> GT image id from inference's image_ids.json beside predictions.json, matched by the
     image's resolved path (GT: info.image_root + file_name; by file_name only when the GT has no image_root); None
-    when there is no such file or it changes no id (predictions made on the GT json keep its ids)."""
-    listing = image_ids_listing(pred_path)
-    if not listing.is_file():
-        return None
-    entries = read_json(listing, "image id listing")
+    when there is no such file or it changes no id (predictions made on the GT json keep its ids). `entries`: the
+    listing's entries given directly (a shard's, read from `listing`) instead of image_ids.json."""
+    listing = Path(listing) if listing is not None else image_ids_listing(pred_path)
+    if entries is None:
+        if not listing.is_file():
+            return None
+        entries = read_json(listing, "image id listing")
     if not isinstance(entries, list):
         raise DatasetError(f"{listing}: expected a list of {{id, file_name, path}}")
     by_id = {im.id: im for im in gt.images}

@@ -106,9 +106,7 @@ def iou_figures(gt: CocoDataset, predictions: Predictions, score_threshold: floa
         for k in np.unique(truth.class_id):
             class_images.setdefault(int(k), []).append(mask_iou.class_image_iou(truth, kept, int(k)))
         if pixel is not None:
-            scores = pixel_metrics.score_map(pred.rles(), pred.score.tolist(), im.height, im.width)
-            pixel.add(scores, pixel_metrics.gt_map(truth.rles(), im.height, im.width), anomalous=not im.is_good,
-                      levels=np.unique(np.concatenate([[0.0], pred.score])))
+            pixel_metrics.add_image(pixel, truth, pred, im)
     return images, instances, class_images
 
 

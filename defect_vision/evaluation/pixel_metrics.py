@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 from sklearn.metrics import roc_auc_score
 
 from defect_vision.coco import union_rle
+from defect_vision.detections import Detections, ImageInfo
 
 
 def score_map(rles: list[dict], scores: list[float], height: int, width: int) -> np.ndarray:
@@ -29,6 +30,13 @@ def score_map(rles: list[dict], scores: list[float], height: int, width: int) ->
 
 def gt_map(rles: list[dict], height: int, width: int) -> np.ndarray:
     return mask_utils.decode(union_rle(rles, height, width)).astype(bool)
+
+
+def add_image(acc: PixelAccumulator, truth: Detections, pred: Detections, image: ImageInfo) -> None:
+    """Feed one image to `acc`: the score map of all its predictions and its ground-truth mask."""
+    scores = score_map(pred.rles(), pred.score.tolist(), image.height, image.width)
+    acc.add(scores, gt_map(truth.rles(), image.height, image.width), anomalous=not image.is_good,
+            levels=np.unique(np.concatenate([[0.0], pred.score])))
 
 
 def _region_counts(pred: np.ndarray, gt_labels: np.ndarray, n_gt: int, overlap: float) -> tuple[int, int]:
@@ -97,6 +105,20 @@ class PixelAccumulator:
         self._image_scores.append(float(scores.max()) if scores.size else 0.0)
         self._image_labels.append(int(gt.any() if anomalous is None else anomalous))
         self._add_regions(scores, levels, gt_labels, n_gt)
+
+    def merge(self, other: PixelAccumulator) -> PixelAccumulator:
+        """Add the images `other` was fed (same region thresholds and settings): the result is that of one
+        accumulator fed both sets of images (shards evaluated apart, merged exactly)."""
+        if not np.array_equal(self.region_thresholds, other.region_thresholds) or \
+                (self.region_overlap, self.fpr_limit) != (other.region_overlap, other.fpr_limit):
+            raise ValueError("PixelAccumulator.merge: different region thresholds or settings")
+        for name in ("_levels", "_neg", "_pos", "_pro", "_image_scores", "_image_labels"):
+            getattr(self, name).extend(getattr(other, name))
+        self._n_regions += other._n_regions
+        self._region_gt += other._region_gt
+        self._region_pred += other._region_pred
+        self._region_hit += other._region_hit
+        return self
 
     def _add_regions(self, scores: np.ndarray, levels: np.ndarray, gt_labels: np.ndarray, n_gt: int) -> None:
         # thresholds between two of this image's levels give the same binary map: compute it once

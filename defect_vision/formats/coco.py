@@ -34,6 +34,19 @@ def categories(cat: Category) -> list[dict]:
     ]
 
 
+def prompt_phrasings(cat: Category) -> dict[str, list[str]]:
+    """Per class its phrasings (names.yaml's list, else the one prompt): what prompts.yaml holds."""
+    return {name: list(cat.phrasings.get(name) or [cat.prompts.get(name) or prompt_of(name)]) for name in cat.defect_types}
+
+
+def prompts_yaml(cat: Category) -> str:
+    """prompts.yaml: class name -> [phrasing, ...]; train-detector embeds each class as the mean of its phrasings."""
+    import yaml
+
+    head = "# class name -> phrasings; the class embedding is the normalised mean of their CLIP embeddings\n"
+    return head + yaml.safe_dump(prompt_phrasings(cat), sort_keys=False, allow_unicode=True)
+
+
 def info(cat: Category, split: Split, split_name: str) -> dict:
     return {
         "source": "defect-vision converters",
@@ -91,9 +104,10 @@ def unlabelled_coco(cat: Category) -> dict:
 
 
 def write_coco(job, folder: Path, final: Path, config) -> None:
-    """instances_<split>.json for each split (polygons, or RLE with config.rle), and instances_unlabelled.json
-    when the dataset has images without ground truth."""
+    """instances_<split>.json for each split (polygons, or RLE with config.rle), instances_unlabelled.json
+    when the dataset has images without ground truth, and prompts.yaml (each class's phrasings)."""
     for split in SPLITS:
         (folder / f"instances_{split}.json").write_bytes(json_bytes(to_coco(job.cat, job.split, split, config.rle)))
     if job.cat.unlabelled:
         (folder / "instances_unlabelled.json").write_bytes(json_bytes(unlabelled_coco(job.cat)))
+    (folder / "prompts.yaml").write_text(prompts_yaml(job.cat))

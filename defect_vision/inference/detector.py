@@ -39,6 +39,7 @@ class Detector:
 
         self.path = Path(path)
         model, meta = load_detector_model(self.path, with_meta=True)
+        self.meta: dict = meta  # the checkpoint's defect_vision metadata (prompts, text encoder, ...)
         names = model.names
         self.class_names: list[str] = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
         ids = meta.get("category_ids")

@@ -23,14 +23,17 @@ INPUTS = {"encoder": ["image"], "decoder": ["image_embeddings", "point_coords", 
 
 
 def session(path: Path, inputs: list[str]):
-    """An onnxruntime CPU session of `path`; one-line DatasetErrors for a missing, unreadable or too-new model, or
-    one whose inputs are not `inputs`."""
+    """An onnxruntime CPU session of `path` with torch's intra-op thread count; one-line DatasetErrors for a
+    missing, unreadable or too-new model, or one whose inputs are not `inputs`."""
     import onnxruntime as ort
 
     if not path.is_file():
         raise DatasetError(f"{path}: missing (listed in the export's {MANIFEST}; re-run defect-vision export)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # one thread setting for both backends
+    options.inter_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidProtobuf / InvalidGraph / ...
         msg = str(exc)
         opset, latest = re.search(r"Opset (\d+)", msg), re.search(r"till opset (\d+)", msg)

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,11 @@ class PredictConfig:
     conf: float = 0.25  # detector confidence (per-class thresholds: `thresholds`)
     iou: float = 0.5  # NMS IoU
     max_det: int = 100
-    classes: list[str] | None = None  # keep only these class names
+    classes: list[str] | None = None  # keep only these class names; names the detector does not know are embedded
+    text_encoder: str | None = None  # for new --classes names: clip | random (default: the checkpoint's encoder)
+    clip: Path | None = None  # CLIP ViT-B-32 file for new names (default weights/clip/ViT-B-32.pt)
+    prompts: Path | None = None  # prompts.yaml: phrasings of new names (default: the name itself)
+    encoder: Callable | None = field(default=None, repr=False)  # stand-in text encoder (API/tests)
     imgsz: int | None = None  # detector input size (default: the checkpoint's)
     thresholds: Path | None = None  # per-class thresholds (evaluation.calibrate's file)
     mask_threshold: float = 0.0  # SAM mask logit threshold
@@ -172,10 +176,24 @@ class DefectPredictor:
 
             sam_model = load_sam(Path(sam), model_type_for(Path(sam), config.model_type))
             self.segmenter = Segmenter(sam_model, self.device, self.dtype, config.mask_threshold, batch=config.sam_batch)
+        self.class_filter = self._vocabulary(config) if self.detector is not None else None
         names = self.class_names
         self.thresholds = (load_thresholds(Path(config.thresholds), names, config.conf) if config.thresholds
                            else ClassThresholds({}, config.conf))
-        self.class_filter = class_filter(config.classes, names) if self.detector is not None else None
+
+    def _vocabulary(self, config: PredictConfig) -> list[int] | None:
+        """--classes: only known names -> a class filter (as always); any new name -> the detector's vocabulary
+        becomes exactly these names, new ones embedded by the local text encoder (inference/vocabulary.py)."""
+        names = self.class_names
+        if not config.classes or all(c in names for c in config.classes):
+            return class_filter(config.classes, names)
+        from defect_vision.data.source import load_phrasings
+        from defect_vision.inference.vocabulary import open_vocabulary
+
+        open_vocabulary(self.detector, config.classes, getattr(self.detector, "meta", {}), config.encoder,
+                        text_encoder=config.text_encoder, clip=config.clip,
+                        phrasings=load_phrasings(config.prompts, "prompts") if config.prompts else None)
+        return None
 
     @classmethod
     def from_run(cls, run: str | Path, config: PredictConfig | None = None, **overrides) -> DefectPredictor:

@@ -21,7 +21,7 @@ from defect_vision.data.images import IMAGE_SUFFIXES, read_image
 @dataclass
 class Source:
     images: list[ImageInfo]  # id: the COCO json's, or 1..N by sorted path; file_name: relative to the source
-    kind: str  # "coco" | "folder" | "glob" | "file"
+    kind: str  # "coco" | "folder" | "glob" | "file" | "manifest"
     names: dict[int, str]  # image id -> output stem of masks/<name>.png and overlays/<name>.png (unique in the run)
     coco: CocoDataset | None = None  # the json when kind == "coco"
     origin: str = ""
@@ -31,7 +31,7 @@ class Source:
         if self.kind == "folder":
             return [Path(self.origin)]
         paths = [im.path for im in self.images]
-        return paths + ([Path(self.origin)] if self.kind == "coco" else [])
+        return paths + ([Path(self.origin)] if self.kind in ("coco", "manifest") else [])
 
 
 def output_name(file_name: str) -> str:
@@ -64,6 +64,14 @@ def from_coco(path: Path) -> Source:
     return Source(images, "coco", _unique_names(images), coco, str(path))
 
 
+def from_manifest(path: Path) -> Source:
+    """Images listed by a CSV (column `image`), ids 1..N in row order (inference/manifest.py)."""
+    from defect_vision.inference.manifest import manifest_images
+
+    images = manifest_images(path)
+    return Source(images, "manifest", _unique_names(images), None, str(path))
+
+
 def _numbered(paths: list[Path], base: Path, kind: str, origin: str) -> Source:
     paths = sorted({p.resolve() for p in paths}, key=lambda p: p.relative_to(base).as_posix())
     images = [ImageInfo(i, p.relative_to(base).as_posix(), path=p) for i, p in enumerate(paths, 1)]
@@ -76,6 +84,8 @@ def resolve_source(source: str | Path) -> Source:
     path = Path(text)
     if path.suffix.lower() == ".json":
         return from_coco(path)
+    if path.suffix.lower() == ".csv":
+        return from_manifest(path)
     if path.is_dir():
         base = path.resolve()
         found = [p for p in base.rglob("*") if _is_image(p)]

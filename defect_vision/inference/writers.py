@@ -91,10 +91,16 @@ def overlay(image: np.ndarray, det: Detections, alpha: float = 0.45) -> np.ndarr
 def write_png(path: Path, image: np.ndarray) -> None:
     """A label mask (2-D) as is, an RGB image (3-D) converted for OpenCV. Written with Python's own file I/O, so a
     full disk or a permission problem raises OSError with its errno (OpenCV's imwrite only says False)."""
+    data = png_bytes(image, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def png_bytes(image: np.ndarray, name: Path | str = "image") -> bytes:
+    """The PNG file write_png writes: a label mask (2-D) as is, an RGB image (3-D) converted for OpenCV."""
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, buf = cv2.imencode(".png", data)
     if not ok:
-        raise OSError(f"{path}: OpenCV could not encode the PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(buf.tobytes())
+        raise OSError(f"{name}: OpenCV could not encode the PNG")
+    return buf.tobytes()

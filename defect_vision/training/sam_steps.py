@@ -11,7 +11,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
 from defect_vision.detections import Detections
-from defect_vision.devices import HALF, autocast, full_precision
+from defect_vision.devices import HALF, autocast, full_precision, to_device
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import PromptSet, jitter_boxes, lowres_target, padded_points
 from defect_vision.training.sam_losses import mask_iou, sam_loss
@@ -84,12 +84,12 @@ class Samples:
         boxes = det.xyxy
         if rng is not None:
             boxes = jitter_boxes(boxes, *size, rng, config.jitter, config.jitter_max)
-        boxes_t = torch.as_tensor(self.transform.apply_boxes(boxes, size), dtype=torch.float32, device=device)
+        boxes_t = to_device(np.asarray(self.transform.apply_boxes(boxes, size), np.float32), device)
         points = None
         if config.points:
             coords, labels = padded_points(det)
-            points = (torch.as_tensor(self.transform.apply_coords(coords, size), dtype=torch.float32, device=device),
-                      torch.as_tensor(labels, device=device))
+            points = (to_device(np.asarray(self.transform.apply_coords(coords, size), np.float32), device),
+                      to_device(labels, device))
         return boxes_t, points
 
 

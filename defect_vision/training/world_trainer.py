@@ -12,11 +12,13 @@ import numpy as np
 import torch
 
 from defect_vision.io import atomic_path, replace_durably, temp_name
+from defect_vision.training import prompt_tuning
 from defect_vision.offline import go_offline, strip_network_callbacks
 
 go_offline()
 
 from ultralytics.data.build import InfiniteDataLoader, seed_worker  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.models.yolo.world import train as world_train  # noqa: E402
 from ultralytics.models.yolo.world.train import WorldTrainer  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK  # noqa: E402
@@ -119,12 +121,16 @@ class ClassEmbeddings:
     each DDP worker builds the trainer as `Trainer(cfg=, overrides=, _callbacks=)` from the pickled callbacks, and
     this object is one of them."""
 
-    def __init__(self, class_embeddings: dict[str, torch.Tensor], balanced: bool = False):
+    def __init__(self, class_embeddings: dict[str, torch.Tensor], balanced: bool = False, tune: dict | None = None):
         self.class_embeddings = {str(k): v.detach().float().cpu() for k, v in class_embeddings.items()}
         self.balanced = bool(balanced)
+        self.tune = dict(tune) if tune else None  # prompt tuning: {"reg": float, "only": bool}
 
     def __call__(self, trainer: DefectWorldTrainer) -> None:
-        set_class_embeddings(unwrap_model(trainer.ema.ema), trainer._names(), trainer._embedding_matrix())
+        ema = unwrap_model(trainer.ema.ema)
+        set_class_embeddings(ema, trainer._names(), trainer._embedding_matrix())
+        if self.tune:
+            prompt_tuning.bake(ema)  # on resume the EMA's table holds the tuned embeddings
 
 
 class DefectWorldTrainer(WorldTrainer):
@@ -135,9 +141,10 @@ class DefectWorldTrainer(WorldTrainer):
     the embeddings then come from its ClassEmbeddings callback."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None, *,
-                 class_embeddings: dict[str, torch.Tensor] | None = None, balanced: bool | None = None):
+                 class_embeddings: dict[str, torch.Tensor] | None = None, balanced: bool | None = None,
+                 tune_prompts: dict | None = None):
         if class_embeddings is not None:
-            carrier = ClassEmbeddings(class_embeddings, bool(balanced))
+            carrier = ClassEmbeddings(class_embeddings, bool(balanced), tune_prompts)
         else:
             carrier = next((f for f in (_callbacks or {}).get("on_pretrain_routine_end", [])
                             if isinstance(f, ClassEmbeddings)), None)
@@ -145,10 +152,11 @@ class DefectWorldTrainer(WorldTrainer):
                 raise TypeError("DefectWorldTrainer needs class_embeddings= (or the callbacks of a DefectWorldTrainer, "
                                 "as ultralytics' DDP workers pass them)")
             if balanced is not None:
-                carrier = ClassEmbeddings(carrier.class_embeddings, balanced)
+                carrier = ClassEmbeddings(carrier.class_embeddings, balanced, carrier.tune)
         super().__init__(cfg, overrides, _callbacks)
         self.class_embeddings = carrier.class_embeddings
         self.balanced = carrier.balanced
+        self.tune = carrier.tune  # None: embeddings frozen (the default)
         self.sampler: RepeatFactorSampler | None = None
         hooks = [f for f in self.callbacks["on_pretrain_routine_end"] if not isinstance(f, ClassEmbeddings)]
         self.callbacks["on_pretrain_routine_end"] = [*hooks, carrier]
@@ -177,7 +185,44 @@ class DefectWorldTrainer(WorldTrainer):
         hooks = self.callbacks["on_pretrain_routine_end"]
         self.callbacks["on_pretrain_routine_end"] = [f for f in hooks if f is not world_train.on_pretrain_routine_end]
         set_class_embeddings(model, self._names(), self._embedding_matrix())
+        if self.tune:
+            table = prompt_tuning.attach_prompt_table(model, self._embedding_matrix(), self._names())
+            previous = getattr(weights, prompt_tuning.ATTR, None) if isinstance(weights, torch.nn.Module) else None
+            if previous is not None and previous.weight.shape == table.weight.shape:  # resume: the tuned values
+                table.weight.data.copy_(previous.weight.detach().float())
+            if self.tune.get("only"):  # YOLO-World's prompt tuning: backbone, neck and head frozen (BN in eval)
+                self.args.freeze = list(range(len(model.model)))
         return model
+
+    # --- prompt tuning: learnable class embeddings (training/prompt_tuning.py) ---
+    def preprocess_batch(self, batch: dict) -> dict:
+        if not self.tune:
+            return super().preprocess_batch(batch)
+        batch = DetectionTrainer.preprocess_batch(self, batch)
+        model = unwrap_model(self.model)
+        batch["txt_feats"] = prompt_tuning.batch_text_features(model, batch["texts"])
+        if not isinstance(getattr(model, "criterion", None), prompt_tuning.PulledLoss):
+            base = getattr(model, "criterion", None) or model.init_criterion()
+            model.criterion = prompt_tuning.PulledLoss(base, model, self.tune.get("reg", 0.0))
+        return batch
+
+    def build_optimizer(self, model, *args, **kwargs):
+        """ultralytics' optimizer, with the tuned embeddings in a group without weight decay (as YOLO-World's
+        prompt-tuning config sets `embeddings: weight_decay 0`)."""
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        table = getattr(unwrap_model(model), prompt_tuning.ATTR, None)
+        if self.tune and table is not None:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not table.weight]
+            no_decay = next((g for g in optimizer.param_groups if g.get("param_group") == "bn"),
+                            next(g for g in optimizer.param_groups if not g.get("weight_decay")))
+            no_decay["params"].append(table.weight)
+        return optimizer
+
+    def validate(self):
+        if self.tune and self.ema is not None:
+            prompt_tuning.bake(unwrap_model(self.ema.ema))  # validate (and then save) the tuned embeddings
+        return super().validate()
 
     # --- checkpoints: atomic writes, a truncated best.pt never reaches the final validation ---
     def save_model(self) -> bool:

@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from defect_vision.devices import ultralytics_device
 from defect_vision.errors import DatasetError
 from defect_vision.io import MARKER, atomic_path, atomic_write_text, check_output_dir, remove_stale_temps
 from defect_vision.models.text_embeddings import (DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS, RANDOM_WARNING,
-                                                  MissingWeightsError, encode_prompts)
+                                                  MissingWeightsError)
 from defect_vision.offline import go_offline, strip_network_callbacks
 
 LOG = logging.getLogger("defect_vision.yolo_world")
@@ -52,6 +53,11 @@ class DetectorTrainConfig:
     clip: Path = DEFAULT_CLIP
     embedding_cache: Path | None = DEFAULT_CACHE_DIR
     prompt_template: str = "{name}"
+    prompts: Path | None = None  # prompts.yaml (class -> phrasings); default: <coco>/prompts.yaml when present
+    tune_prompts: bool = False  # learnable class embeddings initialised from CLIP (saved in best.pt)
+    prompt_reg: float = 1.0  # L2 pull of tuned embeddings towards their CLIP initialisation
+    prompt_only: bool = False  # YOLO-World's prompt tuning: only the embeddings train (implies tune_prompts)
+    encoder: Callable | None = field(default=None, repr=False)  # stand-in text encoder (tests): list[str] -> (N, 512)
     epochs: int = SEED_REPORT_DEFAULTS["epochs"]
     imgsz: int = 640
     batch: int = 8
@@ -72,6 +78,11 @@ class DetectorTrainConfig:
     def __post_init__(self) -> None:
         for name in ("data", "coco", "out", "model", "clip"):
             setattr(self, name, Path(getattr(self, name)))
+        if self.prompts is not None:
+            self.prompts = Path(self.prompts)
+        self.tune_prompts = self.tune_prompts or self.prompt_only
+        if self.prompt_reg < 0:
+            raise DatasetError(f"--prompt-reg {self.prompt_reg}: must be >= 0")
         if self.embedding_cache is not None:
             self.embedding_cache = Path(self.embedding_cache)
         if self.text_encoder not in ENCODERS:
@@ -154,6 +165,30 @@ def class_prompts(names: list[str], coco_dir: Path, template: str, category: str
     except (KeyError, IndexError, ValueError) as exc:
         raise DatasetError(f"--prompt-template {template!r}: unknown placeholder {exc} (use {{name}} and {{category}})") from None
     return prompts, ids
+
+
+def prompts_file(config: DetectorTrainConfig) -> Path | None:
+    """--prompts, else <coco>/prompts.yaml when the converters wrote one, else None."""
+    if config.prompts is not None:
+        return config.prompts
+    default = config.coco / "prompts.yaml"
+    return default if default.is_file() else None
+
+
+def class_phrasings(names: list[str], coco_dir: Path, template: str, category: str,
+                    prompts_path: Path | None = None) -> tuple[list[list[str]], list[int]]:
+    """(phrasings, COCO category ids) per YOLO class: prompts.yaml's phrasings when given (classes it does not list
+    keep their COCO prompt), each through the template; the first phrasing is the class's prompt."""
+    from defect_vision.data.source import load_phrasings
+    from defect_vision.models.prompts import templated
+
+    prompts, ids = class_prompts(names, coco_dir, "{name}", category)
+    table = load_phrasings(prompts_path, "prompts") if prompts_path is not None else {}
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise DatasetError(f"{prompts_path}: classes {', '.join(unknown)} are not in the training data "
+                           f"(its classes: {', '.join(names)})")
+    return templated([table.get(n) or [p] for n, p in zip(names, prompts)], template, category), ids
 
 
 def data_hash(data_yaml: Path, data: dict) -> str:
@@ -435,10 +470,37 @@ def save_final(ckpt: dict, out: Path, meta: dict) -> None:
     import torch
 
     ckpt = dict(ckpt)
-    ckpt["defect_vision"] = {k: meta[k] for k in ("classes", "category_ids", "prompts", "text_encoder", "weights", "data_hash")}
+    keys = ("classes", "category_ids", "prompts", "text_encoder", "weights", "data_hash", "phrasings",
+            "prompt_template", "category", "prompt_tuning")
+    ckpt["defect_vision"] = {k: meta[k] for k in keys if k in meta}
     with atomic_path(out / "best.pt") as tmp:
         torch.save(ckpt, tmp)
     atomic_write_text(out / "best.json", json.dumps(meta, indent=2) + "\n")
+
+
+def class_embeddings(config: DetectorTrainConfig, phrasings: list[list[str]], device: str):
+    """((K, 512) class embeddings = normalised mean of each class's phrasings, encoder description)."""
+    from defect_vision.models.prompts import ensemble, make_encoder
+
+    if config.encoder is not None:
+        info = {"encoder": "custom", "weights_sha256": None}
+        return ensemble(config.encoder, phrasings), info
+    encode, info = make_encoder(config.text_encoder, config.clip, config.embedding_cache, text_encoder_device(device))
+    emb = ensemble(encode, phrasings)
+    info.setdefault("weights_sha256", None)
+    return emb, info
+
+
+def tuning_summary(config: DetectorTrainConfig, ckpt: dict, names: list[str], init) -> dict:
+    """best.json's prompt_tuning block: on/off, settings and, when tuned, each class's drift (1 - cos) from CLIP."""
+    if not config.tune_prompts:
+        return {"tuned": False}
+    from defect_vision.training.prompt_tuning import drift
+
+    model = ckpt.get("ema") or ckpt.get("model")
+    tuned = model.txt_feats.reshape(len(names), -1).float()
+    return {"tuned": True, "reg": config.prompt_reg, "prompt_only": config.prompt_only,
+            "drift": drift(tuned, init, names)}
 
 
 def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None) -> dict:
@@ -450,12 +512,17 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
     overrides = check_overrides(config.overrides)
     data = read_data_yaml(config.data)
     names = [data["names"][i] for i in sorted(data["names"])]
-    prompts, category_ids = class_prompts(names, config.coco, config.prompt_template, config.category)
+    pfile = prompts_file(config)
+    phrasings, category_ids = class_phrasings(names, config.coco, config.prompt_template, config.category, pfile)
+    prompts = [ps[0] for ps in phrasings]
     dhash = data_hash(config.data, data)
     device = ultralytics_device(config.device)
     if config.balanced and "," in device:
         raise DatasetError(f"--balanced --device {config.device}: class-balanced sampling is single-process; "
                            "train on one device, or drop --balanced")
+    if config.tune_prompts and "," in device:
+        raise DatasetError(f"--tune-prompts --device {config.device}: prompt tuning is single-process; "
+                           "train on one device")
     out = config.out.resolve()
     plan = plan_resume(out) if config.resume else None
     if plan is None:
@@ -465,9 +532,8 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
         inputs = [config.data.parent, data_root, config.coco] + ([] if config.from_scratch else [config.model])
         check_output_dir(config.out, KIND, inputs=inputs, force=config.force)
     model_spec, weights_tag = start_model(config)
-    embeddings, enc = encode_prompts(prompts, config.text_encoder, config.clip, config.embedding_cache,
-                                     device=text_encoder_device(device))
-    if config.text_encoder == "random":
+    embeddings, enc = class_embeddings(config, phrasings, device)
+    if config.text_encoder == "random" and config.encoder is None:
         print(f"WARNING: {RANDOM_WARNING}", file=sys.stderr)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -509,7 +575,10 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
         "category_ids": category_ids,
         "prompts": prompts,
         "prompt_template": config.prompt_template,
-        "text_encoder": "random" if config.text_encoder == "random" else enc["encoder"],
+        "phrasings": phrasings,
+        "prompts_file": str(pfile) if pfile else None,
+        "category": config.category,
+        "text_encoder": enc["encoder"],
         "text_encoder_weights_sha256": enc["weights_sha256"],
         "data": str(config.data.resolve()),
         "data_hash": dhash,
@@ -519,11 +588,12 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
         "epochs": int(train_args.get("epochs", config.epochs)),
         "imgsz": int(train_args.get("imgsz", config.imgsz)),
         "balanced": bool(config.balanced),
+        "prompt_tuning": tuning_summary(config, best_ckpt, names, embeddings),
         "seed": config.seed,
         "history": read_history(out / "results.csv"),
         "seconds": round(time.time() - t0, 1),
     }
-    if config.text_encoder == "random":
+    if meta["text_encoder"] == "random":
         meta["warning"] = RANDOM_WARNING
     save_final(best_ckpt, out, meta)
     write_run_state(out, "finished")
@@ -547,8 +617,9 @@ def train(config: DetectorTrainConfig, out: Path, model_spec: str, data: dict, n
     train_args.update(overrides)
     if plan is not None:
         train_args["resume"] = str(out / "weights" / "last.pt")
+    tune = {"reg": config.prompt_reg, "only": config.prompt_only} if config.tune_prompts else None
     trainer = DefectWorldTrainer(overrides=train_args, class_embeddings=dict(zip(names, embeddings)),
-                                 balanced=config.balanced)
+                                 balanced=config.balanced, tune_prompts=tune)
     for event, fns in (callbacks or {}).items():
         for fn in fns:
             trainer.add_callback(event, fn)

@@ -1,0 +1,289 @@
+"""`predict --engine ray`: the single-process prediction run (inference/run.py) as a Ray Data pipeline over a
+cluster, written as resumable shards and merged into the same predictions.json, image_ids.json, masks/ and
+overlays/. A rerun of the same command (same images, models, options) skips the shards already complete, so an
+interrupted run loses at most the shards in flight; a killed model actor is restarted by Ray and its batch retried."""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from defect_vision.devices import Timings
+from defect_vision.distributed.cluster import ray_session
+from defect_vision.distributed.merge import ShardTotals, merge_shards
+from defect_vision.distributed.pipeline import Resources, plan_resources, predictions
+from defect_vision.distributed.progress import Progress
+from defect_vision.distributed.shards import (KIND, Plan, complete_shards, fingerprint, holds_run, open_run, run_id,
+                                              write_shard)
+from defect_vision.errors import DatasetError
+from defect_vision.inference.predictor import PredictConfig, class_filter
+from defect_vision.inference.run import GtBoxes, RunOptions, Summary, _category_mismatch
+from defect_vision.inference.sources import Source, resolve_source
+from defect_vision.io import atomic_write_text, check_output_dir
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide a sharded run goes (what it predicts: PredictConfig; how it reads/writes: RunOptions)."""
+
+    num_workers: int | None = None  # model actors, one model copy each (default: one per GPU used, else 1)
+    num_gpus: float | None = None  # GPUs for the model actors in all (default: the cluster's, unless --device cpu)
+    cpus_per_worker: float | None = None  # default: 1 beside a GPU; CPU-only: the cluster's CPUs shared out
+    address: str | None = None  # a running cluster (host:port, auto, ray://host:port); default: a local one
+    shard_size: int = 256  # images per shard (the unit of resume)
+    split_stages: bool | None = None  # read/encode as CPU task stages (default: when the actors have GPUs)
+    progress_every: float = 10.0  # seconds between progress lines
+
+
+@dataclass
+class ShardedSummary(Summary):
+    shards: int = 0
+    shards_resumed: int = 0
+    images_this_run: int = 0  # images read by this invocation, skipped ones included (the rest: resumed shards)
+    resources: str = ""
+    duplicates: int = 0  # results of an image that arrived twice (dropped: each image is written once)
+    workers: dict = field(default_factory=dict)  # images per worker (host:pid) in this run
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_this_run / self.timings.wall if self.timings.wall > 0 else 0.0
+
+    def line(self, out: Path) -> str:
+        per_class = ", ".join(f"{k} {v}" for k, v in sorted(self.detections.items())) or "none"
+        skipped = f" ({len(self.skipped)} unreadable skipped)" if self.skipped else ""
+        resumed = f", {self.shards_resumed} of {self.shards} shards resumed" if self.shards_resumed else ""
+        return (f"predicted {self.images} images{skipped} in {self.shards} shards{resumed}; this run: "
+                f"{self.images_this_run} images in {self.timings.wall:.1f} s ({self.images_per_s:.2f} img/s); "
+                f"{sum(self.detections.values())} detections ({per_class}); SAM encoder ran on "
+                f"{self.sam_encoder_calls} images -> {out}")
+
+
+@dataclass
+class _Result:
+    """One image's result as the driver keeps it until its shard is complete."""
+
+    error: str
+    height: int = 0
+    width: int = 0
+    predictions: list = field(default_factory=list)
+    names: list = field(default_factory=list)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def _settings(detector, sam, config: PredictConfig, options: RunOptions, source: Source) -> dict:
+    """What decides the outputs (the run id hashes it with the image list); files by path, size and mtime."""
+    return {"config": _jsonable(asdict(config)), "detector": fingerprint(detector), "sam": fingerprint(sam),
+            "thresholds": fingerprint(config.thresholds), "gt_boxes": fingerprint(options.gt_boxes),
+            "onnx": fingerprint(config.onnx) if config.backend == "onnxruntime" else None,
+            "save_overlays": options.save_overlays, "source": {"kind": source.kind, "origin": source.origin}}
+
+
+def _input_rows(source: Source, plan: Plan, pending: list[int], gt: GtBoxes | None, gt_filter) -> list[dict]:
+    by_id = {im.id: im for im in source.images}
+    rows = []
+    for k in pending:
+        for i in plan.shards[k]:
+            img = by_id[i]
+            boxes = b""
+            if gt is not None:
+                det = gt.detections_for(img)
+                boxes = pickle.dumps(det[np.isin(det.class_id, gt_filter)] if gt_filter is not None else det)
+            rows.append({"id": i, "shard": k, "path": str(img.path), "file_name": img.file_name,
+                         "height": -1 if img.height is None else img.height,
+                         "width": -1 if img.width is None else img.width, "gt": boxes})
+    return rows
+
+
+def _shard_stats(results: list[_Result], rows_stats: list[dict], model: dict) -> dict:
+    dets = Counter(n for r in results if not r.error for n in r.names)
+    counters, seconds = Counter(), Counter()
+    for s in rows_stats:
+        counters.update(s.get("counters", {}))
+        seconds.update(s.get("seconds", {}))
+    return {"images": sum(not r.error for r in results), "skipped": [r.error for r in results if r.error],
+            "detections": dict(dets), "images_with_detections": sum(bool(r.names) for r in results if not r.error),
+            "counters": dict(counters), "seconds": dict(seconds), "model": model}
+
+
+class _Driver:
+    """Receives result rows, writes masks/overlays, commits each shard once all its images are in."""
+
+    def __init__(self, out: Path, source: Source, plan: Plan, options: RunOptions, progress: Progress,
+                 known_names: list[str] | None):
+        self.out, self.source, self.plan, self.options, self.progress = out, source, plan, options, progress
+        self.open: dict[int, dict[int, _Result]] = {}
+        self.stats: dict[int, list[dict]] = {}
+        self.model: dict = {}
+        self.known_names = known_names  # GT class names in --gt-boxes mode
+        self.duplicates = 0
+        self.workers: Counter = Counter()  # images per worker (host:pid) in this run
+        self.by_id = {im.id: im for im in source.images}
+
+    def _model_seen(self, text: str) -> None:
+        if self.model or not text:
+            return
+        self.model = json.loads(text)
+        names = self.known_names if self.known_names is not None else self.model.get("class_names", [])
+        ids = None if self.known_names is not None else self.model.get("category_ids")
+        self.model["warnings"] = self.model.get("warnings", []) + _category_mismatch(self.source, names, ids)
+        for w in self.model["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+
+    def take(self, row: dict) -> None:
+        if row["fatal"]:
+            raise DatasetError(str(row["fatal"]))
+        self._model_seen(str(row["model"]))
+        k, i = int(row["shard"]), int(row["id"])
+        if row["stats"]:
+            self.stats.setdefault(k, []).append(json.loads(row["stats"]))
+        got = self.open.setdefault(k, {})
+        if i in got:
+            self.duplicates += 1
+            return
+        seconds = {"load": float(row["load_s"]), "write": float(row["write_s"])}
+        self.stats.setdefault(k, []).append({"seconds": seconds})
+        if row["error"]:
+            if self.options.strict:
+                raise DatasetError(str(row["error"]))
+            print(f"warning: skipped: {row['error']}", file=sys.stderr)
+            got[i] = _Result(str(row["error"]))
+        else:
+            t0 = time.perf_counter()
+            name = self.source.names[i]
+            _write_bytes(self.out / "masks" / f"{name}.png", row["mask"])
+            if self.options.save_overlays:
+                _write_bytes(self.out / "overlays" / f"{name}.png", row["overlay"])
+            seconds["write"] += time.perf_counter() - t0
+            got[i] = _Result("", int(row["image_h"]), int(row["image_w"]), json.loads(row["predictions"]),
+                             json.loads(row["names"]))
+        self.workers[str(row["worker"])] += 1
+        self.progress.update(images=1)
+        if len(got) == len(self.plan.shards[k]):
+            self._commit(k)
+
+    def _commit(self, k: int) -> None:
+        got = self.open.pop(k)
+        entries, preds, results = [], [], []
+        for i in self.plan.shards[k]:
+            r, img = got[i], self.by_id[i]
+            entry = {"id": img.id, "file_name": img.file_name, "path": str(img.path)}
+            if r.error:
+                entry["skipped"] = r.error
+            else:
+                entry.update(height=r.height, width=r.width, mask=f"masks/{self.source.names[i]}.png")
+                preds += r.predictions
+            entries.append(entry)
+            results.append(r)
+        write_shard(self.out, k, self.plan.run_id, entries, preds, _shard_stats(results, self.stats.pop(k, []), self.model))
+        self.progress.update(shards=1)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config: PredictConfig,
+                    source: str | Path | Source, out: Path, options: RunOptions | None = None,
+                    ray_options: RayOptions | None = None) -> ShardedSummary:
+    """Predict every image of `source` into `out` on a Ray cluster, in shards; resume a previous run of the same
+    settings; merge the shards into the single-process outputs. DatasetError when no image could be predicted."""
+    options, ro = options or RunOptions(), ray_options or RayOptions()
+    config.check()
+    if options.batch < 1:
+        raise DatasetError(f"--batch {options.batch}: must be >= 1")
+    if ro.shard_size < 1:
+        raise DatasetError(f"--shard-size {ro.shard_size}: must be >= 1")
+    if ro.num_workers is not None and ro.num_workers < 1:
+        raise DatasetError(f"--num-workers {ro.num_workers}: must be >= 1")
+    source = source if isinstance(source, Source) else resolve_source(source)
+    out = Path(out)
+    gt = GtBoxes(options.gt_boxes, source) if options.gt_boxes is not None else None
+    if gt is not None:
+        detector = None
+    elif detector is None and config.backend == "torch":
+        raise DatasetError("--detector: required unless --gt-boxes gives the boxes")
+    if not config.box_only and sam is None and config.backend == "torch":
+        raise DatasetError("--sam: required unless --box-only")
+    gt_filter = class_filter(config.classes, gt.class_names) if gt is not None else None
+    settings = _settings(detector, None if config.box_only else sam, config, options, source)
+    images = [[im.id, str(im.path), im.file_name] for im in source.images]
+    plan = Plan.of(run_id({**settings, "images": images, "shard_size": ro.shard_size}), [im.id for im in source.images],
+                   ro.shard_size)
+    inputs = source.inputs() + ([options.gt_boxes] if options.gt_boxes else [])
+    check_output_dir(out, KIND, inputs, options.force)  # before any cluster is started
+    done = complete_shards(out, plan) if holds_run(out, plan) else {}
+    summary = ShardedSummary(timings=Timings(), shards=len(plan.shards), shards_resumed=len(done))
+    t0 = time.perf_counter()
+    res = None
+    with ray_session(ro.address) if len(done) < len(plan.shards) else nullcontext() as ray:
+        if ray is not None:  # connected and sized before the folder is touched: a bad address leaves nothing
+            res = plan_resources(ray.cluster_resources(), config, ro.num_workers, ro.num_gpus, ro.cpus_per_worker,
+                                 ro.split_stages)
+        open_run(out, plan, settings, inputs, options.force)
+        pending = [k for k in range(len(plan.shards)) if k not in done]
+        if pending:
+            rows = _input_rows(source, plan, pending, gt, gt_filter)
+            progress = Progress(len(rows), len(plan.shards), len(done), ro.progress_every, options.progress)
+            driver = _Driver(out, source, plan, options, progress, gt.class_names if gt is not None else None)
+            if options.progress:
+                print(f"predict: {len(rows)} images in {len(pending)} shards ({len(done)} already complete); "
+                      f"{res.describe()}", file=sys.stderr)
+            for row in predictions(ray, rows, None if detector is None else str(detector),
+                                   None if sam is None or config.box_only else str(sam), config, options.batch,
+                                   options.save_overlays, res):
+                driver.take(row)
+            if driver.open:
+                raise DatasetError(f"{out}: the pipeline ended with {len(driver.open)} shard(s) incomplete; rerun "
+                                   "to finish them")
+            summary.images_this_run, summary.duplicates, summary.workers = progress.done, driver.duplicates, dict(driver.workers)
+    summary.timings.wall = time.perf_counter() - t0
+    totals = merge_shards(out)
+    _fill(summary, totals, res)
+    names = gt.class_names if gt is not None else totals.model.get("class_names", [])
+    doc = _summary_dict(summary, totals, config, options, ro, source, names, gt is not None, plan)
+    atomic_write_text(out / "summary.json", json.dumps(doc, indent=2))
+    return summary
+
+
+def _fill(summary: ShardedSummary, totals: ShardTotals, res: Resources | None) -> None:
+    summary.images, summary.skipped = totals.images, totals.skipped
+    summary.detections, summary.images_with_detections = totals.detections, totals.images_with_detections
+    for k in ("detector_calls", "sam_encoder_calls", "sam_encoder_batches", "sam_decoder_calls"):
+        setattr(summary, k, int(totals.counters.get(k, 0)))
+    for k, v in totals.seconds.items():
+        setattr(summary.timings, k, v)
+    summary.warnings = totals.model.get("warnings", [])
+    summary.resources = res.describe() if res is not None else "no worker started (every shard was complete)"
+
+
+def _summary_dict(s: ShardedSummary, totals: ShardTotals, config: PredictConfig, options: RunOptions, ro: RayOptions,
+                  source: Source, names: list[str], gt_mode: bool, plan: Plan) -> dict:
+    ids = totals.model.get("category_ids") if not gt_mode else None
+    ids = ids or list(range(1, len(names) + 1))
+    mode = "gt_boxes" if gt_mode else ("box_only" if config.box_only else "detector+sam")
+    return {
+        "images": s.images, "skipped": s.skipped, "images_with_detections": s.images_with_detections,
+        "detections": sum(s.detections.values()), "detections_per_class": dict(sorted(s.detections.items())),
+        "categories": {str(k): v for k, v in zip(ids, names)},
+        "sam_encoder_calls": s.sam_encoder_calls, "sam_encoder_batches": s.sam_encoder_batches,
+        "sam_decoder_calls": s.sam_decoder_calls, "detector_calls": s.detector_calls,
+        "images_per_s": round(s.images_per_s, 4), "timings_s": s.timings.as_dict(),
+        "device": totals.model.get("device"), "autocast": totals.model.get("autocast"),
+        "source": {"kind": source.kind, "origin": source.origin}, "mode": mode,
+        "config": _jsonable(asdict(config)), "options": _jsonable(asdict(options)), "warnings": s.warnings,
+        "engine": {"name": "ray", "run_id": plan.run_id, "shards": s.shards, "shards_resumed": s.shards_resumed,
+                   "shard_size": plan.shard_size, "images_this_run": s.images_this_run, "resources": s.resources,
+                   "duplicates_dropped": s.duplicates, "images_per_worker": s.workers, "options": _jsonable(asdict(ro))},
+    }

@@ -1,0 +1,154 @@
+"""The stages of the Ray Data prediction pipeline, as plain batch functions over columns (no Ray import here):
+read/decode -> models (detector, then SAM; `PredictWorker`, one per actor, loaded once) -> encode (RLEs, label and
+overlay PNGs, COCO entries). The encode step is the single-process writer's own code (finish_masks, label_mask,
+overlay, png_bytes, Detections.to_coco), so the files are the same bytes."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from defect_vision.detections import Detections, ImageInfo
+from defect_vision.errors import DatasetError
+from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+from defect_vision.inference.sources import read_source_image
+from defect_vision.inference.writers import finish_masks, label_mask, overlay, png_bytes
+
+NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # the pixels column of an unreadable image
+COUNTERS = ("detector_calls", "sam_encoder_calls", "sam_encoder_batches", "sam_decoder_calls")
+STAGES = ("detector", "sam_encoder", "sam_decoder")  # the predictor's timed stages
+
+
+def _column(values: list, dtype=object) -> np.ndarray:
+    """A batch column of Python objects (bytes, str) that numpy must not turn into fixed-width strings."""
+    out = np.empty(len(values), dtype)
+    out[:] = values
+    return out
+
+
+def read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Read/decode stage: add `pixels` (RGB uint8; 0x0 when unreadable), `error` (why unreadable, else "") and
+    `load_s`, with the single-process reader (same checks, same messages)."""
+    pixels, errors, seconds = [], [], []
+    for i in range(len(batch["id"])):
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        info = ImageInfo(int(batch["id"][i]), str(batch["file_name"][i]), h if h >= 0 else None, w if w >= 0 else None,
+                         Path(str(batch["path"][i])))
+        loaded = read_source_image(info)
+        pixels.append(NO_PIXELS if loaded.pixels is None else loaded.pixels)
+        errors.append(loaded.error or "")
+        seconds.append(loaded.load_s)
+    return {**batch, "pixels": _column(pixels), "error": _column(errors), "load_s": np.array(seconds, float)}
+
+
+def encode_one(det: Detections, pixels: np.ndarray | None, height: int, width: int) -> dict:
+    """The files of one predicted image: COCO entries (JSON text), label-mask PNG, overlay PNG (b"" without)."""
+    finish_masks(det)
+    mask = png_bytes(label_mask(det, height, width))
+    over = png_bytes(overlay(pixels, det)) if pixels is not None else b""
+    det.data.pop("mask_crops", None)
+    return {"predictions": json.dumps(det.to_coco()), "mask": mask, "overlay": over, "n_det": len(det),
+            "names": json.dumps(det.names)}
+
+
+def encode_rows(batch: dict[str, np.ndarray], dets: list[Detections | None], overlays: bool) -> dict[str, np.ndarray]:
+    """The batch with its files added (an unreadable image, or a model error, gets none); `write_s` on row 0."""
+    t0 = time.perf_counter()
+    out = {k: [] for k in ("predictions", "mask", "overlay", "n_det", "names")}
+    for i, det in enumerate(dets):
+        if det is None:
+            row = {"predictions": "[]", "mask": b"", "overlay": b"", "n_det": 0, "names": "[]"}
+        else:
+            row = encode_one(det, batch["pixels"][i] if overlays else None, int(batch["image_h"][i]), int(batch["image_w"][i]))
+        for k in out:
+            out[k].append(row[k])
+    rest = {k: v for k, v in batch.items() if k not in ("det", "pixels")}
+    write_s = np.zeros(len(dets))
+    if len(dets):
+        write_s[0] = time.perf_counter() - t0
+    return {**rest, **{k: _column(v) for k, v in out.items()}, "write_s": write_s}
+
+
+def encode_batch(batch: dict[str, np.ndarray], overlays: bool) -> dict[str, np.ndarray]:
+    """Encode stage (CPU tasks beside GPU model actors): `det` (pickled Detections with mask crops) -> the files."""
+    dets = [pickle.loads(d) if len(d) else None for d in batch["det"]]
+    return encode_rows(batch, dets, overlays)
+
+
+class PredictWorker:
+    """Model stage: a DefectPredictor loaded once per actor; each call detects a batch (or takes its ground-truth
+    boxes), runs SAM on the images with boxes and, with `encode`, also writes the results (CPU-only runs: the cores
+    are the limit, a separate stage would only copy). A model that cannot be loaded (DatasetError) comes back as
+    the `fatal` column of every row, so the driver reports it in one line."""
+
+    def __init__(self, detector: str | None, sam: str | None, config: PredictConfig, encode: bool, overlays: bool,
+                 gpus: float, threads: int):
+        import torch
+
+        if gpus <= 0 and threads > 0:
+            torch.set_num_threads(threads)
+        device = "cuda" if gpus > 0 else "cpu"  # Ray gives the actor its GPU as cuda:0 (CUDA_VISIBLE_DEVICES)
+        self.encode, self.overlays, self.fatal = encode, overlays, ""
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor (process) predicted a row
+        try:
+            self.predictor = DefectPredictor(detector, sam, replace(config, device=device))
+        except (DatasetError, OSError) as exc:  # e.g. a missing or wrong checkpoint: one line in the driver
+            self.predictor, self.fatal = None, str(exc)
+        self.describe = json.dumps(self._describe())
+
+    def _describe(self) -> dict:
+        p = self.predictor
+        if p is None:
+            return {}
+        return {"class_names": p.class_names, "category_ids": p.category_ids, "device": str(p.device),
+                "autocast": str(p.dtype).replace("torch.", "") if p.dtype else None, "warnings": p.thresholds.warnings}
+
+    def _counters(self) -> dict[str, int]:
+        p = self.predictor
+        seg, det = p.segmenter, p.detector
+        return {"detector_calls": det.calls if det is not None else 0,
+                "sam_encoder_calls": getattr(seg, "encoder_calls", 0), "sam_encoder_batches": getattr(seg, "encoder_batches", 0),
+                "sam_decoder_calls": getattr(seg, "decoder_calls", 0)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["id"])
+        fatal = [self.fatal] * n
+        dets: list[Detections | None] = [None] * n
+        before = self._counters() if self.predictor is not None else {}
+        t = self.predictor.timings if self.predictor is not None else None
+        seconds = {s: getattr(t, s) for s in STAGES} if t is not None else {}
+        ok = [i for i in range(n) if not batch["error"][i]] if self.predictor is not None else []
+        if ok:
+            pixels = [batch["pixels"][i] for i in ok]
+            if batch["gt"][ok[0]]:
+                found = [pickle.loads(batch["gt"][i]) for i in ok]
+            else:
+                found = self.predictor.detect(pixels)
+            for i, det, px in zip(ok, found, pixels):
+                det.image = ImageInfo(int(batch["id"][i]), str(batch["file_name"][i]), *px.shape[:2], Path(str(batch["path"][i])))
+                dets[i] = det
+            self.predictor.segment_batch(pixels, found, finish=False)
+            t.settle()
+        sizes = [batch["pixels"][i].shape[:2] for i in range(n)]
+        out = {k: v for k, v in batch.items() if k not in ("pixels", "gt")}
+        out.update(fatal=_column(fatal), image_h=np.array([s[0] for s in sizes], np.int64),
+                   image_w=np.array([s[1] for s in sizes], np.int64), model=_column([self.describe] * n),
+                   worker=_column([self.worker] * n))
+        stats = [""] * n
+        if self.predictor is not None and n:
+            after = self._counters()
+            stats[0] = json.dumps({"counters": {k: after[k] - before[k] for k in COUNTERS},
+                                   "seconds": {s: getattr(t, s) - seconds[s] for s in STAGES}})
+        out["stats"] = _column(stats)
+        if self.overlays:
+            out["pixels"] = batch["pixels"]
+        if self.encode:
+            return encode_rows(out, dets, self.overlays)
+        out["det"] = _column([pickle.dumps(d) if d is not None else b"" for d in dets])
+        return out

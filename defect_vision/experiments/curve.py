@@ -1,0 +1,176 @@
+"""Few-shot learning curve (`defect-vision curve`): how many labelled defect images per class are enough?
+
+For k in `shots` labelled defect images per class (k = "all": the whole training split), fine-tune the detector
+and SAM on the same seeded subset (subsets.few_shot: nested in k; good images always kept; val stays whole, it
+only picks the best epoch), repeated over `seeds` for k <= `repeat_up_to`. Each run is measured on the test split:
+detector box AP50, SAM mask IoU on ground-truth boxes, and end-to-end mask IoU (detected boxes -> SAM). k = 0 is
+the start models (zero-shot). The summary gives, per metric, the mean and spread over seeds and the smallest k
+whose mean is within `target` (90 %) of "all". Writes <out>/results.json, curve.png, data/ and models/."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from defect_vision.errors import DatasetError
+from defect_vision.experiments import common
+from defect_vision.experiments.measure import SamMasks, detect, gt_boxes, scores
+from defect_vision.experiments.subsets import (ALL, Export, classes_of, few_shot, image_classes, labelled_counts,
+                                               write_subset)
+from defect_vision.training.sam_config import SamTrainConfig
+from defect_vision.training.yolo_world import DetectorTrainConfig
+
+KIND = "curve"
+METRICS = ("detector_box_ap50", "sam_gt_box_mask_iou", "end_to_end_mask_iou")
+
+
+@dataclass
+class CurveConfig:
+    """One learning curve; `train` and `sam` are the fine-tunes every run shares (data and out set per run; `sam`
+    starts from its checkpoint, or from one seeded random-init SAM when from_scratch)."""
+
+    category: str
+    export: Export
+    out: Path
+    train: DetectorTrainConfig
+    sam: SamTrainConfig
+    shots: list = field(default_factory=lambda: [1, 2, 5, 10, ALL])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    repeat_up_to: int = 5  # k <= this runs with every seed; larger k and "all" with the first seed only
+    target: float = 0.9  # "enough" = mean within this fraction of "all"
+    conf: float = 0.01
+    score_threshold: float = 0.25
+    force: bool = False
+
+
+def runs_of(config: CurveConfig) -> list[tuple[int | str, int]]:
+    """(k, seed) of every fine-tune, in order."""
+    out = []
+    for k in config.shots:
+        seeds = config.seeds if k != ALL and int(k) <= config.repeat_up_to else config.seeds[:1]
+        out += [(k, s) for s in seeds]
+    return out
+
+
+def check_shots(shots: list) -> list:
+    parsed = []
+    for k in shots:
+        if k == ALL or (isinstance(k, int) and k >= 1):
+            parsed.append(k)
+        else:
+            raise DatasetError(f"--shots {k}: expected whole numbers >= 1 or 'all' (k = 0, zero-shot, always runs)")
+    return parsed
+
+
+def base_sam(config: CurveConfig) -> Path:
+    """The SAM every run starts from (and k = 0 measures): the checkpoint, or a seeded random-init one saved once
+    (so that every run shares its frozen encoder, and the embedding cache)."""
+    from defect_vision.models.sam import build_random_sam, default_checkpoint
+
+    if not config.sam.from_scratch:
+        path = Path(config.sam.checkpoint or default_checkpoint(config.sam.model_type))
+        if not path.is_file():
+            raise DatasetError(f"{path}: SAM start weights not found (scripts/download_weights.sh, or --fast)")
+        return path
+    import torch
+
+    path = config.out / "zero_shot" / "sam_base.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_random_sam(config.sam.model_type, config.train.seed).state_dict(), path)
+    return path
+
+
+def summarize(runs: list[dict], shots: list, target: float) -> tuple[dict, dict]:
+    """({metric: [{k, mean, min, max, n}]}, {metric: smallest k within target of "all" | None})."""
+    order = [0, *shots]
+    summary, smallest = {}, {}
+    for metric in METRICS:
+        points = []
+        for k in order:
+            vals = [r[metric] for r in runs if r["k"] == k and r[metric] is not None]
+            points.append({"k": k, "mean": round(float(np.mean(vals)), 4) if vals else None,
+                           "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals)})
+        summary[metric] = points
+        ref = next((p["mean"] for p in points if p["k"] == ALL), None)
+        smallest[metric] = None if not ref else next(
+            (p["k"] for p in points if p["k"] != ALL and p["mean"] is not None and p["mean"] >= target * ref), ALL)
+    return summary, smallest
+
+
+def run_curve(config: CurveConfig) -> dict:
+    """The whole curve; returns results.json's content."""
+    from defect_vision.models.sam import load_sam
+    from defect_vision.training.sam import finetune_sam
+
+    t0 = time.time()
+    export, train = config.export, config.train
+    if export.sam is None:
+        raise DatasetError("curve: the SAM prompts export is needed (defect-vision convert writes datasets/sam/<C>)")
+    export.check()
+    shots = check_shots(config.shots)
+    classes = classes_of(export.coco)
+    encode, encoder_name = common.encoder_of(train)
+    common.start_model(train)
+    common.fresh_output(config.out, KIND, export, config.force)
+    out = config.out
+    gt, vocab = common.eval_split(export)
+    sam_start = base_sam(config)
+    cache = out / "sam_embeddings"
+    model_type = config.sam.model_type
+
+    def measure(detector: Path, sam: Path) -> dict:
+        masks = SamMasks(load_sam(sam, model_type), model_type, cache, config.sam.device)
+        end_to_end = scores(gt, masks(detect(detector, gt, vocab, encode, config.conf, train.imgsz, train.device)),
+                            config.score_threshold)
+        on_gt = scores(gt, masks(gt_boxes(gt)), config.score_threshold)
+        return {"detector_box_ap50": end_to_end["box_ap50"], "sam_gt_box_mask_iou": on_gt["mask_iou"],
+                "end_to_end_mask_iou": end_to_end["mask_iou"], "per_class": end_to_end["per_class"]}
+
+    base, weights = common.zero_shot_model(out / "zero_shot" / "base.pt", train, vocab, encode, encoder_name)
+    runs = [{"k": 0, "seed": None, "train_images": [], "labelled_per_class": dict.fromkeys(classes, 0),
+             **measure(base, sam_start), "seconds": 0.0}]
+    images = image_classes(export.coco / "instances_train.json")
+    val = list(image_classes(export.coco / "instances_val.json"))
+    sam_from_scratch = config.sam.from_scratch
+    for k, seed in runs_of(config):
+        t1 = time.time()
+        name = f"k{k}_s{seed}"
+        chosen = few_shot(images, classes, k, seed)
+        paths = write_subset(export, out / "data" / name, classes, chosen, val)
+        counts = labelled_counts(images, chosen, classes)
+        (out / "data" / name / "manifest.json").write_text(json.dumps(
+            {"k": k, "seed": seed, "train_images": chosen, "labelled_per_class": counts, "val_images": val}, indent=1) + "\n")
+        detector = common.fine_tune(train, paths, out / "models" / name / "yolo_world", seed=seed)
+        finetune_sam(replace(config.sam, prompts=paths["sam"], out=out / "models" / name / "sam", cache_dir=cache,
+                             checkpoint=sam_start, from_scratch=False, seed=seed, category=config.category,
+                             train_prompt_encoder=config.sam.train_prompt_encoder or sam_from_scratch, quiet=True,
+                             resume=False, force=True))
+        runs.append({"k": k, "seed": seed, "train_images": chosen, "labelled_per_class": counts,
+                     **measure(detector, out / "models" / name / "sam" / "best.pth"),
+                     "seconds": round(time.time() - t1, 1)})
+    summary, smallest = summarize(runs, shots, config.target)
+    results = {
+        "category": config.category, "experiment": KIND, "weights": weights,
+        "sam_weights": "random-init" if sam_from_scratch else str(sam_start), "text_encoder": encoder_name,
+        "shots": shots, "seeds": config.seeds, "repeat_up_to": config.repeat_up_to, "target": config.target,
+        "subsets": "per class a seeded order of its training images; k = its first k (nested in k); good images "
+                   "always kept; val whole (picks the best epoch only); the same images for detector and SAM",
+        "settings": {"model": str(train.model_cfg if train.from_scratch else train.model), "epochs": train.epochs,
+                     "sam_epochs": config.sam.epochs, "imgsz": train.imgsz, "sam_model_type": model_type,
+                     "conf": config.conf, "score_threshold": config.score_threshold},
+        "runs": runs, "summary": summary, "smallest_k": smallest, "seconds": round(time.time() - t0, 1),
+    }
+    common.write_results(out, results)
+    from defect_vision.evaluation.experiment_plots import learning_curve
+
+    learning_curve(results, out / "curve.png")
+    return results
+
+
+def summary_line(results: dict, out: Path) -> str:
+    best = ", ".join(f"{m} {results['smallest_k'][m]}" for m in METRICS)
+    return (f"curve: {out / 'results.json'}: {len(results['runs']) - 1} fine-tunes + zero-shot; smallest k within "
+            f"{results['target']:.0%} of all: {best}; {results['weights']} weights, {results['seconds']:.0f} s")
