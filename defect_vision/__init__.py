@@ -27,10 +27,15 @@ _EXPORTS = {
     "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.predictor",
     "Result": "defect_vision.inference.predictor", "predict_run": "defect_vision.inference.run",
     "RunOptions": "defect_vision.inference.run",
+    # experiments
+    "run_openvocab": "defect_vision.experiments.openvocab", "run_curve": "defect_vision.experiments.curve",
     # evaluation
     "evaluate": "defect_vision.evaluation.metrics", "EvalConfig": "defect_vision.evaluation.metrics",
     "Metrics": "defect_vision.evaluation.metrics", "calibrate": "defect_vision.evaluation.thresholds",
     "Thresholds": "defect_vision.evaluation.thresholds", "write_report": "defect_vision.evaluation.html_report",
+    # past one machine (Ray: the [distributed] extra, imported when a cluster is used)
+    "ray_predict_run": "defect_vision.distributed.predict", "RayOptions": "defect_vision.distributed.predict",
+    "merge_shards": "defect_vision.distributed.merge", "sharded_pixel_metrics": "defect_vision.distributed.evaluate",
 }
 
 

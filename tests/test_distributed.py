@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 PICKS = ["test/combined/000.png", "test/good/000.png", "test/good/001.png", "test/hole/000.png", "test/hole/001.png",
          "test/scratch/000.png", "test/stain/002.png"]
 SHARD = 3  # 8 images (7 + 1 unreadable) -> shards of 3, 3, 2
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray Data's own context options
 
 
 @pytest.fixture(scope="module")

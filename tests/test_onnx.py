@@ -152,27 +152,40 @@ def test_missing_optional_packages_are_one_line_errors(images, monkeypatch, tmp_
 
 # ---------------------------------------------------------------- parity
 
+def match(ref: list[dict], got: list[dict]) -> list[tuple[dict, dict]]:
+    """Pairs each reference entry with the unused entry of the same image and category nearest in box and score.
+    A random-init detector scores many anchors exactly alike, so the order among equal scores (and, with NMS, which
+    of them survive) rests on float noise; parity is checked per instance, not per position."""
+    used, pairs = set(), []
+    for a in ref:
+        cands = [(np.abs(np.subtract(a["bbox"], b["bbox"])).max() + abs(a["score"] - b["score"]), j)
+                 for j, b in enumerate(got) if j not in used and (b["image_id"], b["category_id"]) == (a["image_id"], a["category_id"])]
+        assert cands, f"no counterpart for {a['image_id']} {a['category_id']} {a['bbox']}"
+        used.add(min(cands)[1])
+        pairs.append((a, got[min(cands)[1]]))
+    return pairs
+
+
 def test_onnxruntime_backend_writes_the_same_outputs_as_torch(exported, images, tmp_path):
+    """--iou 1.0 (no suppression) and a max-det above the anchor count: every candidate box, so ties cannot change
+    the set; then per instance: same class, score, box within 1 px, mask IoU >= 0.99."""
     run = exported["run"]
-    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--max-det", "5", "--batch", "2"]
+    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--iou", "1.0", "--max-det", "100", "--batch", "2"]
     ref, ref_summary = predict(common, tmp_path / "torch")
     got, summary = predict([*common, "--backend", "onnxruntime"], tmp_path / "ort")  # --onnx: RUN/onnx
     assert summary["config"]["backend"] == "onnxruntime" and summary["config"]["onnx"] == str(run / "onnx")
     assert summary["device"] == "cpu" and summary["config"]["thresholds"] == str(run / "thresholds.json")
-    assert len(got) == len(ref) > 0 and summary["detections_per_class"] == ref_summary["detections_per_class"]
+    assert len(got) == len(ref) > 5 * 40 and summary["detections_per_class"] == ref_summary["detections_per_class"]
     assert "stain" not in summary["detections_per_class"]  # its threshold 0.99 applied the same way
-    ious = []
-    for a, b in zip(ref, got):
-        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
-        assert np.abs(np.array(a["bbox"]) - np.array(b["bbox"])).max() <= 1.0
-        assert abs(a["score"] - b["score"]) < 1e-3
+    ious, boxes = [], []
+    for a, b in match(ref, got):
+        assert abs(a["score"] - b["score"]) < 1e-4
+        boxes.append(np.abs(np.subtract(a["bbox"], b["bbox"])).max())
         ious.append(mask_iou(a["segmentation"], b["segmentation"]))
-    assert min(ious) >= 0.99, ious
+    assert len({tuple(a["bbox"]) for a in ref}) > 20  # many different boxes, not one clipped to the image
+    assert max(boxes) <= 1.0 and min(ious) >= 0.99, (max(boxes), min(ious))
     for name in ("images", "images_with_detections", "sam_encoder_calls", "sam_decoder_calls", "detector_calls"):
         assert summary[name] == ref_summary[name], name
-    for png in sorted((tmp_path / "torch" / "masks").iterdir()):
-        a, b = cv2.imread(str(png), cv2.IMREAD_UNCHANGED), cv2.imread(str(tmp_path / "ort" / "masks" / png.name), cv2.IMREAD_UNCHANGED)
-        assert a.shape == b.shape and (a == b).mean() >= 0.99
 
 
 @pytest.fixture(scope="module")

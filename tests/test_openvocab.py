@@ -4,7 +4,6 @@ embedded like a trained one is detected like it while an orthogonal one is not."
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -163,13 +162,13 @@ def make_twins(root: Path, size: int = 128, per_defect: int = 16, seed: int = 0)
 @pytest.mark.slow
 def test_held_out_name_is_detected_like_its_twin_and_not_when_orthogonal(tmp_path):
     """Fine-tuned on hole + scratch only (pit's images kept out). Encoder A embeds 'pit' exactly as 'hole': pit is
-    then detected as well as hole. Encoder B embeds it orthogonal to both: it is not. ~1 minute on the CPU."""
+    then detected as well as hole. Encoder B embeds it orthogonal to both: it is not. ~40-60 s on the CPU."""
     from defect_vision.experiments.measure import box_masks, detect, scores
     from defect_vision.experiments.openvocab import OpenVocabConfig, run_openvocab
     from defect_vision.experiments.subsets import Export
     from defect_vision.training.yolo_world import DetectorTrainConfig
 
-    make_twins(tmp_path / "mvtec")
+    make_twins(tmp_path / "mvtec", per_defect=40)  # 8 test images per class: AP of 3 would be noise
     ds = tmp_path / "datasets"
     assert convert_main(["--category", "toy_twins", "--root", str(tmp_path / "mvtec"), "--out", str(ds), "--formats",
                          "coco", "yolo", "--no-progress"]) == 0
@@ -186,9 +185,12 @@ def test_held_out_name_is_detected_like_its_twin_and_not_when_orthogonal(tmp_pat
     results = run_openvocab(OpenVocabConfig("toy_twins", export, out, train, held_out=["pit"], seen=False))
     row = results["rows"][0]
     assert row["class"] == "pit" and results["text_encoder"] == "custom"
-    hole, pit = row["trained_classes"]["hole"]["ap50"], row["unseen"]["ap50"]
-    assert hole > 0.3, row  # the detector learned the disc (shared with pit on the test split, both names score it)
-    assert pit == pytest.approx(hole, abs=0.1), row  # same embedding: detected as well as the trained class
+    hole, pit = row["trained_classes"]["hole"], row["unseen"]
+    assert hole["ap50"] > 0.4 and hole["mask_iou"] > 0.4, row  # the detector learned the disc
+    # the same embedding: pit is found as well as hole. Its class-aware mask IoU (per image, its own images only) is
+    # the clean comparison; AP50 also counts each twin's detections on the other's images as false positives
+    assert pit["mask_iou"] == pytest.approx(hole["mask_iou"], abs=0.1), row
+    assert pit["ap50"] == pytest.approx(hole["ap50"], abs=0.2), row
 
     from defect_vision.coco import load_coco
     from defect_vision.experiments.measure import Vocabulary
@@ -196,4 +198,5 @@ def test_held_out_name_is_detected_like_its_twin_and_not_when_orthogonal(tmp_pat
     gt = load_coco(export.coco / "instances_test.json")
     again = scores(gt, box_masks(detect(out / "models" / "without_pit" / "best.pt", gt, Vocabulary.of(gt), orthogonal,
                                         0.01, 128)), 0.25)["per_class"]
-    assert again["hole"]["ap50"] > 0.3 and again["pit"]["ap50"] < 0.5 * again["hole"]["ap50"], again
+    assert again["hole"]["ap50"] > 0.4, again  # the trained class is untouched...
+    assert again["pit"]["ap50"] < 0.1 and again["pit"]["mask_iou"] < 0.1, again  # ...an orthogonal name finds nothing

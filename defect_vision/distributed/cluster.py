@@ -13,6 +13,8 @@ from defect_vision.errors import DatasetError
 
 INSTALL = "pip install 'defect-vision[distributed]'"
 CONNECT_TIMEOUT_S = 5.0
+QUIET = ("ray._private.authentication.authentication_token_setup",  # "token authentication is enabled" (local)
+         "ray.data._internal.progress")  # "progress bars disabled": ours are the progress lines
 
 
 def require_ray():
@@ -59,7 +61,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         check_reachable(address)
     started = False
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # no C++ warnings about actor restarts
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # no C++ error lines about restartable actors
+        for name in QUIET:
+            logging.getLogger(name).setLevel(logging.ERROR)
         try:
             ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
                      logging_level=logging.WARNING, log_to_driver=False)
@@ -71,6 +75,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     ctx.enable_progress_bars = False  # progress is ours: images/s and ETA
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     try:
         yield ray
     finally:

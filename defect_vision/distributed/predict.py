@@ -19,7 +19,7 @@ from defect_vision.devices import Timings
 from defect_vision.distributed.cluster import ray_session
 from defect_vision.distributed.merge import ShardTotals, merge_shards
 from defect_vision.distributed.pipeline import Resources, plan_resources, predictions
-from defect_vision.distributed.progress import Progress
+from defect_vision.distributed.progress import Progress, completion_rate
 from defect_vision.distributed.shards import (KIND, Plan, complete_shards, fingerprint, holds_run, open_run, run_id,
                                               write_shard)
 from defect_vision.errors import DatasetError
@@ -50,6 +50,8 @@ class ShardedSummary(Summary):
     resources: str = ""
     duplicates: int = 0  # results of an image that arrived twice (dropped: each image is written once)
     workers: dict = field(default_factory=dict)  # images per worker (host:pid) in this run
+    first_result_s: float | None = None  # this run: seconds to the first result (workers started, models loaded)
+    steady_images_per_s: float | None = None  # this run, once the workers run (progress.completion_rate)
 
     @property
     def images_per_s(self) -> float:
@@ -74,6 +76,10 @@ class _Result:
     width: int = 0
     predictions: list = field(default_factory=list)
     names: list = field(default_factory=list)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
 
 
 def _jsonable(d: dict) -> dict:
@@ -127,6 +133,7 @@ class _Driver:
         self.known_names = known_names  # GT class names in --gt-boxes mode
         self.duplicates = 0
         self.workers: Counter = Counter()  # images per worker (host:pid) in this run
+        self.done_at: list[float] = []  # when a worker finished each image (wall clock)
         self.by_id = {im.id: im for im in source.images}
 
     def _model_seen(self, text: str) -> None:
@@ -167,6 +174,7 @@ class _Driver:
             got[i] = _Result("", int(row["image_h"]), int(row["image_w"]), json.loads(row["predictions"]),
                              json.loads(row["names"]))
         self.workers[str(row["worker"])] += 1
+        self.done_at.append(float(row["done_at"]))
         self.progress.update(images=1)
         if len(got) == len(self.plan.shards[k]):
             self._commit(k)
@@ -248,6 +256,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
                 raise DatasetError(f"{out}: the pipeline ended with {len(driver.open)} shard(s) incomplete; rerun "
                                    "to finish them")
             summary.images_this_run, summary.duplicates, summary.workers = progress.done, driver.duplicates, dict(driver.workers)
+            summary.first_result_s, summary.steady_images_per_s = progress.first_result_s, completion_rate(driver.done_at)
     summary.timings.wall = time.perf_counter() - t0
     totals = merge_shards(out)
     _fill(summary, totals, res)
@@ -285,5 +294,6 @@ def _summary_dict(s: ShardedSummary, totals: ShardTotals, config: PredictConfig,
         "config": _jsonable(asdict(config)), "options": _jsonable(asdict(options)), "warnings": s.warnings,
         "engine": {"name": "ray", "run_id": plan.run_id, "shards": s.shards, "shards_resumed": s.shards_resumed,
                    "shard_size": plan.shard_size, "images_this_run": s.images_this_run, "resources": s.resources,
+                   "first_result_s": _round(s.first_result_s), "steady_images_per_s": _round(s.steady_images_per_s),
                    "duplicates_dropped": s.duplicates, "images_per_worker": s.workers, "options": _jsonable(asdict(ro))},
     }

@@ -1,5 +1,5 @@
 """Progress of a long sharded run as plain lines (they read well in a terminal and in a cluster job's log):
-images done, images/s over this run, ETA, shards written."""
+images done, images/s over this run, ETA, shards written; and the run's steady throughput."""
 from __future__ import annotations
 
 import sys
@@ -26,6 +26,7 @@ class Progress:
         self.every, self.enabled, self.stream = every, enabled, stream or sys.stderr
         self.start = time.perf_counter()
         self.last = self.start
+        self.first_result_s: float | None = None  # seconds to the first result (workers started, models loaded)
 
     @property
     def rate(self) -> float:
@@ -43,6 +44,22 @@ class Progress:
         self.done += images
         self.shards_done += shards
         now = time.perf_counter()
+        if images and self.first_result_s is None:
+            self.first_result_s = now - self.start
         if self.enabled and (now - self.last >= self.every or self.done == self.total and shards):
             self.last = now
             print(self.line(), file=self.stream, flush=True)
+
+
+def completion_rate(done_at: list[float]) -> float | None:
+    """Images per second once the workers run, from the times they finished each image: the least-squares slope
+    of image count over time (images finish in batches, so the slope rather than first-to-last); None with fewer
+    than 3 images or no time between them."""
+    t = sorted(done_at)
+    n = len(t)
+    if n < 3 or t[-1] <= t[0]:
+        return None
+    mean_i, mean_t = (n - 1) / 2, sum(t) / n
+    cov = sum((i - mean_i) * (x - mean_t) for i, x in enumerate(t))
+    var = sum((x - mean_t) ** 2 for x in t)
+    return cov / var

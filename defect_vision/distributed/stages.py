@@ -149,6 +149,8 @@ class PredictWorker:
         if self.overlays:
             out["pixels"] = batch["pixels"]
         if self.encode:
-            return encode_rows(out, dets, self.overlays)
-        out["det"] = _column([pickle.dumps(d) if d is not None else b"" for d in dets])
+            out = encode_rows(out, dets, self.overlays)
+        else:
+            out["det"] = _column([pickle.dumps(d) if d is not None else b"" for d in dets])
+        out["done_at"] = np.full(n, time.time())  # wall clock: throughput once the workers run (completion_rate)
         return out

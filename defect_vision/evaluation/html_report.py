@@ -1,7 +1,8 @@
 """One HTML page per run: every stage's metrics, the weights used, and the best and worst test images.
 
 Reads `runs/<C>/{yolo_world/best.json, sam/best.json, eval/metrics.json, eval_gt_boxes/metrics.json,
-predict/predictions.json, pipeline.json, openvocab/results.json, curve/results.json}` (whatever exists) and writes `runs/<C>/report/` with
+predict/predictions.json, pipeline.json, openvocab/results.json, curve/results.json}` (whatever
+exists) and writes `runs/<C>/report/` with
 `index.html`, `report.json` (the numbers on the page), `thumbs/*.png` and `plots/*.png`, as a whole
 (io.atomic_dir, kind "report"). Smoke runs (random-init weights) are labelled as such on the page: their
 numbers test the plumbing only. The image-level defect-type accuracy of eval/metrics.json is shown beside the

@@ -51,7 +51,8 @@ def eval_split(export: Export) -> tuple[CocoDataset, Vocabulary]:
     return gt, Vocabulary.of(gt, load_phrasings(prompts, "prompts") if prompts.is_file() else None)
 
 
-def zero_shot_model(path: Path, train: DetectorTrainConfig, vocab: Vocabulary, encode: Encoder, encoder_name: str) -> tuple[Path, str]:
+def zero_shot_model(path: Path, train: DetectorTrainConfig, vocab: Vocabulary, encode: Encoder,
+                    encoder_name: str) -> tuple[Path, str]:
     """(the start model with the full vocabulary saved at `path`, its weights tag "official" | "random-init")."""
     spec, weights = start_model(train)
     phr = templated([vocab.phrasings[n] for n in vocab.names], train.prompt_template, train.category)

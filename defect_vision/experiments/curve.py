@@ -114,6 +114,8 @@ def run_curve(config: CurveConfig) -> dict:
     classes = classes_of(export.coco)
     encode, encoder_name = common.encoder_of(train)
     common.start_model(train)
+    if not config.sam.from_scratch:
+        base_sam(config)  # a missing SAM checkpoint fails before the output folder is touched
     common.fresh_output(config.out, KIND, export, config.force)
     out = config.out
     gt, vocab = common.eval_split(export)
@@ -171,6 +173,6 @@ def run_curve(config: CurveConfig) -> dict:
 
 
 def summary_line(results: dict, out: Path) -> str:
-    best = ", ".join(f"{m} {results['smallest_k'][m]}" for m in METRICS)
+    best = ", ".join(f"{m} {'n/a' if results['smallest_k'][m] is None else results['smallest_k'][m]}" for m in METRICS)
     return (f"curve: {out / 'results.json'}: {len(results['runs']) - 1} fine-tunes + zero-shot; smallest k within "
             f"{results['target']:.0%} of all: {best}; {results['weights']} weights, {results['seconds']:.0f} s")

@@ -47,7 +47,10 @@ def base_checkpoint(path: Path, model_spec: str, from_scratch: bool, vocab: Voca
 
     go_offline()
     init_seeds(seed)
-    model = WorldModel(model_spec, nc=len(vocab.names), verbose=False) if from_scratch else load_checkpoint(model_spec, device="cpu")[0]
+    if from_scratch:
+        model = WorldModel(model_spec, nc=len(vocab.names), verbose=False)
+    else:
+        model = load_checkpoint(model_spec, device="cpu")[0]
     model = model.float().eval()
     bake_vocabulary(model, vocab.names, embeddings)
     model.args = {"imgsz": imgsz, "task": "detect"}

@@ -62,11 +62,11 @@ def run_openvocab(config: OpenVocabConfig) -> dict:
     if len(classes) < 2:
         raise DatasetError(f"{export.coco}: leave-one-out needs at least 2 classes (found {', '.join(classes)})")
     encode, encoder_name = common.encoder_of(train)
-    common.start_model(train)  # missing start weights fail before the output folder is touched
+    common.start_model(train)  # missing start weights (and a bad --sam) fail before the output folder is touched
+    masks, mask_source = masker(config, train.device)
     common.fresh_output(config.out, KIND, export, config.force)
     out = config.out
     gt, vocab = common.eval_split(export)
-    masks, mask_source = masker(config, train.device)
 
     def measure(ckpt: Path) -> dict:
         return scores(gt, masks(detect(ckpt, gt, vocab, encode, config.conf, train.imgsz, train.device)),

@@ -101,7 +101,8 @@ def _link_split(src: Path, out: Path, split: str, files: list[str], remap: dict[
         os.symlink(image.resolve(), out / "images" / split / name)
         label = src / "labels" / split / f"{Path(name).stem}.txt"
         lines = label.read_text().splitlines() if label.is_file() else []
-        kept = [f"{remap[int(ln.split()[0])]} {ln.split(' ', 1)[1]}" for ln in lines if ln.strip() and int(ln.split()[0]) in remap]
+        rows = [ln.split(" ", 1) for ln in lines if ln.strip()]
+        kept = [f"{remap[int(cls)]} {rest}" for cls, rest in rows if int(cls) in remap]
         (out / "labels" / split / f"{Path(name).stem}.txt").write_text("".join(f"{ln}\n" for ln in kept))
 
 

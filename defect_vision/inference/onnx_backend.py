@@ -100,6 +100,7 @@ class OnnxDetector(Detector):
         self.imgsz = size[0] if isinstance(size, list) else size
         if self.imgsz != m["imgsz"] and not m.get("dynamic", False):
             raise DatasetError(f"--imgsz {self.imgsz}: {self.path} was exported for {m['imgsz']} only")
+        self.meta: dict = {}  # a torch checkpoint's defect_vision metadata: none here (the vocabulary is baked in)
         self.model = OnnxModel(session(self.path, [m["input"]]), m["input"])
         self.device, self.dtype = CPU, None
         self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)
@@ -218,6 +219,10 @@ def load_onnx_models(config, detector: Path | None, sam: Path | None, device: to
     if config.model_type and not config.box_only and config.model_type != manifest["sam"]["model_type"]:
         raise DatasetError(f"--model-type {config.model_type}: the export {folder} holds a "
                            f"{manifest['sam']['model_type']} SAM")
+    new = [c for c in config.classes or [] if c not in manifest["detector"]["class_names"]]
+    if new:
+        raise DatasetError(f"--classes {' '.join(new)}: not in the ONNX export's vocabulary, which is baked in "
+                           f"({', '.join(manifest['detector']['class_names'])}); new names need --backend torch")
     check_export(folder, manifest, detector, None if config.box_only else sam, config.thresholds)
     if config.thresholds is None and manifest.get("thresholds"):
         config.thresholds = folder / manifest["thresholds"]

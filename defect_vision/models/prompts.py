@@ -40,7 +40,8 @@ def templated(phrasings: Sequence[Sequence[str]], template: str = "{name}", cate
     try:
         return [[template.format(name=p, category=category.replace("_", " ")) for p in ps] for ps in phrasings]
     except (KeyError, IndexError, ValueError) as exc:
-        raise DatasetError(f"--prompt-template {template!r}: unknown placeholder {exc} (use {{name}} and {{category}})") from None
+        raise DatasetError(f"--prompt-template {template!r}: unknown placeholder {exc} "
+                           "(use {name} and {category})") from None
 
 
 def ensemble(encode: Encoder, phrasings: Sequence[Sequence[str]]):
