@@ -27,6 +27,8 @@ _EXPORTS = {
     "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.predictor",
     "Result": "defect_vision.inference.predictor", "predict_run": "defect_vision.inference.run",
     "RunOptions": "defect_vision.inference.run",
+    # deployment
+    "export_onnx": "defect_vision.models.onnx_export", "OnnxExportConfig": "defect_vision.models.onnx_export",
     # experiments
     "run_openvocab": "defect_vision.experiments.openvocab", "run_curve": "defect_vision.experiments.curve",
     # evaluation
@@ -41,7 +43,8 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = importlib.import_module(_EXPORTS[name])
+        value = getattr(module, {"OnnxExportConfig": "ExportConfig"}.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'defect_vision' has no attribute {name!r}")

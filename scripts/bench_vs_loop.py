@@ -74,13 +74,14 @@ def user_loop(det: Path, sam: Path, sam_type: str, images: list[Path], out: Path
 
 
 def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: float, max_det: int, device: str,
-         batch: int, precision: str = "auto") -> float:
+         batch: int, precision: str = "auto", onnx: Path | None = None) -> float:
     from defect_vision.inference.predictor import DefectPredictor, PredictConfig
     from defect_vision.inference.run import RunOptions, predict_run
 
     t0 = time.perf_counter()
     predictor = DefectPredictor(det, sam, PredictConfig(conf=conf, max_det=max_det, model_type=sam_type, device=device,
-                                                           precision=precision))
+                                                           precision="auto" if onnx else precision,
+                                                           backend="onnxruntime" if onnx else "torch", onnx=onnx))
     predict_run(predictor, folder, out, RunOptions(batch=batch, progress=False, force=True))
     return time.perf_counter() - t0
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busy", type=int, nargs="*", default=[0, 1], help="other busy processes during the runs")
     p.add_argument("--device", default="cpu", help="cpu | cuda:N")
     p.add_argument("--precision", nargs="+", default=["auto"],
-                   help="our precision(s), one column each (auto = fp32 on CPU, fp16 on CUDA; bf16 on a CPU with AVX512-BF16)")
+                   help="our variants, one row each: auto (fp32 on CPU, fp16 on CUDA), bf16 (a CPU with AVX512-BF16), "
+                        "onnxruntime (the `defect-vision export` of the same checkpoints, CPU)")
     a = p.parse_args(argv)
     go_offline()
     import torch
@@ -110,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     det = save_random_detector(work / "det.pt", ["scratch", "hole", "stain"], cfg=a.detector_cfg, score_bias=0.0,
                                imgsz=a.imgsz)
     sam = save_random_sam(work / "sam.pth", a.sam_type)
+    onnx = None
+    if "onnxruntime" in a.precision:
+        from defect_vision.models.onnx_export import ExportConfig, export_onnx
+
+        onnx = work / "onnx"
+        export_onnx(ExportConfig(det, sam, onnx, model_type=a.sam_type))  # once, offline: not timed
     name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"CPU ({mp.cpu_count()} cores)"
     rows = []
     for busy in a.busy:
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 loop_s.append(user_loop(det, sam, a.sam_type, images, work / "loop", 0.01, a.boxes, a.device))
                 for prec in a.precision:
                     our_s[prec].append(ours(det, sam, a.sam_type, work / "images", work / "ours", 0.01, a.boxes,
-                                            a.device, a.batch, prec))
+                                            a.device, a.batch, prec, onnx if prec == "onnxruntime" else None))
         finally:
             stop.set()
             for b in burners:
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                          min(ratios), max(ratios)))
     print(f"\nhead-to-head on {name}: {a.images} images of {a.size} px, {a.detector_cfg} @ {a.imgsz}, SAM {a.sam_type}, "
           f"{a.boxes} boxes/image, model loading included, median of {a.repeat}")
-    print("| other busy processes | our precision | user loop img/s | defect-vision img/s | ratio (median) | ratio min..max |")
+    print("| other busy processes | ours | user loop img/s | defect-vision img/s | ratio (median) | ratio min..max |")
     print("|---:|---|---:|---:|---:|---:|")
     for busy, prec, lo, ou, med, mn, mx in rows:
         print(f"| {busy} | {prec} | {lo:.2f} | {ou:.2f} | {med:.2f}x | {mn:.2f}..{mx:.2f} |")

@@ -172,3 +172,13 @@ def test_bad_arguments_exit_2_with_a_usage_error(tiny, tmp_path, capsys, args, m
         to_coco(["--category", "tiny", "--root", str(tiny), "--out", str(tmp_path / "o"), *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_image_is_one_line_even_after_ultralytics_patched_pil(tiny, tmp_path, capsys):
+    """ultralytics replaces PIL.Image.open on import; an unreadable file then raises ModuleNotFoundError (pi_heif)."""
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch, as any detector/trainer import does)
+
+    image = tiny / "tiny" / "test" / "hole" / "000.png"
+    image.write_bytes(b"not an image at all")
+    line = convert(tmp_path, tiny, capsys)
+    assert line.startswith(f"error: {image}: not a readable image (")

@@ -64,13 +64,14 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path):
     assert len(shown) == min(8, len(names)) and {s["file_name"] for s in shown} <= names
     assert all((run / "report" / s["thumb"]).stat().st_size > 100 for s in shown)
     page = (run / "report" / "index.html").read_text()
-    for table_id in ("detector", "segmentation", "sam-finetune", "per-class"):
+    for table_id in ("detector", "segmentation", "sam-finetune", "per-class", "image-classification"):
         assert f'<table id="{table_id}">' in page
     assert ("SMOKE RUN" in page) is (not OFFICIAL)
     assert (run / "thresholds.json").is_file() and (run / "predict" / "predictions.json").is_file()
     if CHROMIUM:  # the demo's own page, in a real browser: tables laid out, every image decoded
         seen = render_in_chromium(run / "report" / "index.html")
-        assert {t["id"] for t in seen["tables"]} == {"detector", "segmentation", "sam-finetune", "per-class"}
+        assert {t["id"] for t in seen["tables"]} >= {"detector", "segmentation", "sam-finetune", "per-class",
+                                                     "image-classification"}
         assert len(seen["imgs"]) >= len(shown) and all(i["ok"] for i in seen["imgs"]), seen["imgs"]
 
 

@@ -261,11 +261,12 @@ def test_merge_refuses_shards_of_another_run_naming_them(two_workers, single, tm
     assert load(out, "predictions.json") == load(single, "predictions.json")  # the last good merge stays
 
 
-@pytest.mark.parametrize("case", ["unreachable", "too_many_workers", "no_gpu", "ray_missing"])
+@pytest.mark.parametrize("case", ["unreachable", "too_many_workers", "no_gpu", "ray_missing", "wrong_checkpoint"])
 def test_bad_input_is_one_line_and_leaves_no_folder(case, ray_cluster, manifest, models, tmp_path, monkeypatch):
     out = tmp_path / "out"
     extra = {"unreachable": ["--address", "127.0.0.1:1"], "too_many_workers": ["--num-workers", "3"],
-             "no_gpu": ["--device", "cuda"], "ray_missing": []}[case]
+             "no_gpu": ["--device", "cuda"], "ray_missing": [],
+             "wrong_checkpoint": ["--sam", str(models["detector"])]}[case]  # found by the worker loading it
     if case == "ray_missing":
         for name in ("ray", "ray.data"):
             monkeypatch.setitem(sys.modules, name, None)  # import ray -> ImportError
@@ -274,7 +275,9 @@ def test_bad_input_is_one_line_and_leaves_no_folder(case, ray_cluster, manifest,
                            "with `ray start --head`",
             "too_many_workers": "error: --num-workers 3: 3 x 1 CPU is more than the Ray cluster's 2 CPU(s)",
             "no_gpu": "error: --device cuda: the Ray cluster has no GPU",
-            "ray_missing": "error: --engine ray: Ray Data is not installed (ray); pip install 'defect-vision[distributed]'"}
+            "ray_missing": "error: --engine ray: Ray Data is not installed (ray); pip install 'defect-vision[distributed]'",
+            "wrong_checkpoint": f"error: {models['detector']}: this is an ultralytics (YOLO-World) checkpoint, not a SAM "
+                                "state_dict (give it as --detector)"}
     assert rc == 2 and err.startswith(want[case]) and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
@@ -325,3 +328,28 @@ def test_progress_says_images_per_second_and_eta():
     p.start -= 10  # 10 s ago
     p.update(images=20, shards=1)
     assert re.fullmatch(r"predict: 20/100 images, 2\.00 img/s, ETA 40 s, 3/10 shards written\n", stream.getvalue())
+
+
+def test_each_image_is_written_once_whatever_arrives_twice(manifest, tmp_path):
+    """A retried batch may deliver an image again, before or after its shard was committed: kept once, counted."""
+    from defect_vision.distributed.shards import Plan, open_run
+
+    source = resolve_source(manifest)
+    plan = Plan.of("0" * 16, [im.id for im in source.images], 4)
+    out = tmp_path / "run"
+    assert open_run(out, plan, {}, source.inputs(), False) is False
+    driver = ray_predict._Driver(out, source, plan, ray_predict.RunOptions(), Progress(8, 2, enabled=False), None)
+
+    def row(i: int) -> dict:
+        bad = i == 5  # broken.png
+        return {"fatal": "", "model": "{}", "shard": (i - 1) // 4, "id": i, "stats": "", "load_s": 0.0, "write_s": 0.0,
+                "error": "broken.png: not a readable image" if bad else "", "worker": "h:1", "done_at": float(i),
+                "mask": b"" if bad else f"png {i}".encode(), "overlay": b"", "image_h": 4, "image_w": 6,
+                "predictions": "[]" if bad else json.dumps([{"image_id": i, "score": 0.5}]), "names": "[]"}
+
+    for i in [1, 2, 3, 4, 2, 5, 6, 6, 7, 8, 8]:
+        driver.take(row(i))
+    assert driver.duplicates == 3 and driver.committed == {0, 1} and not driver.open
+    assert [e["id"] for k in (0, 1) for e in load(out, f"shards/shard-0000{k}.json")["images"]] == list(range(1, 9))
+    assert [p["image_id"] for k in (0, 1) for p in load(out, f"shards/predictions-0000{k}.json")] == [1, 2, 3, 4, 6, 7, 8]
+    assert (out / "masks" / f"{source.names[6]}.png").read_bytes() == b"png 6"

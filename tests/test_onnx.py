@@ -29,6 +29,17 @@ def needs_onnx() -> None:
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'defect-vision[export]')")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """2 shared cores: one intra-op thread is several times faster for these tiny models (onnxruntime takes torch's)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def category(synthetic_root):
     return read_category(synthetic_root, "toy_wood")
@@ -167,25 +178,24 @@ def match(ref: list[dict], got: list[dict]) -> list[tuple[dict, dict]]:
 
 
 def test_onnxruntime_backend_writes_the_same_outputs_as_torch(exported, images, tmp_path):
-    """--iou 1.0 (no suppression) and a max-det above the anchor count: every candidate box, so ties cannot change
-    the set; then per instance: same class, score, box within 1 px, mask IoU >= 0.99."""
     run = exported["run"]
-    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--iou", "1.0", "--max-det", "100", "--batch", "2"]
+    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--max-det", "5", "--batch", "2"]
     ref, ref_summary = predict(common, tmp_path / "torch")
     got, summary = predict([*common, "--backend", "onnxruntime"], tmp_path / "ort")  # --onnx: RUN/onnx
     assert summary["config"]["backend"] == "onnxruntime" and summary["config"]["onnx"] == str(run / "onnx")
     assert summary["device"] == "cpu" and summary["config"]["thresholds"] == str(run / "thresholds.json")
-    assert len(got) == len(ref) > 5 * 40 and summary["detections_per_class"] == ref_summary["detections_per_class"]
+    assert len(got) == len(ref) == 5 * 5 and summary["detections_per_class"] == ref_summary["detections_per_class"]
     assert "stain" not in summary["detections_per_class"]  # its threshold 0.99 applied the same way
-    ious, boxes = [], []
     for a, b in match(ref, got):
-        assert abs(a["score"] - b["score"]) < 1e-4
-        boxes.append(np.abs(np.subtract(a["bbox"], b["bbox"])).max())
-        ious.append(mask_iou(a["segmentation"], b["segmentation"]))
-    assert len({tuple(a["bbox"]) for a in ref}) > 20  # many different boxes, not one clipped to the image
-    assert max(boxes) <= 1.0 and min(ious) >= 0.99, (max(boxes), min(ious))
+        assert abs(a["score"] - b["score"]) < 1e-4 and np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= 1.0
+        assert mask_iou(a["segmentation"], b["segmentation"]) >= 0.99
     for name in ("images", "images_with_detections", "sam_encoder_calls", "sam_decoder_calls", "detector_calls"):
         assert summary[name] == ref_summary[name], name
+    ids = {e["id"]: e["mask"] for e in json.loads((tmp_path / "ort" / "image_ids.json").read_text())}
+    for image_id, mask in ids.items():
+        a = cv2.imread(str(tmp_path / "torch" / mask), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "ort" / mask), cv2.IMREAD_UNCHANGED)
+        assert a.shape == b.shape and (a > 0).sum() > 0 and np.array_equal(a > 0, b > 0)
 
 
 @pytest.fixture(scope="module")
@@ -218,18 +228,37 @@ def test_sam_on_ground_truth_boxes_matches_torch(predictors, category):
     assert n_pixels > 0 and min(ious) >= 0.99, ious
 
 
-def test_detector_raw_outputs_and_boxes_match_torch(predictors, images):
+def test_detector_boxes_and_their_masks_match_torch_at_another_size(exported, images):
+    """The export is dynamic: at imgsz 128 (exported at 64) the raw outputs agree, and with --iou 1.0 (no
+    suppression: ties among a random model's equal scores cannot change the set) every candidate box is within
+    1 px with the same class and score; SAM's masks of 40 of them agree at IoU >= 0.99."""
     import torch
+    from scipy.optimize import linear_sum_assignment
 
-    torch_p, onnx_p = predictors
+    from defect_vision import DefectPredictor, PredictConfig
+
+    run = exported["run"]
+    cfg = dict(conf=0.01, iou=1.0, max_det=400, imgsz=128)
+    torch_p = DefectPredictor.from_run(run, PredictConfig(**cfg, device="cpu"))
+    onnx_p = DefectPredictor.from_run(run, PredictConfig(**cfg, backend="onnxruntime"))
     pixels = [read_image(p) for p in sorted(images.iterdir())]
     x = torch_p.detector.preprocess(pixels)
     with torch.inference_mode():
         raw = torch_p.detector.model(x)[0].numpy()
-    assert np.abs(onnx_p.detector.model(x).numpy() - raw).max() < 1e-3  # same input batch (letterbox reused)
-    for a, b in zip(torch_p.detect(pixels), onnx_p.detect(pixels)):
-        assert len(a) == len(b) > 0 and np.array_equal(a.class_id, b.class_id)
-        assert np.abs(a.xyxy - b.xyxy).max() <= 1.0 and np.abs(a.score - b.score).max() < 1e-3
+    assert raw.shape == (len(pixels), 4 + len(onnx_p.class_names), 16 * 16 + 8 * 8 + 4 * 4)
+    assert np.abs(onnx_p.detector.model(x).numpy() - raw).max() < 1e-3
+    for k, (a, b) in enumerate(zip(torch_p.detect(pixels), onnx_p.detect(pixels))):
+        assert len(a) == len(b) > 100
+        # pair the two sets (one to one, least total box difference; another class is 1000 px away)
+        cost = np.abs(a.xyxy[:, None] - b.xyxy[None]).max(2) + 1000.0 * (a.class_id[:, None] != b.class_id[None])
+        ka, kb = linear_sum_assignment(cost)
+        assert np.array_equal(a.class_id[ka], b.class_id[kb]) and np.abs(a.score[ka] - b.score[kb]).max() < 1e-4
+        assert cost[ka, kb].max() <= 1.0
+        if k == 0:
+            pick = ka[np.unique(np.round(a.xyxy[ka]), axis=0, return_index=True)[1][:40]]
+            assert len(np.unique(np.round(a.xyxy[pick]), axis=0)) == len(pick) > 20  # varied boxes
+            ma, mb = torch_p.segment(pixels[0], a[pick]), onnx_p.segment(pixels[0], a[pick])
+            assert min(mask_iou(x, y) for x, y in zip(ma.rle, mb.rle)) >= 0.99
 
 
 def test_encoder_once_per_image_with_boxes_none_without_and_chunked_masks(predictors, category):
@@ -334,3 +363,7 @@ def test_onnx_folder_alone_is_enough(exported, images, tmp_path):
         from defect_vision import DefectPredictor, PredictConfig
 
         DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, model_type="vit_b"))
+    with pytest.raises(DatasetError, match="--classes dent: not in the ONNX export's vocabulary, which is baked in"):
+        DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, classes=["hole", "dent"]))
+    only_hole = DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, classes=["hole"], conf=0.01))
+    assert set(only_hole(read_image(next(images.iterdir()))).class_names) == {"hole"}

@@ -32,7 +32,9 @@ def image_size(path: Path) -> tuple[int, int]:
             truncated = im.format == "PNG" and _png_is_cut_short(im.fp)
     except FileNotFoundError:
         raise DatasetError(f"{path}: missing (no such image file)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as exc:
+        # ImportError: once ultralytics is imported, its patched Image.open answers an unknown file by importing
+        # an optional HEIF plugin (absent offline) instead of raising UnidentifiedImageError
         raise DatasetError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
     if truncated:
         raise DatasetError(f"{path}: not a readable image (truncated PNG: no IEND chunk)")

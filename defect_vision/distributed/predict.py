@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import sys
 import time
 from collections import Counter
@@ -128,6 +129,7 @@ class _Driver:
                  known_names: list[str] | None):
         self.out, self.source, self.plan, self.options, self.progress = out, source, plan, options, progress
         self.open: dict[int, dict[int, _Result]] = {}
+        self.committed: set[int] = set()
         self.stats: dict[int, list[dict]] = {}
         self.model: dict = {}
         self.known_names = known_names  # GT class names in --gt-boxes mode
@@ -151,12 +153,12 @@ class _Driver:
             raise DatasetError(str(row["fatal"]))
         self._model_seen(str(row["model"]))
         k, i = int(row["shard"]), int(row["id"])
-        if row["stats"]:
-            self.stats.setdefault(k, []).append(json.loads(row["stats"]))
-        got = self.open.setdefault(k, {})
-        if i in got:
+        if k in self.committed or i in self.open.get(k, {}):  # a retried batch's copy: each image is written once
             self.duplicates += 1
             return
+        got = self.open.setdefault(k, {})
+        if row["stats"]:
+            self.stats.setdefault(k, []).append(json.loads(row["stats"]))
         seconds = {"load": float(row["load_s"]), "write": float(row["write_s"])}
         self.stats.setdefault(k, []).append({"seconds": seconds})
         if row["error"]:
@@ -181,6 +183,7 @@ class _Driver:
 
     def _commit(self, k: int) -> None:
         got = self.open.pop(k)
+        self.committed.add(k)
         entries, preds, results = [], [], []
         for i in self.plan.shards[k]:
             r, img = got[i], self.by_id[i]
@@ -239,7 +242,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
         if ray is not None:  # connected and sized before the folder is touched: a bad address leaves nothing
             res = plan_resources(ray.cluster_resources(), config, ro.num_workers, ro.num_gpus, ro.cpus_per_worker,
                                  ro.split_stages)
-        open_run(out, plan, settings, inputs, options.force)
+        resumed = open_run(out, plan, settings, inputs, options.force)
         pending = [k for k in range(len(plan.shards)) if k not in done]
         if pending:
             rows = _input_rows(source, plan, pending, gt, gt_filter)
@@ -248,10 +251,15 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
             if options.progress:
                 print(f"predict: {len(rows)} images in {len(pending)} shards ({len(done)} already complete); "
                       f"{res.describe()}", file=sys.stderr)
-            for row in predictions(ray, rows, None if detector is None else str(detector),
-                                   None if sam is None or config.box_only else str(sam), config, options.batch,
-                                   options.save_overlays, res):
-                driver.take(row)
+            try:
+                for row in predictions(ray, rows, None if detector is None else str(detector),
+                                       None if sam is None or config.box_only else str(sam), config, options.batch,
+                                       options.save_overlays, res):
+                    driver.take(row)
+            except BaseException:
+                if not resumed and progress.shards_done == 0:  # nothing to resume: leave nothing (a bad model, ^C)
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
             if driver.open:
                 raise DatasetError(f"{out}: the pipeline ended with {len(driver.open)} shard(s) incomplete; rerun "
                                    "to finish them")

@@ -25,9 +25,9 @@ COUNTERS = ("detector_calls", "sam_encoder_calls", "sam_encoder_batches", "sam_d
 STAGES = ("detector", "sam_encoder", "sam_decoder")  # the predictor's timed stages
 
 
-def _column(values: list, dtype=object) -> np.ndarray:
-    """A batch column of Python objects (bytes, str) that numpy must not turn into fixed-width strings."""
-    out = np.empty(len(values), dtype)
+def _column(values: list) -> np.ndarray:
+    """A batch column of Python objects (bytes, str, arrays) that numpy must not turn into fixed-width strings."""
+    out = np.empty(len(values), object)
     out[:] = values
     return out
 
@@ -53,17 +53,16 @@ def encode_one(det: Detections, pixels: np.ndarray | None, height: int, width: i
     mask = png_bytes(label_mask(det, height, width))
     over = png_bytes(overlay(pixels, det)) if pixels is not None else b""
     det.data.pop("mask_crops", None)
-    return {"predictions": json.dumps(det.to_coco()), "mask": mask, "overlay": over, "n_det": len(det),
-            "names": json.dumps(det.names)}
+    return {"predictions": json.dumps(det.to_coco()), "mask": mask, "overlay": over, "names": json.dumps(det.names)}
 
 
 def encode_rows(batch: dict[str, np.ndarray], dets: list[Detections | None], overlays: bool) -> dict[str, np.ndarray]:
     """The batch with its files added (an unreadable image, or a model error, gets none); `write_s` on row 0."""
     t0 = time.perf_counter()
-    out = {k: [] for k in ("predictions", "mask", "overlay", "n_det", "names")}
+    out = {k: [] for k in ("predictions", "mask", "overlay", "names")}
     for i, det in enumerate(dets):
         if det is None:
-            row = {"predictions": "[]", "mask": b"", "overlay": b"", "n_det": 0, "names": "[]"}
+            row = {"predictions": "[]", "mask": b"", "overlay": b"", "names": "[]"}
         else:
             row = encode_one(det, batch["pixels"][i] if overlays else None, int(batch["image_h"][i]), int(batch["image_w"][i]))
         for k in out:
