@@ -261,24 +261,30 @@ def test_merge_refuses_shards_of_another_run_naming_them(two_workers, single, tm
     assert load(out, "predictions.json") == load(single, "predictions.json")  # the last good merge stays
 
 
-@pytest.mark.parametrize("case", ["unreachable", "too_many_workers", "no_gpu", "ray_missing", "wrong_checkpoint"])
-def test_bad_input_is_one_line_and_leaves_no_folder(case, ray_cluster, manifest, models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("case", ["unreachable", "too_many_workers", "no_gpu", "wrong_checkpoint"])
+def test_bad_input_is_one_line_and_leaves_no_folder(case, ray_cluster, manifest, models, tmp_path):
     out = tmp_path / "out"
     extra = {"unreachable": ["--address", "127.0.0.1:1"], "too_many_workers": ["--num-workers", "3"],
-             "no_gpu": ["--device", "cuda"], "ray_missing": [],
+             "no_gpu": ["--device", "cuda"],
              "wrong_checkpoint": ["--sam", str(models["detector"])]}[case]  # found by the worker loading it
-    if case == "ray_missing":
-        for name in ("ray", "ray.data"):
-            monkeypatch.setitem(sys.modules, name, None)  # import ray -> ImportError
     rc, _, err = run_cli(argv(manifest, models, out, "--engine", "ray", "--quiet", *extra))
     want = {"unreachable": "error: --address 127.0.0.1:1: no Ray cluster reachable there (Connection refused); start one "
                            "with `ray start --head`",
             "too_many_workers": "error: --num-workers 3: 3 x 1 CPU is more than the Ray cluster's 2 CPU(s)",
             "no_gpu": "error: --device cuda: the Ray cluster has no GPU",
-            "ray_missing": "error: --engine ray: Ray Data is not installed (ray); pip install 'defect-vision[distributed]'",
             "wrong_checkpoint": f"error: {models['detector']}: this is an ultralytics (YOLO-World) checkpoint, not a SAM "
                                 "state_dict (give it as --detector)"}
     assert rc == 2 and err.startswith(want[case]) and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_without_ray_the_engine_says_how_to_install_it(manifest, models, tmp_path, monkeypatch):
+    for name in ("ray", "ray.data"):
+        monkeypatch.setitem(sys.modules, name, None)  # import ray -> ImportError, installed or not
+    out = tmp_path / "out"
+    rc, _, err = run_cli(argv(manifest, models, out, "--engine", "ray", "--quiet"))
+    assert (rc, err.strip()) == (2, "error: --engine ray: Ray Data is not installed (ray); pip install "
+                                    "'defect-vision[distributed]'")
     assert not out.exists()
 
 
