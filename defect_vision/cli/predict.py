@@ -80,9 +80,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def passive_omp_waits() -> None:
+    """OpenMP threads that sleep at barriers instead of spinning, unless the user chose otherwise. With the loader and
+    writer threads beside torch's intra-op threads, spinning collapses throughput as soon as another process shares
+    the cores (measured, 2-core CPU, one busy process: 1.34 -> 1.92 img/s; quiet: 2.74 -> 2.63). Only takes effect
+    before torch starts its thread pool, which the CLI does lazily."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> int:
     from defect_vision.errors import DatasetError
 
+    passive_omp_waits()
     a = build_parser(prog).parse_args(argv)
 
     def body() -> None:
