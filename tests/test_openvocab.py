@@ -125,38 +125,9 @@ def test_leave_one_out_trains_without_the_class_and_reports_seen_unseen(toy, tmp
 def make_twins(root: Path, size: int = 128, per_defect: int = 16, seed: int = 0) -> Path:
     """A learnable MVTec-layout category: 'hole' and 'pit' are both large dark discs (one look, two names),
     'scratch' a bright bar."""
-    rng = np.random.default_rng(seed)
-    cat = root / "toy_twins"
+    from test_yolo_world import make_shapes
 
-    def save(folder: Path, stem: str, img: np.ndarray) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(folder / f"{stem}.png"), np.clip(img, 0, 255).astype(np.uint8))
-
-    def background() -> np.ndarray:
-        return np.full((size, size, 3), rng.uniform(150, 190), np.float32) + rng.normal(0, 4, (size, size, 3))
-
-    for split, n in (("train", 8), ("test", 4)):
-        for i in range(n):
-            save(cat / split / "good", f"{i:03d}", background())
-    for kind in ("hole", "pit", "scratch"):
-        for i in range(per_defect):
-            img, mask = background(), np.zeros((size, size), np.uint8)
-            if kind == "scratch":
-                length, angle = int(rng.integers(size // 3, size // 2)), rng.uniform(0, np.pi)
-                c = rng.integers(length // 2 + 4, size - length // 2 - 4, 2)
-                d = np.array([np.cos(angle), np.sin(angle)]) * length / 2
-                cv2.line(mask, tuple(int(v) for v in c - d), tuple(int(v) for v in c + d), 1, max(4, size // 24))
-                tint = 70
-            else:
-                r = int(rng.integers(size // 8, size // 5))
-                cx, cy = rng.integers(r + 4, size - r - 4, 2)
-                cv2.circle(mask, (int(cx), int(cy)), r, 1, -1)
-                tint = -110
-            img[mask.astype(bool)] += tint
-            save(cat / "test" / kind, f"{i:03d}", img)
-            (cat / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(cat / "ground_truth" / kind / f"{i:03d}_mask.png"), mask * 255)
-    return cat
+    return make_shapes(root, "toy_twins", size, per_defect, seed, kinds=("hole", "pit", "scratch"))
 
 
 @pytest.mark.slow

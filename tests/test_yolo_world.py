@@ -79,8 +79,9 @@ def easy_data(easy_root, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def make_shapes(out_root: Path, category: str = "toy_shapes", size: int = 128, per_defect: int = 16,
-                seed: int = 0) -> Path:
-    """A trivially learnable MVTec-layout category: one large, high-contrast shape per defect class."""
+                seed: int = 0, kinds: tuple[str, ...] = ("hole", "scratch")) -> Path:
+    """A trivially learnable MVTec-layout category: one large, high-contrast shape per defect class (a bright bar
+    for 'scratch', a dark disc for any other name: two such names look alike)."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -96,10 +97,10 @@ def make_shapes(out_root: Path, category: str = "toy_shapes", size: int = 128, p
     for split, n in (("train", 8), ("test", 4)):
         for i in range(n):
             save(root / split / "good", f"{i:03d}", background())
-    for kind in ("hole", "scratch"):
+    for kind in kinds:
         for i in range(per_defect):
             img, mask = background(), np.zeros((size, size), np.uint8)
-            if kind == "hole":  # dark disc
+            if kind != "scratch":  # dark disc
                 r = int(rng.integers(size // 8, size // 5))
                 cx, cy = rng.integers(r + 4, size - r - 4, 2)
                 cv2.circle(mask, (int(cx), int(cy)), r, 1, -1)
