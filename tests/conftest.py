@@ -60,3 +60,14 @@ def easy_prompts(easy_root, tmp_path_factory) -> Path:
     assert convert(["--category", "toy_easy", "--root", str(easy_root), "--out", str(out),
                     "--splits", str(out.parent / "split.json"), "--no-progress"], fmt="sam") == 0
     return out
+
+
+@pytest.fixture
+def no_clip_download(monkeypatch):
+    """ultralytics' own text path downloads CLIP: reaching it fails the test."""
+    from ultralytics.nn.tasks import WorldModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("WorldModel.get_text_pe reached (it downloads CLIP)")
+
+    monkeypatch.setattr(WorldModel, "get_text_pe", refuse)

@@ -13,13 +13,8 @@ from defect_vision.experiments.subsets import few_shot, image_classes, labelled_
 
 
 @pytest.fixture(autouse=True)
-def no_clip_download(monkeypatch):
-    from ultralytics.nn.tasks import WorldModel
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("WorldModel.get_text_pe reached (it downloads CLIP)")
-
-    monkeypatch.setattr(WorldModel, "get_text_pe", refuse)
+def _no_clip(no_clip_download):
+    """Every test here fails if ultralytics' own CLIP download path is reached."""
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,8 @@ OVERRIDES = ["mosaic=0", "warmup_epochs=0"]  # key=value go last (argparse takes
 
 
 @pytest.fixture(autouse=True)
-def no_clip_download(monkeypatch):
-    """ultralytics' own text path downloads CLIP: reaching it fails the test."""
-    from ultralytics.nn.tasks import WorldModel
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("WorldModel.get_text_pe reached (it downloads CLIP)")
-
-    monkeypatch.setattr(WorldModel, "get_text_pe", refuse)
+def _no_clip(no_clip_download):
+    """Every test here fails if ultralytics' own CLIP download path is reached."""
 
 
 @pytest.fixture(scope="module")
