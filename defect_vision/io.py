@@ -130,6 +130,14 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def torch_save(obj: object, path: Path, durable: bool = False) -> None:
+    """torch.save through a temporary file (atomic_path): a kill never leaves a truncated checkpoint."""
+    import torch
+
+    with atomic_path(Path(path), durable) as tmp:
+        torch.save(obj, tmp)
+
+
 # ---------------------------------------------------------------- output folders
 def _overlaps(a: Path, b: Path) -> bool:
     """True when a is b, or one lies inside the other (resolved paths)."""

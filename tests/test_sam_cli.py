@@ -171,7 +171,7 @@ def test_a_new_run_killed_before_its_first_commit_cannot_resume_the_previous_run
     def die(obj, path):
         raise Interrupt
 
-    monkeypatch.setattr(defect_vision.training.sam_checkpoints, "atomic_torch_save", die)
+    monkeypatch.setattr(defect_vision.training.sam_checkpoints, "torch_save", die)
     with pytest.raises(Interrupt):  # a new run (other seed) dies while writing its epoch 0
         sam_main(_args(prompts, out, cache, "--seed", "1"))
     monkeypatch.undo()

@@ -126,14 +126,14 @@ def test_resume_after_interrupt_loses_and_repeats_no_epoch(trained, prompts, tmp
     again = finetune_sam(cfg(*common, "--out", str(tmp_path / "cut"), "--resume"))
     assert [h["epoch"] for h in again["history"]] == [0, 1, 2]
     # a kill after last.pth of epoch 2 is written but before resume.pt: epoch 2 is redone from epoch 1's weights
-    real_save = defect_vision.training.sam_checkpoints.atomic_torch_save
+    real_save = defect_vision.training.sam_checkpoints.torch_save
 
     def save_then_die(obj, path):
         if path.name == "resume.pt" and obj["epoch"] == 2:
             raise Interrupt
         real_save(obj, path)
 
-    monkeypatch.setattr(defect_vision.training.sam_checkpoints, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(defect_vision.training.sam_checkpoints, "torch_save", save_then_die)
     with pytest.raises(Interrupt):
         finetune_sam(cfg(*common, "--out", str(tmp_path / "torn")))
     monkeypatch.undo()

@@ -99,16 +99,13 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
     def body() -> None:
         from defect_vision.inference.predictor import DefectPredictor, PredictConfig
         from defect_vision.inference.run import RunOptions, predict_run
+        from defect_vision.models.run_folder import run_models
 
-        detector, sam, thresholds = a.detector, a.sam, a.thresholds
+        detector, sam, thresholds, onnx = a.detector, a.sam, a.thresholds, a.onnx
         if a.run is not None:
-            if not a.run.is_dir():
-                raise DatasetError(f"{a.run}: no such run folder (--run expects runs/<category>)")
-            detector = detector or a.run / "yolo_world" / "best.pt"
-            sam = sam or a.run / "sam" / "best.pth"
-            if thresholds is None and (a.run / "thresholds.json").is_file():
-                thresholds = a.run / "thresholds.json"
-        onnx = a.onnx or (a.run / "onnx" if a.run is not None else None)
+            run = run_models(a.run)
+            detector, sam = detector or run.detector, sam or run.sam
+            thresholds, onnx = thresholds or run.thresholds, onnx or run.onnx
         if a.gt_boxes is not None:
             detector = None  # the boxes come from the ground truth
         elif detector is None and a.backend == "torch":

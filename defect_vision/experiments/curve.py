@@ -75,11 +75,10 @@ def base_sam(config: CurveConfig) -> Path:
         if not path.is_file():
             raise DatasetError(f"{path}: SAM start weights not found (scripts/download_weights.sh, or --fast)")
         return path
-    import torch
+    from defect_vision.io import torch_save
 
     path = config.out / "zero_shot" / "sam_base.pth"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(build_random_sam(config.sam.model_type, config.train.seed).state_dict(), path)
+    torch_save(build_random_sam(config.sam.model_type, config.train.seed).state_dict(), path)
     return path
 
 

@@ -16,6 +16,7 @@ from defect_vision.detections import Detections, encode_masks
 from defect_vision.evaluation.coco_metrics import coco_metrics
 from defect_vision.evaluation.mask_iou import summarize
 from defect_vision.evaluation.metrics import iou_figures
+from defect_vision.io import torch_save
 from defect_vision.models.prompts import Encoder, bake_vocabulary
 
 Predictions = dict[int, Detections]
@@ -54,8 +55,7 @@ def base_checkpoint(path: Path, model_spec: str, from_scratch: bool, vocab: Voca
     model = model.float().eval()
     bake_vocabulary(model, vocab.names, embeddings)
     model.args = {"imgsz": imgsz, "task": "detect"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model, "train_args": {"imgsz": imgsz, "task": "detect"}, "date": time.strftime("%F"),
+    torch_save({"model": model, "train_args": {"imgsz": imgsz, "task": "detect"}, "date": time.strftime("%F"),
                 "version": __version__, "defect_vision": {**meta, "classes": vocab.names,
                                                           "category_ids": vocab.category_ids}}, path)
     return path

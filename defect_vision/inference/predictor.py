@@ -16,6 +16,7 @@ import numpy as np
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.devices import Timings, autocast_dtype, resolve_device
 from defect_vision.errors import DatasetError
+from defect_vision.models.run_folder import run_models
 from defect_vision.inference.thresholds import ClassThresholds, load_thresholds
 
 BACKENDS = ("torch", "onnxruntime")
@@ -205,14 +206,12 @@ class DefectPredictor:
             if not hasattr(config, k):
                 raise TypeError(f"from_run: unknown option {k!r}")
             setattr(config, k, v)
-        detector, sam = run / "yolo_world" / "best.pt", run / "sam" / "best.pth"
-        if not run.is_dir():
-            raise DatasetError(f"{run}: no such run folder (expected {detector} and {sam})")
-        if config.thresholds is None and (run / "thresholds.json").is_file():
-            config.thresholds = run / "thresholds.json"
+        models = run_models(run)
+        if config.thresholds is None:
+            config.thresholds = models.thresholds
         if config.backend == "onnxruntime" and config.onnx is None:
-            config.onnx = run / "onnx"  # defect-vision export's default folder
-        return cls(detector, None if config.box_only else sam, config)
+            config.onnx = models.onnx
+        return cls(models.detector, None if config.box_only else models.sam, config)
 
     @property
     def class_names(self) -> list[str]:

@@ -53,12 +53,11 @@ class ExportConfig:
     def for_run(cls, run: str | Path, out: str | Path | None = None, **kw) -> ExportConfig:
         """The models of a pipeline run folder (<run>/yolo_world/best.pt, <run>/sam/best.pth, <run>/thresholds.json
         when present) into `out` (default <run>/onnx)."""
-        run = Path(run)
-        if not run.is_dir():
-            raise DatasetError(f"{run}: no such run folder (expected yolo_world/best.pt and sam/best.pth in it)")
-        thresholds = run / THRESHOLDS if (run / THRESHOLDS).is_file() else None
-        return cls(run / "yolo_world" / "best.pt", run / "sam" / "best.pth", Path(out or run / "onnx"),
-                   thresholds=kw.pop("thresholds", thresholds), **kw)
+        from defect_vision.models.run_folder import run_models
+
+        models = run_models(run)
+        return cls(models.detector, models.sam, Path(out or models.onnx),
+                   thresholds=kw.pop("thresholds", models.thresholds), **kw)
 
 
 def require(module: str, what: str) -> None:

@@ -42,9 +42,8 @@ def save_random_sam(path: Path, model_type: str = "vit_tiny", seed: int = 0) -> 
     """A SAM state_dict (torch.save(model.state_dict())) of a random-init model built by defect_vision.models.sam."""
     from defect_vision.models.sam import build_random_sam
 
-    from defect_vision.io import atomic_path
+    from defect_vision.io import torch_save
 
     sam = build_random_sam(model_type, seed)
-    with atomic_path(Path(path)) as tmp:
-        torch.save(sam.state_dict(), tmp)
+    torch_save(sam.state_dict(), Path(path))
     return Path(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defect_vision.errors import DatasetError
-from defect_vision.io import atomic_path
+from defect_vision.io import torch_save
 
 if TYPE_CHECKING:
     import torch
@@ -116,10 +116,7 @@ def _read_cache(path: Path, weights_sha: str) -> dict[str, torch.Tensor]:
 
 
 def _write_cache(path: Path, encoder: str, weights_sha: str, table: dict[str, torch.Tensor]) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save({"encoder": encoder, "weights_sha256": weights_sha, "embeddings": table}, tmp)
+    torch_save({"encoder": encoder, "weights_sha256": weights_sha, "embeddings": table}, path)
 
 
 def encode_prompts(prompts: list[str], encoder: str = "clip", clip_path: Path = DEFAULT_CLIP,

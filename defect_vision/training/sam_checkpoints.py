@@ -16,7 +16,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from defect_vision.errors import DatasetError
-from defect_vision.io import MARKER, atomic_path, atomic_write_text, check_output_dir, marker_kind, remove_stale_temps
+from defect_vision.io import MARKER, atomic_write_text, check_output_dir, marker_kind, remove_stale_temps, torch_save
 from defect_vision.models.sam import build_random_sam, default_checkpoint, load_sam
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_dist import Dist
@@ -24,11 +24,6 @@ from defect_vision.training.sam_dist import Dist
 KIND = "train-sam"  # the marker kind of a run folder
 RESUME_FILE = "resume.pt"
 TRAINED = ("mask_decoder", "prompt_encoder")  # the modules resume.pt carries (the image encoder stays frozen)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def cpu_state(module: torch.nn.Module) -> dict:
@@ -135,10 +130,10 @@ class Checkpointer:
         if self.d.main:
             weights = cpu_state(sam)
             if improved:
-                atomic_torch_save(weights, self.out / "best.pth")
-            atomic_torch_save(weights, self.out / "last.pth")
+                torch_save(weights, self.out / "best.pth")
+            torch_save(weights, self.out / "last.pth")
             atomic_write_text(self.out / "best.json", json.dumps(summary, indent=2) + "\n")
-            atomic_torch_save({"epoch": progress.epoch, **training, "best_iou": progress.best_iou,
+            torch_save({"epoch": progress.epoch, **training, "best_iou": progress.best_iou,
                                "best_epoch": progress.best_epoch, "history": progress.history,
                                **{name: cpu_state(getattr(sam, name)) for name in TRAINED}},
                               self.resume_path)  # written last: the commit point of the epoch

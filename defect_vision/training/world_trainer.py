@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defect_vision.io import atomic_path, replace_durably, temp_name
+from defect_vision.io import atomic_path, replace_durably, temp_name, torch_save
 from defect_vision.training import prompt_tuning
 from defect_vision.offline import go_offline, strip_network_callbacks
 
@@ -81,8 +81,7 @@ def copy_atomic(src: Path, target: Path) -> None:
 
 
 def save_atomic(obj: object, target: Path) -> None:
-    with atomic_path(target, durable=True) as tmp:
-        torch.save(obj, tmp)
+    torch_save(obj, target, durable=True)
 
 
 def load_checkpoint_dict(path: Path) -> dict | None:

@@ -27,7 +27,7 @@ import yaml
 from defect_vision.data.images import IMAGE_SUFFIXES
 from defect_vision.devices import ultralytics_device
 from defect_vision.errors import DatasetError
-from defect_vision.io import MARKER, atomic_path, atomic_write_text, check_output_dir, remove_stale_temps
+from defect_vision.io import MARKER, atomic_write_text, check_output_dir, remove_stale_temps, torch_save
 from defect_vision.models.text_embeddings import (DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS, RANDOM_WARNING,
                                                   MissingWeightsError)
 from defect_vision.offline import go_offline, strip_network_callbacks
@@ -467,14 +467,11 @@ def finished_checkpoint(out: Path) -> dict:
 
 def save_final(ckpt: dict, out: Path, meta: dict) -> None:
     """<out>/best.pt (ultralytics checkpoint + our metadata) and <out>/best.json, each written atomically."""
-    import torch
-
     ckpt = dict(ckpt)
     keys = ("classes", "category_ids", "prompts", "text_encoder", "weights", "data_hash", "phrasings",
             "prompt_template", "category", "prompt_tuning")
     ckpt["defect_vision"] = {k: meta[k] for k in keys if k in meta}
-    with atomic_path(out / "best.pt") as tmp:
-        torch.save(ckpt, tmp)
+    torch_save(ckpt, out / "best.pt")
     atomic_write_text(out / "best.json", json.dumps(meta, indent=2) + "\n")
 
 
