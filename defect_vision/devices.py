@@ -119,6 +119,26 @@ def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def cpu_threads() -> int:
+    """The CPU cores this process may run on (its affinity mask). Not torch.get_num_threads(): importing
+    ultralytics before torch sets OMP_NUM_THREADS=1, so torch's own count depends on import order."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block (in every thread that runs torch ops), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -127,6 +147,8 @@ def synchronize(device: torch.device) -> None:
 def sync_timings_default() -> bool:
     return os.environ.get(SYNC_TIMINGS_ENV, "") not in ("", "0")
 
+
+COUNT = threading.Lock()  # model workers call one model from several threads: call counters move under this lock
 
 STAGES = ("load", "detector", "sam_encoder", "sam_decoder", "write")
 
@@ -168,7 +190,8 @@ class Timings:
 
     @property
     def overhead_ratio(self) -> float | None:
-        """Whole run / sum of the three forwards (1.0 = no overhead); None without forwards."""
+        """Whole run / sum of the three forwards (1.0 = no overhead, below 1 when model workers overlap); None
+        without forwards."""
         return self.wall / self.forwards if self.forwards > 0 else None
 
     def as_dict(self) -> dict:

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-det", type=int, default=5, help="detections (so SAM boxes) per image")
     p.add_argument("--batch", type=int, default=4, help="images per detector forward")
     p.add_argument("--sam-batch", type=int, default=None, help="images per SAM encoder forward (default: 4 on CUDA, 1 on CPU)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="model workers (predict's CPU default is several; with 1 the stage times add up to the run, "
+                        "which is what the overhead ratio measures)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda:N")
     p.add_argument("--precision", default="auto", help="auto|fp32|fp16|bf16 (autocast on CUDA; auto: fp16)")
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         sam = save_random_sam(work / f"sam_{sam_type}.pth", sam_type, seed=args.seed)
         config = PredictConfig(conf=0.01, max_det=args.max_det, model_type=sam_type, device=args.device,
                                precision=args.precision, seed=args.seed, sam_batch=args.sam_batch)
-        options = RunOptions(batch=args.batch, progress=False, force=True)
+        options = RunOptions(batch=args.batch, progress=False, force=True, workers=args.workers)
         predict_run(DefectPredictor(detector, sam, config), warm, work / "out_warm", options)
         summary = predict_run(DefectPredictor(detector, sam, config), measured, work / f"out_{sam_type}", options)
         t, n = summary.timings, max(1, summary.images)
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 def measure(detector: Path, sam: Path, config: PredictConfig, warm: Path, measured: Path, out: Path,
             batch: int) -> dict:
     """A warm-up run, then the measured run: ms per image of each stage, whole run, images/s."""
-    options = RunOptions(batch=batch, progress=False, force=True)
+    import torch
+
+    options = RunOptions(batch=batch, progress=False, force=True, workers=1, threads=torch.get_num_threads())
     predict_run(DefectPredictor(detector, sam, config), warm, out.with_name(out.name + "_warm"), options)
     summary = predict_run(DefectPredictor(detector, sam, config), measured, out, options)
     t, n = summary.timings, max(1, summary.images)

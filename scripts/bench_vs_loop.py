@@ -4,6 +4,9 @@
 image at a time). Same checkpoints (random-init in the real formats and sizes), same images, same device, one
 process, model loading counted for both. Prints images/s of both and the ratio (median of --repeat runs), quiet
 and with --busy other processes burning a core each.
+
+Each run happens in a fresh process: ultralytics' `select_device('cpu')` sets torch's threads process-wide (to
+cores - 1), so runs sharing an interpreter would inherit each other's settings.
 """
 from __future__ import annotations
 
@@ -74,7 +77,9 @@ def user_loop(det: Path, sam: Path, sam_type: str, images: list[Path], out: Path
 
 
 def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: float, max_det: int, device: str,
-         batch: int, precision: str = "auto", onnx: Path | None = None) -> float:
+         batch: int | None, precision: str = "auto", onnx: Path | None = None, workers: int | None = None) -> float:
+    import defect_vision.inference.detector  # noqa: F401 - imports outside the timer, as the loop's
+    import defect_vision.inference.segmenter  # noqa: F401
     from defect_vision.inference.predictor import DefectPredictor, PredictConfig
     from defect_vision.inference.run import RunOptions, predict_run
 
@@ -82,8 +87,21 @@ def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: flo
     predictor = DefectPredictor(det, sam, PredictConfig(conf=conf, max_det=max_det, model_type=sam_type, device=device,
                                                            precision="auto" if onnx else precision,
                                                            backend="onnxruntime" if onnx else "torch", onnx=onnx))
-    predict_run(predictor, folder, out, RunOptions(batch=batch, progress=False, force=True))
+    predict_run(predictor, folder, out, RunOptions(batch=batch, progress=False, force=True, workers=workers))
     return time.perf_counter() - t0
+
+
+def in_fresh_process(fn, *args) -> float:
+    """fn(*args) (wall seconds) in a new interpreter: no thread settings, caches or warm-up shared between runs."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_offline_call, (fn, *args))
+
+
+def _offline_call(fn, *args) -> float:
+    import torch  # noqa: F401 - before ultralytics (as the CLI): importing ultralytics first sets OMP_NUM_THREADS=1
+
+    go_offline()
+    return fn(*args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imgsz", type=int, default=640, help="detector input size")
     p.add_argument("--sam-type", default="vit_b", help="SAM model type (vit_b | vit_tiny ...)")
     p.add_argument("--boxes", type=int, default=5, help="detections (SAM boxes) per image")
-    p.add_argument("--batch", type=int, default=4, help="our detector batch")
+    p.add_argument("--batch", type=int, default=None, help="our detector batch (default: predict's)")
+    p.add_argument("--workers", type=int, default=None, help="our model workers (default: predict's)")
     p.add_argument("--repeat", type=int, default=3, help="runs per side (alternating); the median is reported")
     p.add_argument("--busy", type=int, nargs="*", default=[0, 1], help="other busy processes during the runs")
     p.add_argument("--device", default="cpu", help="cpu | cuda:N")
@@ -128,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         loop_s, our_s = [], {prec: [] for prec in a.precision}
         try:
             for r in range(a.repeat):
-                loop_s.append(user_loop(det, sam, a.sam_type, images, work / "loop", 0.01, a.boxes, a.device))
+                loop_s.append(in_fresh_process(user_loop, det, sam, a.sam_type, images, work / "loop", 0.01, a.boxes,
+                                               a.device))
                 for prec in a.precision:
-                    our_s[prec].append(ours(det, sam, a.sam_type, work / "images", work / "ours", 0.01, a.boxes,
-                                            a.device, a.batch, prec, onnx if prec == "onnxruntime" else None))
+                    our_s[prec].append(in_fresh_process(ours, det, sam, a.sam_type, work / "images", work / "ours", 0.01,
+                                                        a.boxes, a.device, a.batch, prec,
+                                                        onnx if prec == "onnxruntime" else None, a.workers))
         finally:
             stop.set()
             for b in burners:

@@ -203,13 +203,16 @@ def test_detector_and_sam_on_a_folder_of_any_size(odd_folder, models, category, 
     per_image = [sum(p["image_id"] == i for p in preds) for i in (1, 2, 3)]
     assert all(1 <= n <= 3 for n in per_image)
     assert counters["encoder"] == summary["sam_encoder_calls"] == 3
-    # SAM got each image's boxes scaled from original pixels to its 256 px input (longest side)
-    for i, boxes in zip((1, 2, 3), counters["boxes"]):
+    # SAM got each image's boxes scaled from original pixels to its 256 px input (longest side); the model workers
+    # run the images in parallel, so the decoder calls come in any order: each image's boxes are one of them
+    assert len(counters["boxes"]) == 3
+    for i in (1, 2, 3):
         h, w = sizes[i]
         s = SAM_SIZE / max(h, w)
         sx, sy = int(w * s + 0.5) / w, int(h * s + 0.5) / h  # SAM's ResizeLongestSide rounds the resized size
-        want = np.stack([xyxy(p["bbox"]) for p in preds if p["image_id"] == i]) * [sx, sy, sx, sy]
-        np.testing.assert_allclose(np.sort(boxes, 0), np.sort(want, 0), atol=0.02 * s + 1e-3)
+        want = np.sort(np.stack([xyxy(p["bbox"]) for p in preds if p["image_id"] == i]) * [sx, sy, sx, sy], 0)
+        assert sum(b.shape == want.shape and np.allclose(np.sort(b, 0), want, atol=0.02 * s + 1e-3)
+                   for b in counters["boxes"]) == 1, f"image {i}: its boxes were not SAM's prompts"
     for e in ids:
         assert cv2.imread(str(out / e["mask"]), cv2.IMREAD_UNCHANGED).shape == sizes[e["id"]]
         overlay = cv2.imread(str(out / "overlays" / Path(e["mask"]).name))
@@ -427,16 +430,18 @@ def test_a_failed_write_stops_the_run_at_once_naming_file_and_errno(odd_folder, 
     monkeypatch.setattr(run_mod.DefectPredictor, "detect", lambda self, ims: detector_images.extend(ims) or real_detect(self, ims))
     out = tmp_path / "out"
     rc = main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
-               "--batch", "1", "--quiet"])
+               "--batch", "1", "--workers", "2", "--writers", "1", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: ") and err[-1].endswith("01.png: No space left on device [errno 28]")
-    assert len(detector_images) <= 4  # stopped within a couple of images, not after all 12
+    # stopped within a few images, not after all 12: 2 written (the second fails), <= 2 queued for the one writer,
+    # <= 2 in the two model workers
+    assert len(detector_images) <= 6
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
 def test_the_writer_queue_is_bounded(odd_folder, models, tmp_path, monkeypatch):
-    """Slow writes hold the run back: with 1 writer at most 2 images (pixels + masks) wait to be written, instead
-    of the whole source piling up in memory."""
+    """Slow writes hold the run back: with 1 writer at most 2 images (pixels + masks) wait to be written and, with
+    2 model workers, 2 more are in the models, instead of the whole source piling up in memory."""
     import time
 
     import defect_vision.inference.run as run_mod
@@ -462,8 +467,8 @@ def test_the_writer_queue_is_bounded(odd_folder, models, tmp_path, monkeypatch):
     monkeypatch.setattr(run_mod.DefectPredictor, "detect", detect)
     out = tmp_path / "out"
     assert main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
-                 "--batch", "1", "--writers", "1", "--quiet"]) == 0
-    assert len(lag) == 10 and max(lag) <= 2 and len(list((out / "masks").iterdir())) == 10
+                 "--batch", "1", "--writers", "1", "--workers", "2", "--quiet"]) == 0
+    assert len(lag) == 10 and max(lag) <= 4 and len(list((out / "masks").iterdir())) == 10
 
 
 def test_ctrl_c_is_one_line_exit_130_and_stale_temporaries_are_cleaned(odd_folder, models, tmp_path, capsys, monkeypatch):
@@ -615,3 +620,108 @@ def test_segmenter_matches_sam_predictor_and_encodes_prompts_in_fp32(models, odd
     assert seen == {"box_autocast": [False], "box_dtype": [torch.float32], "sparse": [torch.float32],
                     "encoder": [torch.bfloat16]}
     assert len(low) == 4 and low_iou.dtype == np.float32
+
+
+# ---------------------------------------------------------------- model workers (CPU): images through the models at once
+def _many(odd_folder: Path, folder: Path, n: int) -> Path:
+    """n images of the three odd sizes (a grayscale one among them), named in a sortable order."""
+    folder.mkdir()
+    sources = sorted(p for p in odd_folder.rglob("*") if p.is_file())
+    for i in range(n):
+        src = sources[i % len(sources)]
+        (folder / f"{i:02d}{src.suffix}").write_bytes(src.read_bytes())
+    return folder
+
+
+def test_model_workers_write_exactly_what_one_worker_writes(odd_folder, models, tmp_path, counters):
+    """Same single-threaded computation per image, different interleaving: byte-identical predictions, identical
+    label masks and overlays, the same counters, and torch's thread setting restored after each run."""
+    src = _many(odd_folder, tmp_path / "src", 7)
+    before = torch.get_num_threads()
+    runs = {}
+    for workers, threads, batch in (("1", "1", "1"), ("3", "3", "2")):
+        out = tmp_path / f"w{workers}"
+        assert main(["--source", str(src), "--detector", str(models["detector"]), "--sam", str(models["sam"]),
+                     "--model-type", "vit_tiny", "--out", str(out), "--conf", "0.1", "--max-det", "4", "--batch", batch,
+                     "--workers", workers, "--threads", threads, "--save-overlays", "--quiet"]) == 0
+        assert torch.get_num_threads() == before
+        runs[workers] = out
+    one, three = (read_outputs(runs[k]) for k in ("1", "3"))
+    assert three[2]["parallel"] == {"batch": 2, "workers": 3, "torch_threads_per_worker": 1}
+    assert one[2]["parallel"] == {"batch": 1, "workers": 1, "torch_threads_per_worker": 1}
+    assert len(one[0]) > 7 and (runs["1"] / "predictions.json").read_bytes() == (runs["3"] / "predictions.json").read_bytes()
+    assert one[1] == three[1]  # image_ids.json: source order, whatever order the models finished in
+    for sub in ("masks", "overlays"):
+        names = sorted(p.name for p in (runs["1"] / sub).iterdir())
+        assert len(names) == 7 and names == sorted(p.name for p in (runs["3"] / sub).iterdir())
+        for name in names:
+            assert np.array_equal(cv2.imread(str(runs["1"] / sub / name), cv2.IMREAD_UNCHANGED),
+                                  cv2.imread(str(runs["3"] / sub / name), cv2.IMREAD_UNCHANGED)), f"{sub}/{name}"
+    for key in ("sam_encoder_calls", "sam_decoder_calls", "images_with_detections"):
+        assert one[2][key] == three[2][key] == 7
+    assert one[2]["detector_calls"] == 7 and three[2]["detector_calls"] == 4  # batches of 2: 2+2+2+1
+    assert counters["encoder"] == 14  # the real encoder: once per image with boxes, in each run
+
+
+def test_default_workers_and_threads_per_device_and_backend():
+    from defect_vision.inference.run import RunOptions
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
+    assert RunOptions(threads=2).model_workers(cpu) == (2, 1)
+    assert RunOptions(threads=8).model_workers(cpu) == (4, 2)
+    assert RunOptions(threads=1).model_workers(cpu) == (1, 1)
+    assert RunOptions(threads=8, workers=3).model_workers(cpu) == (3, 2)
+    assert RunOptions(threads=2, workers=5).model_workers(cpu) == (5, 1)
+    assert RunOptions(threads=8).model_workers(cpu, "onnxruntime") == (1, 8)  # its own thread pool
+    assert RunOptions(threads=8).model_workers(cuda) == (1, 8)  # one stream of batches, batched on the GPU
+    assert RunOptions().batch_size(cpu) == 1 and RunOptions().batch_size(cuda) == 4 and RunOptions(batch=3).batch_size(cpu) == 3
+
+
+def test_a_failing_worker_stops_the_run_in_one_line_with_nothing_written(odd_folder, models, tmp_path, capsys, monkeypatch):
+    from defect_vision.errors import DatasetError
+    import defect_vision.inference.run as run_mod
+
+    src = _many(odd_folder, tmp_path / "src", 8)
+    real, seen = run_mod.DefectPredictor.segment_batch, []
+
+    def failing(self, images, dets, finish=True):
+        seen.append(len(images))
+        if len(seen) == 3:
+            raise DatasetError("sam: out of memory on the third batch")
+        return real(self, images, dets, finish)
+
+    monkeypatch.setattr(run_mod.DefectPredictor, "segment_batch", failing)
+    out = tmp_path / "out"
+    rc = main(["--source", str(src), "--detector", str(models["detector"]), "--sam", str(models["sam"]), "--model-type",
+               "vit_tiny", "--out", str(out), "--conf", "0.1", "--workers", "2", "--batch", "1", "--quiet"])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines()[-1] == "error: sam: out of memory on the third batch"
+    assert len(seen) <= 5  # stopped with the batches then in flight, not after all 8
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_workers_are_refused_by_the_ray_engine(models, odd_folder, tmp_path, capsys):
+    rc = main(["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only", "--out",
+               str(tmp_path / "o"), "--engine", "ray", "--workers", "2", "--quiet"])
+    assert rc == 2 and "--workers/--threads: only with the local engine" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_cpu_detector_runs_channels_last_with_the_same_boxes(odd_folder, models):
+    """oneDNN's NHWC convolutions (faster on the CPU) give the boxes of the default layout."""
+    from defect_vision.data.images import read_image
+    from defect_vision.inference.detector import Detector
+
+    images = [read_image(p) for p in sorted(odd_folder.rglob("*.*"))]
+    nhwc = Detector(models["detector"], torch.device("cpu"))
+    nchw = Detector(models["detector"], torch.device("cpu"))
+    nchw.model.to(memory_format=torch.contiguous_format)
+    nchw.memory_format = torch.contiguous_format
+    conv = next(m for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert nhwc.preprocess(images[:1]).is_contiguous(memory_format=torch.channels_last)
+    a, b = nhwc.predict(images, conf=0.1, max_det=20), nchw.predict(images, conf=0.1, max_det=20)
+    assert sum(len(d) for d in a) > 3
+    for x, y in zip(a, b):
+        assert np.array_equal(x.class_id, y.class_id)
+        np.testing.assert_allclose(x.xyxy, y.xyxy, atol=1e-3)
+        np.testing.assert_allclose(x.score, y.score, atol=1e-5)

@@ -44,7 +44,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, default=None,
                    help="prompts.yaml with phrasings of new --classes names (default: the name itself)")
     p.add_argument("--imgsz", type=int, default=None, help="detector input size (default: the checkpoint's, else 640)")
-    p.add_argument("--batch", type=int, default=4, help="images per detector forward")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per detector forward (default: 4 on CUDA, 1 on the CPU, where batching gains nothing)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="batches through the models at once, sharing torch's threads (default on the CPU with the "
+                        "torch backend: min(4, torch threads), each batch on its share of the threads, which keeps "
+                        "throughput up when other processes share the cores; 1 on CUDA and with onnxruntime); "
+                        "--workers 1 for the least memory")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the models in all, shared by the workers (default: the cores this process "
+                        "may run on; OMP_NUM_THREADS, which importing ultralytics sets to 1, is not used)")
     p.add_argument("--sam-batch", type=int, default=None,
                    help="images per SAM encoder forward, taken from the images of a detector batch that have boxes "
                         "(default: 4 on CUDA, 1 on CPU)")
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
                                backend=a.backend, onnx=onnx if a.backend == "onnxruntime" else None)
         config.check()
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
-                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers)
+                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers,
+                             workers=a.workers, threads=a.threads)
         from defect_vision.inference.sources import resolve_source
 
         source = resolve_source(a.source)  # bad sources fail before any model is loaded

@@ -212,8 +212,11 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
     settings; merge the shards into the single-process outputs. DatasetError when no image could be predicted."""
     options, ro = options or RunOptions(), ray_options or RayOptions()
     config.check()
-    if options.batch < 1:
+    if options.batch is not None and options.batch < 1:
         raise DatasetError(f"--batch {options.batch}: must be >= 1")
+    if options.workers is not None or options.threads is not None:
+        raise DatasetError("--workers/--threads: only with the local engine (ray: --num-workers, --cpus-per-worker)")
+    batch = options.batch or 4  # rows per model call of an actor
     if ro.shard_size < 1:
         raise DatasetError(f"--shard-size {ro.shard_size}: must be >= 1")
     if ro.num_workers is not None and ro.num_workers < 1:
@@ -253,7 +256,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
                       f"{res.describe()}", file=sys.stderr)
             try:
                 for row in predictions(ray, rows, None if detector is None else str(detector),
-                                       None if sam is None or config.box_only else str(sam), config, options.batch,
+                                       None if sam is None or config.box_only else str(sam), config, batch,
                                        options.save_overlays, res):
                     driver.take(row)
             except BaseException:

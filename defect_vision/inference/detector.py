@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from defect_vision.detections import Detections
-from defect_vision.devices import Timings, autocast, full_precision, timed, to_device
+from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
 from defect_vision.models.detector import load_detector_model
 
 
@@ -33,6 +33,8 @@ def decode_head_in_fp32(model: torch.nn.Module) -> torch.nn.Module | None:
 class Detector:
     """Batched YOLO-World prediction: letterbox -> forward (autocast on CUDA) -> NMS -> boxes in original pixels."""
 
+    memory_format = torch.contiguous_format  # of the input batch (and of the convolutions' weights)
+
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype | None = None, imgsz: int | None = None):
         from ultralytics.data.augment import LetterBox
         from ultralytics.utils.checks import check_imgsz
@@ -52,6 +54,9 @@ class Detector:
         self.model = model.fuse(verbose=False).to(device).eval() if hasattr(model, "fuse") else model.to(device).eval()
         self.device, self.dtype = device, dtype
         decode_head_in_fp32(self.model)
+        if device.type == "cpu":  # oneDNN's convolutions run 20-30% faster on NHWC tensors (yolov8s-worldv2, fp32)
+            self.memory_format = torch.channels_last
+            self.model.to(memory_format=self.memory_format)
         self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)
         self.calls = 0
 
@@ -59,7 +64,8 @@ class Detector:
         """RGB uint8 HxWx3 images -> one letterboxed float batch (B, 3, imgsz, imgsz) in [0, 1] on the device
         (uint8 copied from pinned memory, converted on the device)."""
         batch = np.stack([self.letterbox(image=im) for im in images]).transpose(0, 3, 1, 2)
-        return to_device(np.ascontiguousarray(batch), self.device).float().div_(255)
+        x = to_device(np.ascontiguousarray(batch), self.device).float().div_(255)
+        return x.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], conf: float = 0.25, iou: float = 0.5, max_det: int = 100,
@@ -83,5 +89,6 @@ class Detector:
                 results.append(Detections(boxes.numpy().astype(np.float32), det[:, 5].numpy().astype(np.int64),
                                           det[:, 4].numpy().astype(np.float32), class_names=self.class_names,
                                           category_ids=self.category_ids))
-        self.calls += 1
+        with COUNT:
+            self.calls += 1
         return results

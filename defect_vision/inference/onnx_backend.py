@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from defect_vision.detections import encode_masks
-from defect_vision.devices import Timings, timed
+from defect_vision.devices import COUNT, Timings, timed
 from defect_vision.errors import DatasetError
 from defect_vision.inference.detector import Detector
 from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size
@@ -154,7 +154,8 @@ class OnnxSegmenter:
         with timed(timings, "sam_encoder", CPU):
             x, input_size = self.preprocess(image)
             embeddings = self.encoder.run(None, {"image": x})[0]
-        self.encoder_calls += 1
+        with COUNT:
+            self.encoder_calls += 1
         with timed(timings, "sam_decoder", CPU):
             boxes = torch.as_tensor(np.asarray(boxes, np.float32))
             corners = self.transform.apply_boxes_torch(boxes, (h, w)).reshape(-1, 2, 2).numpy()  # as the torch path
@@ -167,8 +168,10 @@ class OnnxSegmenter:
                 logits = upsample_masks(torch.from_numpy(low_res[start : start + step]), input_size, (h, w), self.image_size)
                 rles += encode_masks((logits[:, 0] > self.mask_threshold).numpy())
                 del logits
-                self.upsample_chunks += 1
-        self.decoder_calls += 1
+                with COUNT:
+                    self.upsample_chunks += 1
+        with COUNT:
+            self.decoder_calls += 1
         return rles, iou[:, 0].astype(np.float32)
 
 

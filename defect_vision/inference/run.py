@@ -10,19 +10,21 @@ import json
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from defect_vision.coco import load_coco
 from defect_vision.detections import Detections, ImageInfo
-from defect_vision.devices import Timings, timed
+from defect_vision.devices import Timings, cpu_threads, intra_op_threads, timed
 from defect_vision.errors import DatasetError
 from defect_vision.inference.predictor import DefectPredictor, class_filter
 from defect_vision.inference.sources import Loaded, Source, prefetch, resolve_source
+from defect_vision.inference.workers import ModelWorkers
 from defect_vision.inference.writers import finish_masks, label_mask, overlay, write_png
 from defect_vision.io import atomic_dir
 
@@ -33,7 +35,7 @@ KIND = "predict"
 class RunOptions:
     """How a run reads and writes (what it predicts is the predictor's PredictConfig)."""
 
-    batch: int = 4  # images per detector forward
+    batch: int | None = None  # images per detector forward (default: 4 on CUDA, 1 on the CPU)
     save_overlays: bool = False
     gt_boxes: Path | None = None  # COCO json: SAM on its ground-truth boxes instead of the detector
     strict: bool = False  # an unreadable image is an error (default: skipped with a warning)
@@ -41,9 +43,26 @@ class RunOptions:
     force: bool = False
     progress: bool = True
     writers: int | None = None  # writer threads (RLEs, PNGs, overlays); default: half the CPU cores, 1 to 4
+    workers: int | None = None  # batches through the models at once; default: CPU (torch) min(4, threads), else 1
+    threads: int | None = None  # CPU threads for the models in all (default: the cores this process may run on)
 
     def writer_threads(self) -> int:
         return max(1, self.writers or min(4, (os.cpu_count() or 2) // 2))
+
+    def batch_size(self, device: torch.device) -> int:
+        """Images per detector forward: 4 on CUDA; 1 on the CPU, where a batch is no faster per image and the
+        workers already keep every core busy."""
+        return self.batch or (4 if device.type == "cuda" else 1)
+
+    def model_workers(self, device: torch.device, backend: str = "torch") -> tuple[int, int]:
+        """(batches through the models at once, torch intra-op threads each). On the CPU several images go through
+        the models at once, each on a single thread (with 2 cores: 2 workers x 1 thread): no OpenMP barrier between
+        the cores, so another busy process slows a worker down instead of stalling every operator (measured in
+        scripts/bench_vs_loop.py, docs/notes/inference.md). CUDA and onnxruntime (its own thread pool): 1."""
+        budget = self.threads or cpu_threads()
+        default = min(4, budget) if device.type == "cpu" and backend == "torch" else 1
+        workers = self.workers or default
+        return workers, (max(1, budget // workers) if workers > 1 else budget)
 
 
 @dataclass
@@ -56,6 +75,7 @@ class Summary:
     sam_encoder_batches: int = 0  # image-encoder forwards
     sam_decoder_calls: int = 0
     detector_calls: int = 0
+    parallel: dict = field(default_factory=dict)  # batch, model workers, torch threads per worker
     timings: Timings = field(default_factory=Timings)
     warnings: list[str] = field(default_factory=list)
 
@@ -112,10 +132,9 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     from tqdm import tqdm
 
     options = options or RunOptions()
-    if options.batch < 1:
-        raise DatasetError(f"--batch {options.batch}: must be >= 1")
-    if options.writers is not None and options.writers < 1:
-        raise DatasetError(f"--writers {options.writers}: must be >= 1")
+    for name in ("batch", "writers", "workers", "threads"):
+        if getattr(options, name) is not None and getattr(options, name) < 1:
+            raise DatasetError(f"--{name} {getattr(options, name)}: must be >= 1")
     source = source if isinstance(source, Source) else resolve_source(source)
     summary = Summary(timings=predictor.timings)
     gt = GtBoxes(options.gt_boxes, source) if options.gt_boxes is not None else None
@@ -132,6 +151,9 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     results: list[Detections] = []
     ids: list[dict] = []
     threads = options.writer_threads()
+    size = options.batch_size(predictor.device)
+    workers, threads_each = options.model_workers(predictor.device, predictor.config.backend)
+    summary.parallel = {"batch": size, "workers": workers, "torch_threads_per_worker": threads_each}
     with atomic_dir(out, KIND, inputs, options.force) as tmp, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="writer") as writer:
         pending: list[Future] = []
@@ -152,7 +174,8 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
                     write_png(tmp / "overlays" / f"{name}.png", overlay(loaded.pixels, det))
                 det.data.pop("mask_crops", None)  # predictions.json needs the RLEs only
 
-        def flush(batch: list[Loaded]) -> None:
+        def infer(batch: list[Loaded]) -> list[Detections]:
+            """The models on one batch (in a model worker when there are several)."""
             if gt is not None:
                 dets = [gt.detections_for(b.image) for b in batch]
                 if gt_filter is not None:
@@ -162,7 +185,10 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
             for loaded, det in zip(batch, dets):
                 img = loaded.image
                 det.image = ImageInfo(img.id, img.file_name, *loaded.pixels.shape[:2], img.path)
-            predictor.segment_batch([b.pixels for b in batch], dets, finish=False)
+            return predictor.segment_batch([b.pixels for b in batch], dets, finish=False)
+
+        def emit(batch: list[Loaded], dets: list[Detections]) -> None:
+            """A finished batch, in source order: to the writers and the summary."""
             for loaded, det in zip(batch, dets):
                 results.append(det)
                 check_writes()
@@ -172,10 +198,27 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
                 summary.detections.update(det.names)
                 bar.update(1)
 
+        def drain(limit: int) -> None:
+            """Emit finished batches in order, waiting for the oldest while more than `limit` are in flight."""
+            while inflight and (len(inflight) > limit or inflight[0][1].done()):
+                done, future = inflight.popleft()
+                emit(done, future.result())
+
+        def submit(batch: list[Loaded]) -> None:
+            if workers == 1:  # in this thread (CUDA's current device and streams are per thread)
+                future: Future = Future()
+                future.set_result(infer(batch))
+            else:
+                future = models.submit(infer, batch)
+            inflight.append((batch, future))
+            drain(workers)
+
         t0 = time.perf_counter()
         batch: list[Loaded] = []
-        with tqdm(total=len(source.images), desc="predict", unit="img", disable=not options.progress) as bar:
-            for loaded in prefetch(source.images, options.prefetch):
+        inflight: deque[tuple[list[Loaded], Future]] = deque()
+        with ModelWorkers(workers if workers > 1 else 0) as models, intra_op_threads(threads_each), \
+                tqdm(total=len(source.images), desc="predict", unit="img", disable=not options.progress) as bar:
+            for loaded in prefetch(source.images, max(options.prefetch, size * workers)):
                 t.load += loaded.load_s
                 entry = {"id": loaded.image.id, "file_name": loaded.image.file_name, "path": str(loaded.image.path)}
                 if loaded.pixels is None:
@@ -189,11 +232,12 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
                 h, w = loaded.pixels.shape[:2]
                 ids.append({**entry, "height": h, "width": w, "mask": f"masks/{source.names[loaded.image.id]}.png"})
                 batch.append(loaded)
-                if len(batch) == options.batch:
-                    flush(batch)
+                if len(batch) == size:
+                    submit(batch)
                     batch = []
             if batch:
-                flush(batch)
+                submit(batch)
+            drain(0)
             check_writes(wait=True)
         if summary.images == 0:
             first = summary.skipped[0] if summary.skipped else "no image"
@@ -224,7 +268,7 @@ def _summary_dict(s: Summary, predictor: DefectPredictor, source: Source, names:
         "categories": {str(k): v for k, v in zip(ids, names)},
         "sam_encoder_calls": s.sam_encoder_calls, "sam_encoder_batches": s.sam_encoder_batches,
         "sam_decoder_calls": s.sam_decoder_calls,
-        "detector_calls": s.detector_calls, "images_per_s": round(s.images_per_s, 4),
+        "detector_calls": s.detector_calls, "images_per_s": round(s.images_per_s, 4), "parallel": s.parallel,
         "timings_s": s.timings.as_dict(), "device": str(predictor.device),
         "autocast": str(dtype).replace("torch.", "") if dtype else None,
         "source": {"kind": source.kind, "origin": source.origin}, "mode": mode,

@@ -9,7 +9,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from defect_vision.devices import Timings, autocast, full_precision, timed, to_device
+from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
 from defect_vision.masks import MaskCrop
 
 MASK_BUDGET_BYTES = 256 * 2**20  # full-size float logits + bool masks held at once while upsampling
@@ -80,8 +80,9 @@ class Segmenter:
                 x = torch.cat([self.prepare(im) for im in chunk])
                 with autocast(self.device, self.dtype):
                     out += list(self.sam.image_encoder(x).split(1))
-            self.encoder_calls += len(chunk)
-            self.encoder_batches += 1
+            with COUNT:
+                self.encoder_calls += len(chunk)
+                self.encoder_batches += 1
         return out
 
     def dense_pe(self) -> torch.Tensor:
@@ -112,9 +113,11 @@ class Segmenter:
                 logits = self.sam.postprocess_masks(low_res[start : start + step].float(), input_size, (h, w))
                 crops += crop_masks(logits[:, 0] > self.mask_threshold)
                 del logits
-                self.upsample_chunks += 1
+                with COUNT:
+                    self.upsample_chunks += 1
             iou = iou[:, 0].float().cpu().numpy()
-        self.decoder_calls += 1
+        with COUNT:
+            self.decoder_calls += 1
         return crops, iou
 
     def segment_batch(self, images: list[np.ndarray], boxes: list[np.ndarray], timings: Timings | None = None
