@@ -20,6 +20,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -76,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[tuple[float | None, float, float | None]]] = {}
     for r in range(args.repeats):
         for threads in args.single_threads or sorted({default_threads, 1}, reverse=True):
-            torch.set_num_threads(threads)
             t = time.perf_counter()
-            s = predict_run(predictor, src, work / f"single{threads}", options)
-            rows.setdefault(f"single process, {threads} thread(s)", []).append(
+            s = predict_run(predictor, src, work / f"single{threads}", replace(options, workers=1, threads=threads))
+            rows.setdefault(f"single process, 1 worker x {threads} thread(s)", []).append(
                 (None, len(images) / (time.perf_counter() - t), s.images_per_s))
-        torch.set_num_threads(default_threads)
+        t = time.perf_counter()
+        s = predict_run(predictor, src, work / "single_default", options)
+        par = s.parallel
+        rows.setdefault(f"single process, predict's default ({par['workers']} workers x {par['torch_threads_per_worker']} "
+                        f"thread(s))", []).append((None, len(images) / (time.perf_counter() - t), s.images_per_s))
         for n, cpus in configs:
             out = work / f"ray{n}x{cpus}_{r}"  # a fresh folder: the same one would be resumed (every shard complete)
             t = time.perf_counter()

@@ -47,10 +47,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None,
                    help="images per detector forward (default: 4 on CUDA, 1 on the CPU, where batching gains nothing)")
     p.add_argument("--workers", type=int, default=None,
-                   help="batches through the models at once, sharing torch's threads (default on the CPU with the "
-                        "torch backend: min(4, torch threads), each batch on its share of the threads, which keeps "
-                        "throughput up when other processes share the cores; 1 on CUDA and with onnxruntime); "
-                        "--workers 1 for the least memory")
+                   help="batches through the models at once, sharing --threads (default on the CPU with the torch "
+                        "backend: min(4, --threads), each batch on its share of the threads, which keeps throughput "
+                        "up when other processes share the cores; 1 on CUDA and with onnxruntime); outputs do not "
+                        "depend on it; --workers 1 for the least memory")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the models in all, shared by the workers (default: the cores this process "
                         "may run on; OMP_NUM_THREADS, which importing ultralytics sets to 1, is not used)")
