@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         for threads in args.single_threads or sorted({default_threads, 1}, reverse=True):
             t = time.perf_counter()
-            s = predict_run(predictor, src, work / f"single{threads}", replace(options, workers=1, threads=threads))
+            single = DefectPredictor(det, sam, replace(config, threads=threads, workers=1))
+            s = predict_run(single, src, work / f"single{threads}", options)
             rows.setdefault(f"single process, 1 worker x {threads} thread(s)", []).append(
                 (None, len(images) / (time.perf_counter() - t), s.images_per_s))
         t = time.perf_counter()

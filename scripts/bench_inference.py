@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for sam_type in args.sam_types:
         sam = save_random_sam(work / f"sam_{sam_type}.pth", sam_type, seed=args.seed)
         config = PredictConfig(conf=0.01, max_det=args.max_det, model_type=sam_type, device=args.device,
-                               precision=args.precision, seed=args.seed, sam_batch=args.sam_batch)
-        options = RunOptions(batch=args.batch, progress=False, force=True, workers=args.workers)
+                               precision=args.precision, seed=args.seed, sam_batch=args.sam_batch, workers=args.workers)
+        options = RunOptions(batch=args.batch, progress=False, force=True)
         predict_run(DefectPredictor(detector, sam, config), warm, work / "out_warm", options)
         summary = predict_run(DefectPredictor(detector, sam, config), measured, work / f"out_{sam_type}", options)
         t, n = summary.timings, max(1, summary.images)
@@ -94,7 +94,10 @@ def measure(detector: Path, sam: Path, config: PredictConfig, warm: Path, measur
     """A warm-up run, then the measured run: ms per image of each stage, whole run, images/s."""
     import torch
 
-    options = RunOptions(batch=batch, progress=False, force=True, workers=1, threads=torch.get_num_threads())
+    from dataclasses import replace
+
+    options = RunOptions(batch=batch, progress=False, force=True)
+    config = replace(config, threads=torch.get_num_threads(), workers=1)  # the table's thread count, both backends
     predict_run(DefectPredictor(detector, sam, config), warm, out.with_name(out.name + "_warm"), options)
     summary = predict_run(DefectPredictor(detector, sam, config), measured, out, options)
     t, n = summary.timings, max(1, summary.images)

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from defect_vision.devices import PRECISIONS
 from defect_vision.offline import go_offline
 
 
@@ -77,17 +78,20 @@ def user_loop(det: Path, sam: Path, sam_type: str, images: list[Path], out: Path
 
 
 def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: float, max_det: int, device: str,
-         batch: int | None, precision: str = "auto", onnx: Path | None = None, workers: int | None = None) -> float:
+         batch: int | None, variant: str = "auto", onnx: Path | None = None, workers: int | None = None) -> float:
+    """`predict_run` of one variant: a torch precision (auto, bf16), or an exported backend with its precision
+    (onnxruntime, openvino, openvino-bf16) over the export `onnx`; returns wall seconds including model loading."""
     import defect_vision.inference.detector  # noqa: F401 - imports outside the timer, as the loop's
     import defect_vision.inference.segmenter  # noqa: F401
     from defect_vision.inference.predictor import DefectPredictor, PredictConfig
     from defect_vision.inference.run import RunOptions, predict_run
 
+    backend, _, precision = variant.partition("-") if variant not in PRECISIONS else ("torch", "", variant)
     t0 = time.perf_counter()
     predictor = DefectPredictor(det, sam, PredictConfig(conf=conf, max_det=max_det, model_type=sam_type, device=device,
-                                                           precision="auto" if onnx else precision,
-                                                           backend="onnxruntime" if onnx else "torch", onnx=onnx))
-    predict_run(predictor, folder, out, RunOptions(batch=batch, progress=False, force=True, workers=workers))
+                                                           precision=precision or "auto", backend=backend,
+                                                           onnx=onnx if backend != "torch" else None, workers=workers))
+    predict_run(predictor, folder, out, RunOptions(batch=batch, progress=False, force=True))
     return time.perf_counter() - t0
 
 
@@ -117,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per side (alternating); the median is reported")
     p.add_argument("--busy", type=int, nargs="*", default=[0, 1], help="other busy processes during the runs")
     p.add_argument("--device", default="cpu", help="cpu | cuda:N")
-    p.add_argument("--precision", nargs="+", default=["auto"],
+    p.add_argument("--precision", "--variants", nargs="+", default=["auto"],
                    help="our variants, one row each: auto (fp32 on CPU, fp16 on CUDA), bf16 (a CPU with AVX512-BF16), "
-                        "onnxruntime (the `defect-vision export` of the same checkpoints, CPU)")
+                        "onnxruntime, openvino, openvino-bf16 (the `defect-vision export` of the same checkpoints, "
+                        "CPU)")
     a = p.parse_args(argv)
     go_offline()
     import torch
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                imgsz=a.imgsz)
     sam = save_random_sam(work / "sam.pth", a.sam_type)
     onnx = None
-    if "onnxruntime" in a.precision:
+    if any(v.startswith(("onnxruntime", "openvino")) for v in a.precision):
         from defect_vision.models.onnx_export import ExportConfig, export_onnx
 
         onnx = work / "onnx"
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 for prec in a.precision:
                     our_s[prec].append(in_fresh_process(ours, det, sam, a.sam_type, work / "images", work / "ours", 0.01,
                                                         a.boxes, a.device, a.batch, prec,
-                                                        onnx if prec == "onnxruntime" else None, a.workers))
+                                                        onnx, a.workers))
         finally:
             stop.set()
             for b in burners:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or reuse .venv/ in the repo root and install the project into it (editable, with the test, export and distributed extras).
+# Create or reuse .venv/ in the repo root and install the project into it (editable, with the test, export, openvino and distributed extras).
 # Re-installs only when pyproject.toml changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,6 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing defect-vision and its dependencies into .venv (first time: a few minutes, ~6 GB for torch)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev,export,distributed]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,export,openvino,distributed]"
   echo "$want" > "$stamp"
 fi

@@ -664,16 +664,16 @@ def test_model_workers_write_exactly_what_one_worker_writes(odd_folder, models, 
 
 
 def test_default_workers_and_threads_per_device_and_backend():
+    from defect_vision.inference.predictor import PredictConfig
     from defect_vision.inference.run import RunOptions
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
-    assert RunOptions(threads=2).model_workers(cpu) == (2, 1)
-    assert RunOptions(threads=8).model_workers(cpu) == (4, 2)
-    assert RunOptions(threads=1).model_workers(cpu) == (1, 1)
-    assert RunOptions(threads=8, workers=3).model_workers(cpu) == (3, 2)
-    assert RunOptions(threads=2, workers=5).model_workers(cpu) == (5, 1)
-    assert RunOptions(threads=8).model_workers(cpu, "onnxruntime") == (1, 8)  # its own thread pool
-    assert RunOptions(threads=8).model_workers(cuda) == (1, 8)  # one stream of batches, batched on the GPU
+    assert PredictConfig(threads=2).cpu_split(cpu) == (2, 1)
+    assert PredictConfig(threads=8).cpu_split(cpu) == (4, 2)
+    assert PredictConfig(threads=1).cpu_split(cpu) == (1, 1)
+    assert PredictConfig(threads=8, workers=3).cpu_split(cpu) == (3, 2)
+    assert PredictConfig(threads=2, workers=5).cpu_split(cpu) == (5, 1)
+    assert PredictConfig(threads=8).cpu_split(cuda) == (1, 8)  # one stream of batches, batched on the GPU
     assert RunOptions().batch_size(cpu) == 1 and RunOptions().batch_size(cuda) == 4 and RunOptions(batch=3).batch_size(cpu) == 3
 
 

@@ -31,7 +31,7 @@ def needs_onnx() -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster for these tiny models (onnxruntime takes torch's)."""
+    """2 shared cores: one intra-op thread is several times faster for these tiny torch models."""
     import torch
 
     before = torch.get_num_threads()
@@ -181,8 +181,10 @@ def test_onnxruntime_backend_writes_the_same_outputs_as_torch(exported, images, 
     run = exported["run"]
     common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--max-det", "5", "--batch", "2"]
     ref, ref_summary = predict(common, tmp_path / "torch")
-    got, summary = predict([*common, "--backend", "onnxruntime"], tmp_path / "ort")  # --onnx: RUN/onnx
+    got, summary = predict([*common, "--backend", "onnxruntime", "--workers", "2", "--threads", "2"],  # --onnx: RUN/onnx
+                           tmp_path / "ort")
     assert summary["config"]["backend"] == "onnxruntime" and summary["config"]["onnx"] == str(run / "onnx")
+    assert summary["parallel"] == {"batch": 2, "workers": 2, "torch_threads_per_worker": 1}  # sessions run at once
     assert summary["device"] == "cpu" and summary["config"]["thresholds"] == str(run / "thresholds.json")
     assert len(got) == len(ref) == 5 * 5 and summary["detections_per_class"] == ref_summary["detections_per_class"]
     assert "stain" not in summary["detections_per_class"]  # its threshold 0.99 applied the same way
@@ -325,6 +327,17 @@ def test_onnx_folder_of_another_run_is_refused(exported, category, images, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def expect_one_line_errors(cases: list[tuple[Path, str]], backend: str, images: Path, tmp_path: Path, capsys) -> None:
+    """predict with each (export folder, expected error start): exit 2, that one line, no output folder."""
+    for folder, expected in cases:
+        out = tmp_path / f"out_{folder.name}"
+        assert main(["predict", "--source", str(images), "--backend", backend, "--onnx", str(folder),
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {expected}") and "\n" not in err, err
+        assert not out.exists()
+
+
 def test_missing_file_bad_opset_and_foreign_folder_are_one_line_errors(exported, images, tmp_path, capsys):
     import onnx
 
@@ -343,13 +356,7 @@ def test_missing_file_bad_opset_and_foreign_folder_are_one_line_errors(exported,
         (tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: no such ONNX export folder"),
         (images, f"{images / 'manifest.json'}: missing"),
     ]
-    for folder, expected in cases:
-        out = tmp_path / f"out_{folder.name}"
-        assert main(["predict", "--source", str(images), "--backend", "onnxruntime", "--onnx", str(folder),
-                     "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {expected}") and "\n" not in err, err
-        assert not out.exists()
+    expect_one_line_errors(cases, "onnxruntime", images, tmp_path, capsys)
 
 
 def test_onnx_folder_alone_is_enough(exported, images, tmp_path):
@@ -367,3 +374,93 @@ def test_onnx_folder_alone_is_enough(exported, images, tmp_path):
         DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, classes=["hole", "dent"]))
     only_hole = DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, classes=["hole"], conf=0.01))
     assert set(only_hole(read_image(next(images.iterdir()))).class_names) == {"hole"}
+
+
+# ---------------------------------------------------------------- OpenVINO: the same export, another CPU runtime
+
+def needs_openvino() -> None:
+    pytest.importorskip("openvino", reason="openvino not installed (pip install 'defect-vision[openvino]')")
+
+
+def test_openvino_backend_writes_the_same_outputs_as_torch(exported, images, tmp_path):
+    needs_openvino()
+    run = exported["run"]
+    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--max-det", "5", "--batch", "2"]
+    ref, ref_summary = predict(common, tmp_path / "torch")
+    got, summary = predict([*common, "--backend", "openvino", "--workers", "2", "--threads", "2"], tmp_path / "ov")
+    assert summary["config"]["backend"] == "openvino" and summary["config"]["onnx"] == str(run / "onnx")
+    assert summary["autocast"] is None
+    assert summary["parallel"] == {"batch": 2, "workers": 2, "torch_threads_per_worker": 1}  # 2 streams x 1 thread
+    assert len(got) == len(ref) == 5 * 5 and summary["detections_per_class"] == ref_summary["detections_per_class"]
+    for a, b in match(ref, got):
+        assert abs(a["score"] - b["score"]) < 1e-4 and np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= 1.0
+        assert mask_iou(a["segmentation"], b["segmentation"]) >= 0.99
+    for name in ("images", "images_with_detections", "sam_encoder_calls", "sam_decoder_calls", "detector_calls"):
+        assert summary[name] == ref_summary[name], name
+
+
+def test_openvino_sam_on_ground_truth_boxes_and_fp32_unless_bf16_is_asked(exported, category):
+    """fp32 by default (OpenVINO's own default is bf16 on CPUs that have it); bf16 only when asked, where native."""
+    needs_openvino()
+    from defect_vision import DefectPredictor, PredictConfig
+    from defect_vision.devices import cpu_bf16_native
+
+    run = exported["run"]
+    torch_p = DefectPredictor.from_run(run, PredictConfig(device="cpu"))
+    ov_p = DefectPredictor.from_run(run, PredictConfig(threads=2, workers=2), backend="openvino")
+    encoder = ov_p.segmenter.encoder.compiled
+    assert str(encoder.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert encoder.get_property("NUM_STREAMS") == 2 and encoder.get_property("INFERENCE_NUM_THREADS") == 2
+    ort_p = DefectPredictor.from_run(run, PredictConfig(threads=2, workers=2), backend="onnxruntime")
+    assert ort_p.segmenter.encoder.get_session_options().intra_op_num_threads == 1  # one thread per worker's call
+    recs = [r for r in category.images if r.instances][:3]
+    ious = []
+    for r in recs:
+        pixels, gt = read_image(r.path), r.to_detections(category.defect_types)
+        a, b = torch_p.segment(pixels, gt[np.arange(len(gt))]), ov_p.segment(pixels, gt[np.arange(len(gt))])
+        ious += [mask_iou(x, y) for x, y in zip(a.rle, b.rle)]
+        assert np.abs(a.data["sam_iou"] - b.data["sam_iou"]).max() < 1e-4
+    assert len(ious) >= 3 and min(ious) >= 0.99, ious
+    if cpu_bf16_native():
+        bf = DefectPredictor.from_run(run, PredictConfig(precision="bf16"), backend="openvino")
+        assert str(bf.segmenter.encoder.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+        assert str(bf.segmenter.decoder.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+        pixels, gt = read_image(recs[0].path), recs[0].to_detections(category.defect_types)
+        assert len(bf.segment(pixels, gt[np.arange(len(gt))]).rle) == len(gt)
+    else:
+        with pytest.raises(DatasetError, match="--precision bf16: half precision needs"):
+            DefectPredictor.from_run(run, PredictConfig(precision="bf16"), backend="openvino")
+
+
+def test_openvino_bad_input_and_missing_package_are_one_line_errors(exported, images, tmp_path, capsys, monkeypatch):
+    needs_openvino()
+    broken = _copy_export(exported, tmp_path / "broken")
+    (broken / "sam_image_encoder.onnx").write_bytes(b"not a model at all")
+    swapped = _copy_export(exported, tmp_path / "swapped")
+    shutil.copy(swapped / "sam_image_encoder.onnx", swapped / "sam_decoder.onnx")
+    cases = [
+        (broken, f"{broken / 'sam_image_encoder.onnx'}: openvino "),
+        (swapped, f"{swapped / 'sam_decoder.onnx'}: inputs image, expected image_embeddings, point_coords, point_labels"),
+    ]
+    expect_one_line_errors(cases, "openvino", images, tmp_path, capsys)
+    assert main(["predict", "--source", str(images), "--backend", "openvino", "--onnx", str(broken),
+                 "--out", str(tmp_path / "again")]) == 2
+    assert "cannot load it: " in capsys.readouterr().err and not (tmp_path / "again").exists()
+    import importlib.util
+
+    import torch
+
+    from defect_vision import PredictConfig
+    from defect_vision.inference.onnx_backend import load_onnx_models
+
+    with pytest.raises(DatasetError, match=r"^--precision bf16: the onnxruntime backend runs the export in fp32"):
+        load_onnx_models(PredictConfig(backend="onnxruntime", onnx=exported["dir"], precision="bf16"), None, None,
+                         torch.device("cpu"), torch.bfloat16)
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert main(["predict", "--source", str(images), "--backend", "openvino", "--onnx", str(exported["dir"]),
+                 "--out", str(tmp_path / "p")]) == 2
+    assert ("--backend openvino needs the openvino package, which is not installed "
+            "(pip install 'defect-vision[openvino]')") in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

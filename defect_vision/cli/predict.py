@@ -9,6 +9,7 @@ from defect_vision.cli.common import add_force, parser, run_command
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from defect_vision.devices import PRECISIONS
+    from defect_vision.inference.predictor import BACKENDS
 
     p = parser(prog, "Detect defects with a fine-tuned YOLO-World checkpoint, refine every box into a mask with SAM "
                      "(image encoder once per image, all boxes decoded in one batched call; no SAM call for images "
@@ -47,10 +48,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None,
                    help="images per detector forward (default: 4 on CUDA, 1 on the CPU, where batching gains nothing)")
     p.add_argument("--workers", type=int, default=None,
-                   help="batches through the models at once, sharing --threads (default on the CPU with the torch "
-                        "backend: min(4, --threads), each batch on its share of the threads, which keeps throughput "
-                        "up when other processes share the cores; 1 on CUDA and with onnxruntime); outputs do not "
-                        "depend on it; --workers 1 for the least memory")
+                   help="batches through the models at once, sharing --threads (default on the CPU: min(4, "
+                        "--threads), each batch on its share of the threads, which keeps throughput up when other "
+                        "processes share the cores; 1 on CUDA); outputs do not depend on it; --workers 1 for the "
+                        "least memory")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the models in all, shared by the workers (default: the cores this process "
                         "may run on; OMP_NUM_THREADS, which importing ultralytics sets to 1, is not used)")
@@ -62,7 +63,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (CUDA asked for but missing is an error)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast dtype on CUDA (auto: fp16, the dtype SAM is fine-tuned in; bf16 only where "
-                        "native, compute capability >= 8.0); CPU runs fp32")
+                        "native, compute capability >= 8.0); the CPU runs fp32 unless bf16 is asked for on a CPU with "
+                        "AVX512-BF16/AMX (torch and openvino backends)")
     p.add_argument("--save-overlays", action="store_true", help="also write overlays/<name>.png (boxes, names, scores, masks)")
     p.add_argument("--box-only", action="store_true", help="skip SAM: the segmentation of a detection is its box")
     p.add_argument("--gt-boxes", type=Path, default=None,
@@ -75,12 +77,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: skipped with a warning)")
     p.add_argument("--prefetch", type=int, default=4, help="images read ahead by the loader thread")
     p.add_argument("--seed", type=int, default=0, help="seed for torch/numpy/random (inference itself is deterministic)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
-                   help="torch: the checkpoints; onnxruntime: the ONNX files of --onnx on the CPU (same outputs; "
-                        "--detector/--sam/--run are then only checked against the export)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="torch: the checkpoints; onnxruntime or openvino: the ONNX files of --onnx on the CPU (same "
+                        "outputs; --detector/--sam/--run are then only checked against the export; openvino also "
+                        "runs --precision bf16 on CPUs with AVX512-BF16/AMX)")
     p.add_argument("--onnx", type=Path, default=None,
                    help="folder written by `defect-vision export` (default with --run: runs/<C>/onnx); "
-                        "used by --backend onnxruntime, ignored by torch")
+                        "used by --backend onnxruntime and openvino, ignored by torch")
     add_force(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from defect_vision.cli import predict_ray
@@ -121,18 +124,18 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
             raise DatasetError("--detector: required unless --gt-boxes gives the boxes (or --run gives a run folder)")
         if not a.box_only and sam is None and a.backend == "torch":
             raise DatasetError("--sam: required unless --box-only")
-        if a.backend == "onnxruntime" and onnx is None:
-            raise DatasetError("--onnx: required with --backend onnxruntime (a folder written by defect-vision export)")
+        if a.backend != "torch" and onnx is None:
+            raise DatasetError(f"--onnx: required with --backend {a.backend} (a folder written by defect-vision export)")
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
                                text_encoder=a.text_encoder, clip=a.clip, prompts=a.prompts,
                                thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,
                                box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed,
-                               sam_batch=a.sam_batch,
-                               backend=a.backend, onnx=onnx if a.backend == "onnxruntime" else None)
+                               sam_batch=a.sam_batch, threads=a.threads, workers=a.workers,
+                               backend=a.backend, onnx=onnx if a.backend != "torch" else None)
         config.check()
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
                              prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers,
-                             workers=a.workers, threads=a.threads)
+)
         from defect_vision.inference.sources import resolve_source
 
         source = resolve_source(a.source)  # bad sources fail before any model is loaded

@@ -36,7 +36,7 @@ def plan_resources(cluster: dict, config: PredictConfig, num_workers: int | None
     """Resources of the actor pool on a cluster with `cluster` (ray.cluster_resources()); DatasetError for a
     request the cluster cannot hold (it would wait forever)."""
     cpus, gpus_there = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
-    cpu_only = config.device == "cpu" or config.backend == "onnxruntime"
+    cpu_only = config.device == "cpu" or config.backend != "torch"
     if num_gpus is not None and num_gpus < 0:
         raise DatasetError(f"--num-gpus {num_gpus}: must be >= 0")
     if cpu_only and num_gpus:

@@ -91,7 +91,7 @@ def _settings(detector, sam, config: PredictConfig, options: RunOptions, source:
     """What decides the outputs (the run id hashes it with the image list); files by path, size and mtime."""
     return {"config": _jsonable(asdict(config)), "detector": fingerprint(detector), "sam": fingerprint(sam),
             "thresholds": fingerprint(config.thresholds), "gt_boxes": fingerprint(options.gt_boxes),
-            "onnx": fingerprint(config.onnx) if config.backend == "onnxruntime" else None,
+            "onnx": fingerprint(config.onnx) if config.backend != "torch" else None,
             "save_overlays": options.save_overlays, "source": {"kind": source.kind, "origin": source.origin}}
 
 
@@ -214,7 +214,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
     config.check()
     if options.batch is not None and options.batch < 1:
         raise DatasetError(f"--batch {options.batch}: must be >= 1")
-    if options.workers is not None or options.threads is not None:
+    if config.workers is not None or config.threads is not None:
         raise DatasetError("--workers/--threads: only with the local engine (ray: --num-workers, --cpus-per-worker)")
     batch = options.batch or 4  # rows per model call of an actor
     if ro.shard_size < 1:

@@ -96,7 +96,8 @@ class PredictWorker:
         self.encode, self.overlays, self.fatal = encode, overlays, ""
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor (process) predicted a row
         try:
-            self.predictor = DefectPredictor(detector, sam, replace(config, device=device))
+            cpu_threads = threads if gpus <= 0 and threads > 0 else None  # the actor's share (exported backends too)
+            self.predictor = DefectPredictor(detector, sam, replace(config, device=device, threads=cpu_threads))
         except (DatasetError, OSError) as exc:  # e.g. a missing or wrong checkpoint: one line in the driver
             self.predictor, self.fatal = None, str(exc)
         self.describe = json.dumps(self._describe())

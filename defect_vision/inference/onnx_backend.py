@@ -1,6 +1,7 @@
-"""The onnxruntime backend (CPU provider) over a `defect-vision export` folder: OnnxDetector and OnnxSegmenter, with
-the interfaces of Detector and Segmenter. Only the networks run in onnxruntime; the letterbox, NMS, SAM's
-resize/normalise/pad and the chunked full-size mask upsampling are the torch path's own code, so both agree."""
+"""The exported-model backends over a `defect-vision export` folder: onnxruntime (CPU provider) or OpenVINO (CPU
+plugin, openvino_runtime.py) run the ONNX files in OnnxDetector and OnnxSegmenter, with the interfaces of Detector
+and Segmenter. Only the networks run there; the letterbox, NMS, SAM's resize/normalise/pad and the chunked
+full-size mask upsampling are the torch path's own code, so all backends agree."""
 from __future__ import annotations
 
 import re
@@ -14,6 +15,7 @@ from defect_vision.detections import encode_masks
 from defect_vision.devices import COUNT, Timings, timed
 from defect_vision.errors import DatasetError
 from defect_vision.inference.detector import Detector
+from defect_vision.inference.openvino_runtime import openvino_session
 from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size
 from defect_vision.io import read_json
 from defect_vision.models.onnx_export import FORMAT, MANIFEST, VERSION, require, sha256
@@ -22,15 +24,29 @@ CPU = torch.device("cpu")
 INPUTS = {"encoder": ["image"], "decoder": ["image_embeddings", "point_coords", "point_labels"]}
 
 
-def session(path: Path, inputs: list[str]):
-    """An onnxruntime CPU session of `path` with torch's intra-op thread count; one-line DatasetErrors for a
-    missing, unreadable or too-new model, or one whose inputs are not `inputs`."""
-    import onnxruntime as ort
-
+def session(path: Path, inputs: list[str], runtime: str = "onnxruntime", bf16: bool = False,
+            split: tuple[int, int] = (1, 1)):
+    """A CPU session of `path` (`run(None, feed) -> outputs`, callable from `split[0]` model workers at once, each
+    on `split[1]` threads); one-line DatasetErrors for a missing, unreadable or too-new model, or one whose inputs
+    are not `inputs`."""
     if not path.is_file():
         raise DatasetError(f"{path}: missing (listed in the export's {MANIFEST}; re-run defect-vision export)")
+    workers, threads = split
+    sess = openvino_session(path, threads, bf16, workers) if runtime == "openvino" else ort_session(path, threads)
+    names = sess.input_names if runtime == "openvino" else [i.name for i in sess.get_inputs()]
+    if names != inputs:
+        raise DatasetError(f"{path}: inputs {', '.join(names)}, expected {', '.join(inputs)} (files swapped or "
+                           "not from defect-vision export)")
+    return sess
+
+
+def ort_session(path: Path, threads: int):
+    """An onnxruntime CPU session of `path`, `threads` per run (`run` may be called from several threads at once);
+    a one-line DatasetError for an unreadable or too-new model."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # one thread setting for both backends
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -44,10 +60,6 @@ def session(path: Path, inputs: list[str]):
             why = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg.strip().splitlines()[0])
             why = f"onnxruntime {ort.__version__} cannot load it: {why.replace(f'Load model from {path} failed:', '')[:200]}"
         raise DatasetError(f"{path}: {why}") from None
-    names = [i.name for i in sess.get_inputs()]
-    if names != inputs:
-        raise DatasetError(f"{path}: inputs {', '.join(names)}, expected {', '.join(inputs)} (files swapped or "
-                           "not from defect-vision export)")
     return sess
 
 
@@ -83,7 +95,8 @@ class OnnxModel:
 class OnnxDetector(Detector):
     """Detector.predict (letterbox -> forward -> ultralytics NMS -> scale_boxes) with the forward in onnxruntime."""
 
-    def __init__(self, folder: Path, manifest: dict, imgsz: int | None = None):  # noqa: D107 - no super().__init__: no torch model
+    def __init__(self, folder: Path, manifest: dict, imgsz: int | None = None, runtime: str = "onnxruntime",  # noqa: D107
+                 bf16: bool = False, split: tuple[int, int] = (1, 1)):  # no super().__init__: no torch model
         from defect_vision.offline import go_offline
 
         go_offline()
@@ -101,7 +114,7 @@ class OnnxDetector(Detector):
         if self.imgsz != m["imgsz"] and not m.get("dynamic", False):
             raise DatasetError(f"--imgsz {self.imgsz}: {self.path} was exported for {m['imgsz']} only")
         self.meta: dict = {}  # a torch checkpoint's defect_vision metadata: none here (the vocabulary is baked in)
-        self.model = OnnxModel(session(self.path, [m["input"]]), m["input"])
+        self.model = OnnxModel(session(self.path, [m["input"]], runtime, bf16, split), m["input"])
         self.device, self.dtype = CPU, None
         self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)
         self.calls = 0
@@ -119,12 +132,13 @@ class OnnxSegmenter:
     """Segmenter.segment with SAM's encoder and box decoder in onnxruntime: the encoder once per image with boxes
     (never without), all boxes in one decoder call, full-size upsampling in chunks (RLE per chunk)."""
 
-    def __init__(self, folder: Path, manifest: dict, mask_threshold: float = 0.0, budget: int = MASK_BUDGET_BYTES):
+    def __init__(self, folder: Path, manifest: dict, mask_threshold: float = 0.0, budget: int = MASK_BUDGET_BYTES,
+                 runtime: str = "onnxruntime", bf16: bool = False, split: tuple[int, int] = (1, 1)):
         from segment_anything.utils.transforms import ResizeLongestSide
 
         m = manifest["sam"]
-        self.encoder = session(Path(folder) / m["encoder"], INPUTS["encoder"])
-        self.decoder = session(Path(folder) / m["decoder"], INPUTS["decoder"])
+        self.encoder = session(Path(folder) / m["encoder"], INPUTS["encoder"], runtime, bf16, split)
+        self.decoder = session(Path(folder) / m["decoder"], INPUTS["decoder"], runtime, False, split)  # fp32 boxes
         self.image_size = int(m["image_size"])
         self.transform = ResizeLongestSide(self.image_size)
         self.mean = np.asarray(m["pixel_mean"], np.float32).reshape(3, 1, 1)
@@ -208,15 +222,22 @@ def _class_diff(path: Path, manifest: dict) -> str:
     return f" (classes {', '.join(mine)} vs {', '.join(names)})" if names != mine else " (same classes, other weights)"
 
 
-def load_onnx_models(config, detector: Path | None, sam: Path | None, device: torch.device):
-    """(OnnxDetector, OnnxSegmenter or None with box_only) of the export folder `config.onnx`, checked against the
-    checkpoints and thresholds given (any may be None); sets `config.thresholds` to the export's when not given."""
-    require("onnxruntime", "--backend onnxruntime")
+def load_onnx_models(config, detector: Path | None, sam: Path | None, device: torch.device,
+                     dtype: torch.dtype | None = None):
+    """(OnnxDetector, OnnxSegmenter or None with box_only) of the export folder `config.onnx` in the runtime
+    `config.backend`, checked against the checkpoints and thresholds given (any may be None); sets
+    `config.thresholds` to the export's when not given. `dtype` bf16: OpenVINO runs the detector and SAM's
+    encoder in bf16 (onnxruntime: fp32 only)."""
+    runtime = config.backend
+    require(runtime, f"--backend {runtime}")
     if device.type != "cpu":
-        raise DatasetError(f"--device {config.device}: the onnxruntime backend runs on the CPU (CPUExecutionProvider); "
+        raise DatasetError(f"--device {config.device}: the {runtime} backend runs on the CPU; "
                            "use --device cpu, or --backend torch on a GPU")
+    if dtype is not None and runtime != "openvino":
+        raise DatasetError(f"--precision {config.precision}: the {runtime} backend runs the export in fp32 "
+                           "(bf16 on the CPU: --backend openvino or torch)")
     if config.onnx is None:
-        raise DatasetError("--onnx: required with --backend onnxruntime (a folder written by defect-vision export)")
+        raise DatasetError(f"--onnx: required with --backend {runtime} (a folder written by defect-vision export)")
     folder = Path(config.onnx)
     manifest = load_manifest(folder)
     if config.model_type and not config.box_only and config.model_type != manifest["sam"]["model_type"]:
@@ -229,6 +250,9 @@ def load_onnx_models(config, detector: Path | None, sam: Path | None, device: to
     check_export(folder, manifest, detector, None if config.box_only else sam, config.thresholds)
     if config.thresholds is None and manifest.get("thresholds"):
         config.thresholds = folder / manifest["thresholds"]
-    det = OnnxDetector(folder, manifest, config.imgsz)
-    seg = None if config.box_only else OnnxSegmenter(folder, manifest, config.mask_threshold)
+    bf16 = dtype == torch.bfloat16
+    split = config.cpu_split(device)  # the sessions are called by that many model workers, each on its threads
+    det = OnnxDetector(folder, manifest, config.imgsz, runtime, bf16, split)
+    seg = None if config.box_only else OnnxSegmenter(folder, manifest, config.mask_threshold, runtime=runtime, bf16=bf16,
+                                                     split=split)
     return det, seg

@@ -19,7 +19,7 @@ from defect_vision.errors import DatasetError
 from defect_vision.models.run_folder import run_models
 from defect_vision.inference.thresholds import ClassThresholds, load_thresholds
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # the checkpoints, or the ONNX files of a `defect-vision export`
 
 
 @dataclass
@@ -42,9 +42,22 @@ class PredictConfig:
     device: str = "auto"
     precision: str = "auto"  # autocast dtype on CUDA: auto (fp16) | fp32 | fp16 | bf16
     sam_batch: int | None = None  # images per SAM encoder forward (default: 4 on CUDA, 1 on CPU)
+    threads: int | None = None  # CPU threads for the models (default: the cores this process may run on)
+    workers: int | None = None  # batches through the models at once (default: min(4, threads) on the CPU, 1 on CUDA)
     seed: int = 0
-    backend: str = "torch"  # torch | onnxruntime (the networks of the `onnx` export folder, on the CPU)
-    onnx: Path | None = None  # a `defect-vision export` folder (backend onnxruntime; ignored by torch)
+    backend: str = "torch"  # torch | onnxruntime | openvino (the last two: the `onnx` export folder, on the CPU)
+    onnx: Path | None = None  # a `defect-vision export` folder (backends onnxruntime and openvino; ignored by torch)
+
+    def cpu_split(self, device) -> tuple[int, int]:
+        """(model workers, threads each). On the CPU several batches go through the models at once, each on its share
+        of the threads (2 cores: 2 workers x 1 thread): no barrier between the cores, so another busy process slows
+        one worker down instead of stalling every operator (scripts/bench_vs_loop.py, docs/notes/inference.md).
+        CUDA: 1 worker (the GPU batches)."""
+        from defect_vision.devices import cpu_threads
+
+        budget = self.threads or cpu_threads()
+        workers = self.workers or (min(4, budget) if device.type == "cpu" else 1)
+        return workers, (max(1, budget // workers) if workers > 1 else budget)
 
     def check(self) -> None:
         for name in ("conf", "iou"):
@@ -52,8 +65,9 @@ class PredictConfig:
                 raise DatasetError(f"--{name} {getattr(self, name)}: must be within [0, 1]")
         if self.max_det < 1:
             raise DatasetError(f"--max-det {self.max_det}: must be >= 1")
-        if self.sam_batch is not None and self.sam_batch < 1:
-            raise DatasetError(f"--sam-batch {self.sam_batch}: must be >= 1")
+        for name in ("sam_batch", "threads", "workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DatasetError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         if self.backend not in BACKENDS:
             raise DatasetError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
 
@@ -155,7 +169,7 @@ class DefectPredictor:
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
-        onnx = config.backend == "onnxruntime"
+        onnx = config.backend != "torch"
         self.device = resolve_device("cpu" if onnx and config.device == "auto" else config.device)
         self.dtype = autocast_dtype(self.device, config.precision)
         self.timings = Timings()
@@ -163,7 +177,7 @@ class DefectPredictor:
         if onnx:  # the export's networks; the checkpoints given are only checked against its manifest
             from defect_vision.inference.onnx_backend import load_onnx_models
 
-            self.detector, self.segmenter = load_onnx_models(config, detector, sam, self.device)
+            self.detector, self.segmenter = load_onnx_models(config, detector, sam, self.device, self.dtype)
             detector = None
         if detector is not None:
             from defect_vision.inference.detector import Detector
@@ -209,7 +223,7 @@ class DefectPredictor:
         models = run_models(run)
         if config.thresholds is None:
             config.thresholds = models.thresholds
-        if config.backend == "onnxruntime" and config.onnx is None:
+        if config.backend != "torch" and config.onnx is None:
             config.onnx = models.onnx
         return cls(models.detector, None if config.box_only else models.sam, config)
 

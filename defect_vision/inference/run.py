@@ -20,7 +20,7 @@ import torch
 
 from defect_vision.coco import load_coco
 from defect_vision.detections import Detections, ImageInfo
-from defect_vision.devices import Timings, cpu_threads, intra_op_threads, timed
+from defect_vision.devices import Timings, intra_op_threads, timed
 from defect_vision.errors import DatasetError
 from defect_vision.inference.predictor import DefectPredictor, class_filter
 from defect_vision.inference.sources import Loaded, Source, prefetch, resolve_source
@@ -43,8 +43,6 @@ class RunOptions:
     force: bool = False
     progress: bool = True
     writers: int | None = None  # writer threads (RLEs, PNGs, overlays); default: half the CPU cores, 1 to 4
-    workers: int | None = None  # batches through the models at once; default: CPU (torch) min(4, threads), else 1
-    threads: int | None = None  # CPU threads for the models in all (default: the cores this process may run on)
 
     def writer_threads(self) -> int:
         return max(1, self.writers or min(4, (os.cpu_count() or 2) // 2))
@@ -53,16 +51,6 @@ class RunOptions:
         """Images per detector forward: 4 on CUDA; 1 on the CPU, where a batch is no faster per image and the
         workers already keep every core busy."""
         return self.batch or (4 if device.type == "cuda" else 1)
-
-    def model_workers(self, device: torch.device, backend: str = "torch") -> tuple[int, int]:
-        """(batches through the models at once, torch intra-op threads each). On the CPU several images go through
-        the models at once, each on a single thread (with 2 cores: 2 workers x 1 thread): no OpenMP barrier between
-        the cores, so another busy process slows a worker down instead of stalling every operator (measured in
-        scripts/bench_vs_loop.py, docs/notes/inference.md). CUDA and onnxruntime (its own thread pool): 1."""
-        budget = self.threads or cpu_threads()
-        default = min(4, budget) if device.type == "cpu" and backend == "torch" else 1
-        workers = self.workers or default
-        return workers, (max(1, budget // workers) if workers > 1 else budget)
 
 
 @dataclass
@@ -132,7 +120,7 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     from tqdm import tqdm
 
     options = options or RunOptions()
-    for name in ("batch", "writers", "workers", "threads"):
+    for name in ("batch", "writers"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise DatasetError(f"--{name} {getattr(options, name)}: must be >= 1")
     source = source if isinstance(source, Source) else resolve_source(source)
@@ -152,7 +140,7 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     ids: list[dict] = []
     threads = options.writer_threads()
     size = options.batch_size(predictor.device)
-    workers, threads_each = options.model_workers(predictor.device, predictor.config.backend)
+    workers, threads_each = predictor.config.cpu_split(predictor.device)
     summary.parallel = {"batch": size, "workers": workers, "torch_threads_per_worker": threads_each}
     with atomic_dir(out, KIND, inputs, options.force) as tmp, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="writer") as writer:

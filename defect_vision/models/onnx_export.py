@@ -61,9 +61,10 @@ class ExportConfig:
 
 
 def require(module: str, what: str) -> None:
-    """DatasetError when an optional package of the `[export]` extra is missing."""
+    """DatasetError when an optional package (of the `[export]` extra, or openvino's own) is missing."""
     if importlib.util.find_spec(module) is None:
-        raise DatasetError(f"{what} needs the {module} package, which is not installed ({INSTALL_HINT})")
+        hint = "pip install 'defect-vision[openvino]'" if module == "openvino" else INSTALL_HINT
+        raise DatasetError(f"{what} needs the {module} package, which is not installed ({hint})")
 
 
 def sha256(path: Path) -> str:
