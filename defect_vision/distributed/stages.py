@@ -96,8 +96,9 @@ class PredictWorker:
         self.encode, self.overlays, self.fatal = encode, overlays, ""
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor (process) predicted a row
         try:
-            cpu_threads = threads if gpus <= 0 and threads > 0 else None  # the actor's share (exported backends too)
-            self.predictor = DefectPredictor(detector, sam, replace(config, device=device, threads=cpu_threads))
+            # the actor's share of the cores, all for its one stream of batches (exported backends' sessions too)
+            cpu_threads = threads if gpus <= 0 and threads > 0 else None
+            self.predictor = DefectPredictor(detector, sam, replace(config, device=device, threads=cpu_threads, workers=1))
         except (DatasetError, OSError) as exc:  # e.g. a missing or wrong checkpoint: one line in the driver
             self.predictor, self.fatal = None, str(exc)
         self.describe = json.dumps(self._describe())

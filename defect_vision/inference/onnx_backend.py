@@ -93,7 +93,8 @@ class OnnxModel:
 
 
 class OnnxDetector(Detector):
-    """Detector.predict (letterbox -> forward -> ultralytics NMS -> scale_boxes) with the forward in onnxruntime."""
+    """Detector.predict (letterbox -> forward -> ultralytics NMS -> scale_boxes) with the forward in onnxruntime or
+    OpenVINO."""
 
     def __init__(self, folder: Path, manifest: dict, imgsz: int | None = None, runtime: str = "onnxruntime",  # noqa: D107
                  bf16: bool = False, split: tuple[int, int] = (1, 1)):  # no super().__init__: no torch model
@@ -129,8 +130,8 @@ def upsample_masks(low_res: torch.Tensor, input_size: tuple[int, int], original_
 
 
 class OnnxSegmenter:
-    """Segmenter.segment with SAM's encoder and box decoder in onnxruntime: the encoder once per image with boxes
-    (never without), all boxes in one decoder call, full-size upsampling in chunks (RLE per chunk)."""
+    """Segmenter.segment with SAM's encoder and box decoder in onnxruntime or OpenVINO: the encoder once per image
+    with boxes (never without), all boxes in one decoder call, full-size upsampling in chunks (RLE per chunk)."""
 
     def __init__(self, folder: Path, manifest: dict, mask_threshold: float = 0.0, budget: int = MASK_BUDGET_BYTES,
                  runtime: str = "onnxruntime", bf16: bool = False, split: tuple[int, int] = (1, 1)):
