@@ -68,12 +68,16 @@ def _write(path: Path, text: str) -> Path:
 def counters(monkeypatch) -> dict:
     """Count the images through SAM's real image encoder (and its forwards), and record the box prompts the decoder
     got (model input coordinates)."""
+    import threading
+
     seen = {"encoder": 0, "forwards": [], "boxes": []}
     encoder_forward, embed_boxes = ImageEncoderViT.forward, PromptEncoder._embed_boxes
+    lock = threading.Lock()  # model workers call the encoder from several threads
 
     def counting_forward(self, x):
-        seen["encoder"] += len(x)
-        seen["forwards"].append(len(x))
+        with lock:
+            seen["encoder"] += len(x)
+            seen["forwards"].append(len(x))
         return encoder_forward(self, x)
 
     def recording_boxes(self, boxes):
@@ -664,16 +668,19 @@ def test_model_workers_write_exactly_what_one_worker_writes(odd_folder, models, 
 
 
 def test_default_workers_and_threads_per_device_and_backend():
-    from defect_vision.inference.predictor import PredictConfig
+    from defect_vision.inference.predictor import PredictConfig, default_workers
     from defect_vision.inference.run import RunOptions
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
-    assert PredictConfig(threads=2).cpu_split(cpu) == (2, 1)
-    assert PredictConfig(threads=8).cpu_split(cpu) == (4, 2)
-    assert PredictConfig(threads=1).cpu_split(cpu) == (1, 1)
+    # 2-4 workers, the fewest threads idle: 6 cores -> 3 x 2 (not 4 x 1, 2 cores idle), 10 -> 2 x 5 (not 4 x 2)
+    assert {t: PredictConfig(threads=t).cpu_split(cpu) for t in (1, 2, 5, 6, 8, 10, 16)} == {
+        1: (1, 1), 2: (2, 1), 5: (4, 1), 6: (3, 2), 8: (4, 2), 10: (2, 5), 16: (4, 4)}
     assert PredictConfig(threads=8, workers=3).cpu_split(cpu) == (3, 2)
     assert PredictConfig(threads=2, workers=5).cpu_split(cpu) == (5, 1)
     assert PredictConfig(threads=8).cpu_split(cuda) == (1, 8)  # one stream of batches, batched on the GPU
+    for backend in ("onnxruntime", "openvino"):  # sessions for one caller unless workers are asked for (the CLI does)
+        assert PredictConfig(threads=8, backend=backend).cpu_split(cpu) == (1, 8)
+        assert PredictConfig(threads=8, backend=backend, workers=default_workers(8)).cpu_split(cpu) == (4, 2)
     assert RunOptions().batch_size(cpu) == 1 and RunOptions().batch_size(cuda) == 4 and RunOptions(batch=3).batch_size(cpu) == 3
 
 
@@ -692,10 +699,15 @@ def test_a_failing_worker_stops_the_run_in_one_line_with_nothing_written(odd_fol
 
     monkeypatch.setattr(run_mod.DefectPredictor, "segment_batch", failing)
     out = tmp_path / "out"
+    before = torch.get_num_threads()
     rc = main(["--source", str(src), "--detector", str(models["detector"]), "--sam", str(models["sam"]), "--model-type",
                "vit_tiny", "--out", str(out), "--conf", "0.1", "--workers", "2", "--batch", "1", "--quiet"])
     assert rc == 2 and capsys.readouterr().err.strip().splitlines()[-1] == "error: sam: out of memory on the third batch"
     assert len(seen) <= 5  # stopped with the batches then in flight, not after all 8
+    import threading
+
+    assert torch.get_num_threads() == before  # restored on the error path too
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("model-")]  # none left inside torch
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
 
 
@@ -725,3 +737,49 @@ def test_the_cpu_detector_runs_channels_last_with_the_same_boxes(odd_folder, mod
         assert np.array_equal(x.class_id, y.class_id)
         np.testing.assert_allclose(x.xyxy, y.xyxy, atol=1e-3)
         np.testing.assert_allclose(x.score, y.score, atol=1e-5)
+
+
+def test_model_workers_overlap_and_an_error_exits_cleanly_from_a_fresh_interpreter(odd_folder, models, tmp_path):
+    """Two workers really run two batches at once (the patched detector sleeps 0.3 s inside: 2 at a time), and a
+    run that fails while the other worker is still in the models exits with its one line and status 2 (a thread
+    left inside torch while the interpreter exits would abort the process)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    src = _many(odd_folder, tmp_path / "src", 6)
+    script = textwrap.dedent(f"""
+        import sys, threading, time
+        import defect_vision.inference.run as run_mod
+        from defect_vision.cli.predict import main
+        from defect_vision.errors import DatasetError
+        active, peak, calls, lock = [0], [0], [0], threading.Lock()
+        real = run_mod.DefectPredictor.detect
+        def detect(self, images):
+            with lock:
+                active[0] += 1; peak[0] = max(peak[0], active[0]); calls[0] += 1; n = calls[0]
+            time.sleep(0.3)
+            with lock:
+                active[0] -= 1
+            if n == 3 and sys.argv[1] == "fail":
+                raise DatasetError("detector: third batch failed")
+            if n == 4 and sys.argv[1] == "fail":  # still inside torch when the run stops
+                import torch
+                x, w, t0 = torch.randn(1, 64, 256, 256), torch.randn(64, 64, 3, 3), time.time()
+                while time.time() - t0 < 1.5:
+                    torch.nn.functional.conv2d(x, w, padding=1)
+            return real(self, images)
+        run_mod.DefectPredictor.detect = detect
+        rc = main(["--source", {str(src)!r}, "--detector", {str(models["detector"])!r}, "--box-only", "--out",
+                   sys.argv[2], "--batch", "1", "--workers", "2", "--threads", "2", "--quiet"])
+        print("peak", peak[0], file=sys.stderr)
+        sys.exit(rc)
+    """)
+    ok = subprocess.run([sys.executable, "-c", script, "ok", str(tmp_path / "ok")], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0 and "peak 2" in ok.stderr, ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-c", script, "fail", str(tmp_path / "bad")], capture_output=True,
+                         text=True, timeout=300)
+    lines = [ln for ln in bad.stderr.strip().splitlines() if not ln.startswith("peak")]
+    assert bad.returncode == 2 and lines[-1] == "error: detector: third batch failed", bad.stderr[-2000:]
+    assert "terminate called" not in bad.stderr and not (tmp_path / "bad").exists()

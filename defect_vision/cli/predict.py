@@ -46,12 +46,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="prompts.yaml with phrasings of new --classes names (default: the name itself)")
     p.add_argument("--imgsz", type=int, default=None, help="detector input size (default: the checkpoint's, else 640)")
     p.add_argument("--batch", type=int, default=None,
-                   help="images per detector forward (default: 4 on CUDA, 1 on the CPU, where batching gains nothing)")
+                   help="images per detector forward (default: 4 on CUDA, 1 on the CPU, where batching gains nothing; "
+                        "4 per Ray actor)")
     p.add_argument("--workers", type=int, default=None,
-                   help="batches through the models at once, sharing --threads (default on the CPU: min(4, "
-                        "--threads), each batch on its share of the threads, which keeps throughput up when other "
-                        "processes share the cores; 1 on CUDA); outputs do not depend on it; --workers 1 for the "
-                        "least memory")
+                   help="batches through the models at once, sharing --threads (default on the CPU: 2 to 4, the "
+                        "count leaving the fewest threads idle, each batch on its share of the threads, which keeps "
+                        "throughput up when other processes share the cores; 1 on CUDA); outputs do not depend on "
+                        "it; --workers 1 for the least memory")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the models in all, shared by the workers (default: the cores this process "
                         "may run on; OMP_NUM_THREADS, which importing ultralytics sets to 1, is not used)")
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
     a = build_parser(prog).parse_args(argv)
 
     def body() -> None:
-        from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+        from defect_vision.devices import cpu_threads
+        from defect_vision.inference.predictor import DefectPredictor, PredictConfig, default_workers
         from defect_vision.inference.run import RunOptions, predict_run
         from defect_vision.models.run_folder import run_models
 
@@ -126,11 +128,14 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
             raise DatasetError("--sam: required unless --box-only")
         if a.backend != "torch" and onnx is None:
             raise DatasetError(f"--onnx: required with --backend {a.backend} (a folder written by defect-vision export)")
+        workers = a.workers
+        if workers is None and a.backend != "torch" and a.engine != "ray":  # sessions built for the workers calling them
+            workers = default_workers(a.threads or cpu_threads())
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
                                text_encoder=a.text_encoder, clip=a.clip, prompts=a.prompts,
                                thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,
                                box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed,
-                               sam_batch=a.sam_batch, threads=a.threads, workers=a.workers,
+                               sam_batch=a.sam_batch, threads=a.threads, workers=workers,
                                backend=a.backend, onnx=onnx if a.backend != "torch" else None)
         config.check()
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,

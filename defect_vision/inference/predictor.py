@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from defect_vision.detections import Detections, ImageInfo
-from defect_vision.devices import Timings, autocast_dtype, resolve_device
+from defect_vision.devices import Timings, autocast_dtype, cpu_threads, resolve_device
 from defect_vision.errors import DatasetError
 from defect_vision.models.run_folder import run_models
 from defect_vision.inference.thresholds import ClassThresholds, load_thresholds
@@ -43,7 +43,7 @@ class PredictConfig:
     precision: str = "auto"  # autocast dtype on CUDA: auto (fp16) | fp32 | fp16 | bf16
     sam_batch: int | None = None  # images per SAM encoder forward (default: 4 on CUDA, 1 on CPU)
     threads: int | None = None  # CPU threads for the models (default: the cores this process may run on)
-    workers: int | None = None  # batches through the models at once (default: min(4, threads) on the CPU, 1 on CUDA)
+    workers: int | None = None  # batches through the models at once (default: default_workers on the CPU with torch, else 1)
     seed: int = 0
     backend: str = "torch"  # torch | onnxruntime | openvino (the last two: the `onnx` export folder, on the CPU)
     onnx: Path | None = None  # a `defect-vision export` folder (backends onnxruntime and openvino; ignored by torch)
@@ -52,11 +52,11 @@ class PredictConfig:
         """(model workers, threads each). On the CPU several batches go through the models at once, each on its share
         of the threads (2 cores: 2 workers x 1 thread): no barrier between the cores, so another busy process slows
         one worker down instead of stalling every operator (scripts/bench_vs_loop.py, docs/notes/inference.md).
-        CUDA: 1 worker (the GPU batches)."""
-        from defect_vision.devices import cpu_threads
-
+        CUDA: 1 worker (the GPU batches). The exported backends' sessions are built for this many callers at once:
+        1 unless `workers` is given (the CLI gives `default_workers`), so a predictor called from one thread in the
+        Python API keeps every core."""
         budget = self.threads or cpu_threads()
-        workers = self.workers or (min(4, budget) if device.type == "cpu" else 1)
+        workers = self.workers or (default_workers(budget) if device.type == "cpu" and self.backend == "torch" else 1)
         return workers, (max(1, budget // workers) if workers > 1 else budget)
 
     def check(self) -> None:
@@ -70,6 +70,12 @@ class PredictConfig:
                 raise DatasetError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         if self.backend not in BACKENDS:
             raise DatasetError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
+
+
+def default_workers(threads: int) -> int:
+    """Model workers for `threads` CPU threads: 2 to 4, the count that leaves the fewest threads idle (the most
+    workers on a tie: 6 -> 3 x 2, 8 -> 4 x 2, 10 -> 2 x 5); 1 for one thread."""
+    return max(range(min(4, threads), 1, -1), key=lambda w: w * (threads // w)) if threads > 1 else 1
 
 
 class Result:

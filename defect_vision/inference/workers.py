@@ -1,8 +1,4 @@
-"""Model workers: batches through the models on several threads at once (CPU), each call a Future.
-
-Daemon threads, unlike ThreadPoolExecutor's (joined at exit): an interrupted run exits at once instead of waiting
-for the batches still in the models (SAM vit_b's encoder: 20-40 s per image on one CPU thread). They only
-compute; the files are written by the writer threads, which are joined."""
+"""Model workers: batches through the models on several threads at once (CPU), each call a Future."""
 from __future__ import annotations
 
 import queue
@@ -12,12 +8,15 @@ from concurrent.futures import Future
 
 
 class ModelWorkers:
-    """`n` daemon threads running submitted calls in submission order; `close` cancels what has not started."""
+    """`n` threads running submitted calls in submission order. Leaving the `with` block (normally, on an error or
+    on Ctrl-C) cancels the calls not started and waits for the ones running, at most one per worker: a thread
+    left inside torch while the interpreter exits aborts the process, and a left-over call would still count on
+    the predictor's counters in the next run."""
 
     def __init__(self, n: int, name: str = "model"):
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.submitted: list[Future] = []
-        self.threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(n)]
+        self.threads = [threading.Thread(target=self._work, name=f"{name}-{i}") for i in range(n)]
         for t in self.threads:
             t.start()
 
@@ -38,11 +37,13 @@ class ModelWorkers:
         return future
 
     def close(self) -> None:
-        """Cancel the calls not started and let the threads end after their current call (not waited for)."""
+        """Cancel the calls not started, let each thread finish its current call, and wait for them."""
         for f in self.submitted:
             f.cancel()
         for _ in self.threads:
             self.jobs.put(None)
+        for t in self.threads:
+            t.join()
 
     def __enter__(self) -> ModelWorkers:
         return self
