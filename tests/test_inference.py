@@ -120,7 +120,8 @@ def test_gt_boxes_with_sam_on_a_coco_json(gt_json, models, counters, tmp_path, c
     with_boxes = {a["image_id"] for a in gt.dataset["annotations"]}
     assert len(with_boxes) == 3
     assert counters["encoder"] == summary["sam_encoder_calls"] == summary["sam_decoder_calls"] == 3
-    assert [len(b) for b in counters["boxes"]] == [len(gt.getAnnIds(imgIds=i)) for i in sorted(with_boxes)]
+    # (the model workers decode the images in any order: compare the box counts as a multiset)
+    assert sorted(len(b) for b in counters["boxes"]) == sorted(len(gt.getAnnIds(imgIds=i)) for i in with_boxes)
 
     # label masks in original size; label > 0 exactly where some predicted mask is
     for entry in ids:
