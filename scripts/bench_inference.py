@@ -90,14 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(detector: Path, sam: Path, config: PredictConfig, warm: Path, measured: Path, out: Path,
-            batch: int) -> dict:
-    """A warm-up run, then the measured run: ms per image of each stage, whole run, images/s."""
-    import torch
-
+            batch: int, threads: int) -> dict:
+    """A warm-up run, then the measured run on `threads` threads and one worker: ms per image of each stage, whole
+    run, images/s."""
     from dataclasses import replace
 
     options = RunOptions(batch=batch, progress=False, force=True)
-    config = replace(config, threads=torch.get_num_threads(), workers=1)  # the table's thread count, both backends
+    config = replace(config, threads=threads, workers=1)  # the row's thread count, for both backends
     predict_run(DefectPredictor(detector, sam, config), warm, out.with_name(out.name + "_warm"), options)
     summary = predict_run(DefectPredictor(detector, sam, config), measured, out, options)
     t, n = summary.timings, max(1, summary.images)
@@ -105,8 +104,8 @@ def measure(detector: Path, sam: Path, config: PredictConfig, warm: Path, measur
 
 
 def onnx_table(work: Path, detector: Path, args, warm: Path, measured: Path) -> None:
-    """onnxruntime (CPUExecutionProvider) vs torch, both on the CPU with the same intra-op thread count (onnxruntime
-    takes torch's), same models and images: `defect-vision export` of each SAM type, then the same predict_run."""
+    """onnxruntime (CPUExecutionProvider) vs torch, both on the CPU with the same thread count (--onnx-threads,
+    default torch's), same models and images: `defect-vision export` of each SAM type, then the same predict_run."""
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -122,19 +121,17 @@ def onnx_table(work: Path, detector: Path, args, warm: Path, measured: Path) -> 
         exports[sam_type] = work / f"onnx_{sam_type}"
         export_onnx(ExportConfig(detector, work / f"sam_{sam_type}.pth", exports[sam_type], model_type=sam_type,
                                  imgsz=args.imgsz, force=True))
-    before = torch.get_num_threads()
     rows = []
-    for threads in args.onnx_threads or [before]:
-        torch.set_num_threads(threads)
+    for threads in args.onnx_threads or [torch.get_num_threads()]:
         for sam_type in args.sam_types:
             sam = work / f"sam_{sam_type}.pth"
             base = dict(conf=0.01, max_det=args.max_det, model_type=sam_type, device="cpu", seed=args.seed)
-            ref = measure(detector, sam, PredictConfig(**base), warm, measured, work / f"cpu_{sam_type}_{threads}", args.batch)
+            ref = measure(detector, sam, PredictConfig(**base), warm, measured, work / f"cpu_{sam_type}_{threads}", args.batch,
+                          threads)
             ort = measure(detector, sam, PredictConfig(**base, backend="onnxruntime", onnx=exports[sam_type]), warm,
-                          measured, work / f"ort_{sam_type}_{threads}", args.batch)
+                          measured, work / f"ort_{sam_type}_{threads}", args.batch, threads)
             rows += [(sam_type, threads, "torch", ref, ""),
                      (sam_type, threads, "onnxruntime", ort, f"{ort['images/s'] / ref['images/s']:.2f}x")]
-    torch.set_num_threads(before)
     print(f"\nonnxruntime {onnxruntime.__version__} (CPUExecutionProvider) vs torch {torch.__version__}, CPU, "
           f"{args.images} images of {args.size}x{args.size}, detector {args.detector_cfg} @ {args.imgsz}, "
           f"{args.max_det} boxes/image, batch {args.batch}; ms / image")

@@ -83,15 +83,11 @@ def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: flo
     (onnxruntime, openvino, openvino-bf16) over the export `onnx`; returns wall seconds including model loading."""
     import defect_vision.inference.detector  # noqa: F401 - imports outside the timer, as the loop's
     import defect_vision.inference.segmenter  # noqa: F401
-    from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+    from defect_vision.inference.predictor import DefectPredictor, PredictConfig, predict_workers
     from defect_vision.inference.run import RunOptions, predict_run
 
     backend, _, precision = variant.partition("-") if variant not in PRECISIONS else ("torch", "", variant)
-    if backend != "torch" and workers is None:  # as `defect-vision predict` builds the exported sessions
-        from defect_vision.devices import cpu_threads
-        from defect_vision.inference.predictor import default_workers
-
-        workers = default_workers(cpu_threads())
+    workers = predict_workers(backend, workers, None)  # as `defect-vision predict`
     t0 = time.perf_counter()
     predictor = DefectPredictor(det, sam, PredictConfig(conf=conf, max_det=max_det, model_type=sam_type, device=device,
                                                            precision=precision or "auto", backend=backend,

@@ -43,12 +43,10 @@ def real_root() -> Path:
 @pytest.fixture
 def one_thread():
     """2 shared cores: one intra-op thread is several times faster for tiny models (SAM tests use it)."""
-    import torch
+    from defect_vision.devices import intra_op_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with intra_op_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

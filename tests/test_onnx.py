@@ -32,12 +32,10 @@ def needs_onnx() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """2 shared cores: one intra-op thread is several times faster for these tiny torch models."""
-    import torch
+    from defect_vision.devices import intra_op_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with intra_op_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

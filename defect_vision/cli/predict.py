@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
     a = build_parser(prog).parse_args(argv)
 
     def body() -> None:
-        from defect_vision.devices import cpu_threads
-        from defect_vision.inference.predictor import DefectPredictor, PredictConfig, default_workers
+        from defect_vision.inference.predictor import DefectPredictor, PredictConfig, predict_workers
         from defect_vision.inference.run import RunOptions, predict_run
         from defect_vision.models.run_folder import run_models
 
@@ -128,9 +127,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
             raise DatasetError("--sam: required unless --box-only")
         if a.backend != "torch" and onnx is None:
             raise DatasetError(f"--onnx: required with --backend {a.backend} (a folder written by defect-vision export)")
-        workers = a.workers
-        if workers is None and a.backend != "torch" and a.engine != "ray":  # sessions built for the workers calling them
-            workers = default_workers(a.threads or cpu_threads())
+        workers = a.workers if a.engine == "ray" else predict_workers(a.backend, a.workers, a.threads)
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
                                text_encoder=a.text_encoder, clip=a.clip, prompts=a.prompts,
                                thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,

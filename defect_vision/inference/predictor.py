@@ -78,6 +78,14 @@ def default_workers(threads: int) -> int:
     return max(range(min(4, threads), 1, -1), key=lambda w: w * (threads // w)) if threads > 1 else 1
 
 
+def predict_workers(backend: str, workers: int | None, threads: int | None) -> int | None:
+    """The workers `defect-vision predict` asks for: as given; for an exported backend `default_workers` (its
+    sessions are built for the workers that will call them), where the Python API's default is one caller."""
+    if workers is None and backend != "torch":
+        return default_workers(threads or cpu_threads())
+    return workers
+
+
 class Result:
     """One image's prediction: its Detections (`.detections`, the one record) and the image itself, with the
     per-detection views of the API (`xyxy`, `masks`, `scores`, `class_ids`, `class_names`: one name per detection)

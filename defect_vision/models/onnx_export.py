@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from segment_anything.utils.onnx import SamOnnxModel
 
+from defect_vision.devices import intra_op_threads
 from defect_vision.errors import DatasetError
 from defect_vision.io import atomic_dir, read_json
 from defect_vision.models.detector import load_detector_model
@@ -109,14 +110,11 @@ def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | No
                                    "opset": opset, "batch": 1, "device": "cpu", "quantize": None, "data": None,
                                    "verbose": False})
     strip_network_callbacks(exporter)
-    threads = torch.get_num_threads()
-    try:
-        with quiet_export():
+    try:  # ultralytics' select_device('cpu') sets torch's threads to cpu_count - 1: kept as they were
+        with intra_op_threads(torch.get_num_threads()), quiet_export():
             written = Path(exporter(model=model))
     except Exception as exc:  # noqa: BLE001 - ultralytics raises AssertionError/ValueError/RuntimeError
         raise DatasetError(f"{path}: ONNX export of the detector failed ({str(exc).splitlines()[0][:200]})") from None
-    finally:
-        torch.set_num_threads(threads)  # ultralytics' select_device('cpu') sets it to cpu_count - 1
     if written != folder / FILES["detector"]:
         written.replace(folder / FILES["detector"])
     ids = meta.get("category_ids")
