@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
-from defect_vision.io import atomic_write_text, read_json
+from defect_vision.io import atomic_write_text, complete_pending, read_json
 
 
 class Categories:
@@ -186,6 +186,7 @@ def load_coco(path: Path, image_root: Path | None = None, masks: bool = True) ->
     json's folder). With `masks`, every annotation's segmentation becomes an RLE (checked against the image size);
     an annotation without segmentation then takes its box."""
     path = Path(path)
+    complete_pending(path)  # an export interrupted in its commit is completed first (or refused): never half
     data = read_json(path, "COCO json")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: not a COCO instances json (no 'images' list)")

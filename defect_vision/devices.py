@@ -1,4 +1,8 @@
-"""Devices and precision: auto|cpu|cuda:N, autocast on CUDA, and a clear error (never a silent CPU fallback)."""
+"""Devices and precision: auto|cpu|cuda:N, autocast on CUDA, and a clear error (never a silent CPU fallback).
+
+torch is imported inside the functions that use it, never at import: every command imports this module (through
+the CLI's error handling and the stage timers), and the light ones (convert, evaluate, calibrate, report, --help)
+must not pay torch's second of import time."""
 from __future__ import annotations
 
 import os
@@ -9,11 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from defect_vision.errors import DatasetError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -26,6 +32,8 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
     """The one device resolver: 'auto' -> a GPU when CUDA is available else cpu; 'cpu'; 'cuda', 'cuda:N' or 'N'
     -> that GPU, or DeviceError (never a silent CPU fallback). Under torchrun (`local_rank` given) 'auto' and
     'cuda' mean this process's GPU, cuda:<local_rank>."""
+    import torch
+
     spec = str(spec).strip().lower()
     if spec == "auto":
         if not torch.cuda.is_available():
@@ -57,7 +65,6 @@ def ultralytics_device(spec: str = "auto") -> str:
     return "cpu" if device.type == "cpu" else str(device.index)
 
 
-HALF = torch.float16  # the one half dtype: SAM fine-tune (GradScaler), its embedding cache, and 'auto' inference
 SYNC_TIMINGS_ENV = "DEFECT_VISION_SYNC_TIMINGS"  # =1: timers synchronise CUDA around every stage (debug mode)
 
 
@@ -65,6 +72,8 @@ def bf16_native(device: torch.device) -> bool:
     """bf16 runs natively on this CUDA device (compute capability >= 8.0, Ampere and later). Unlike
     torch.cuda.is_bf16_supported() this does not count emulated bf16 (slow on T4/V100) and asks `device`, not the
     current device."""
+    import torch
+
     return device.type == "cuda" and tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
@@ -81,6 +90,8 @@ def cpu_bf16_native() -> bool:
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype: None (fp32) on CPU; on CUDA fp16 for 'auto' (the dtype SAM is fine-tuned and cached in,
     for both models), or as asked; bf16 only where `device` runs it natively."""
+    import torch
+
     if precision not in PRECISIONS:
         raise DeviceError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -96,23 +107,29 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         major, minor = torch.cuda.get_device_capability(device)
         raise DeviceError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}, compute capability "
                           f"{major}.{minor}) has no native bf16 (emulated, slow); use --precision fp16 or auto")
-    return torch.bfloat16 if precision == "bf16" else HALF
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """torch.autocast to `dtype` on the device's type; a no-op context for dtype None (fp32). Inference only asks
     for half precision on CUDA (autocast_dtype), but CPU autocast runs the same code path in tests."""
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def full_precision(device: torch.device):
     """A region that runs in fp32 inside an autocast block (box coordinates, positional encodings)."""
+    import torch
+
     return torch.autocast(device_type=device.type, enabled=False)
 
 
 def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host array on `device`: on CUDA copied from pinned memory without blocking the host (the caching host
     allocator keeps the pinned buffer alive until the copy is done); on CPU the same memory, no copy."""
+    import torch
+
     t = torch.as_tensor(array)
     if device.type != "cuda":
         return t
@@ -131,6 +148,8 @@ def cpu_threads() -> int:
 @contextmanager
 def intra_op_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to `n` for the block (in every thread that runs torch ops), restored after."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, n))
     try:
@@ -141,6 +160,8 @@ def intra_op_threads(n: int) -> Iterator[None]:
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
@@ -205,6 +226,8 @@ class Timings:
 
 
 def _timing_event():
+    import torch
+
     return torch.cuda.Event(enable_timing=True)
 
 
@@ -224,6 +247,8 @@ def timed(timings: Timings, stage: str, device: torch.device | None = None) -> I
                 synchronize(device)
             timings.add(stage, time.perf_counter() - t0)
         return
+    import torch
+
     stream = torch.cuda.current_stream(device)
     start, end = _timing_event(), _timing_event()
     start.record(stream)
@@ -232,3 +257,13 @@ def timed(timings: Timings, stage: str, device: torch.device | None = None) -> I
     finally:
         end.record(stream)
         timings.pending.append((stage, start, end))
+
+
+def __getattr__(name: str):
+    """HALF (torch.float16, the one half dtype: SAM fine-tune (GradScaler), its embedding cache and 'auto'
+    inference) is resolved on first use, so that importing this module does not import torch."""
+    if name == "HALF":
+        import torch
+
+        return torch.float16
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,3 +9,21 @@ class DatasetError(Exception):
 class OutputError(DatasetError):
     """An output place that must not be written: a file where a folder goes, a folder holding the input, or a
     folder that is not a previous output of the same command (without --force)."""
+
+
+class ConfigError(DatasetError):
+    """A bad value of a config field. The message names fields in braces (`"{conf} 1.5: must be within [0, 1]"`):
+    the library says the field (`conf 1.5: ...`), the CLI the flag that set it (`--conf 1.5: ...`, `flag_message`)."""
+
+    def __init__(self, template: str, *fields: str):
+        self.template, self.fields = template, fields
+        super().__init__(self._say(lambda f: f))
+
+    def _say(self, name) -> str:
+        text = self.template
+        for f in self.fields:
+            text = text.replace("{" + f + "}", name(f))
+        return text
+
+    def flag_message(self) -> str:
+        return self._say(lambda f: "--" + f.replace("_", "-"))

@@ -4,8 +4,9 @@ Every output is written to a temporary path beside its target and renamed at the
 half-written file. A folder output carries a marker file (`.defect-vision.json`, naming the command that wrote
 it); an existing folder is only ever replaced when it carries the marker of the same kind, or is empty, or with
 `force` -- and never when it holds (or lies inside) one of the command's inputs. Several outputs that belong
-together (the formats of one export and its split) are replaced as one commit through a journal: an interrupted
-commit is completed by the next run. Temporary files of killed runs are removed by the next run.
+together (the formats of one export and its split) are replaced as one commit through a journal, linked beside
+every target: an interrupted commit is completed by the next run or by the next reader (`complete_pending`).
+Temporary files of killed runs are removed by the next run.
 """
 from __future__ import annotations
 
@@ -144,6 +145,11 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
+def _forms(path: Path) -> set[Path]:
+    """A path as given (absolute, not resolved) and its real path: a link and what it points to."""
+    return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+
+
 def marker_kind(folder: Path) -> str | None:
     """The command kind recorded in a folder's marker file, or None."""
     try:
@@ -153,22 +159,31 @@ def marker_kind(folder: Path) -> str | None:
     return data.get("kind") if isinstance(data, dict) else None
 
 
+def output_place(path: Path) -> Path:
+    """Where an output folder is written: `path`, or the folder a symlink `path` points to (the link is kept)."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() and path.is_dir() else path
+
+
 def check_output_dir(path: Path, kind: str, inputs: Iterable[Path] = (), force: bool = False) -> None:
     """OutputError unless `path` may become a fresh `kind` output folder: absent, empty, or a previous `kind`
     output (its marker says so); `force` replaces any folder, but a file is never replaced by a folder and a
-    folder that holds (or lies inside) an input never is."""
+    folder that holds (or lies inside) an input never is. Inputs and `path` are compared both as given and
+    resolved (a symlinked input guards its link and its target; a symlink `path` to a folder stands for it)."""
     path = Path(path)
-    target = path.resolve()
+    targets = _forms(path)
     for inp in inputs:
-        src = Path(inp).resolve()
-        if _overlaps(target, src):
-            where = "is" if target == src else ("holds" if target in src.parents else "lies inside")
-            raise OutputError(f"{path}: output folder {where} the input {inp}; choose another output folder "
-                              "(it would be replaced as a whole)")
+        for src in _forms(Path(inp)):
+            target = next((t for t in targets if _overlaps(t, src)), None)
+            if target is not None:
+                where = "is" if target == src else ("holds" if target in src.parents else "lies inside")
+                raise OutputError(f"{path}: output folder {where} the input {inp}; choose another output folder "
+                                  "(it would be replaced as a whole)")
     if not path.exists() and not path.is_symlink():
         return
-    if not path.is_dir() or path.is_symlink():
-        raise OutputError(f"{path}: exists and is not a folder; choose another output folder")
+    if not path.is_dir():
+        what = "a symlink to nothing" if path.is_symlink() and not path.exists() else "not a folder"
+        raise OutputError(f"{path}: exists and is {what}; choose another output folder")
     if force or not any(path.iterdir()):
         return
     found = marker_kind(path)
@@ -190,23 +205,33 @@ def _make_temp_dir(path: Path) -> Path:
     return tmp
 
 
+def journal_beside(target: Path) -> Path:
+    """`.<name>.commit.json` beside `target`: where a reader of `target` looks for a pending commit."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.commit.json")
+
+
 class Commit:
     """Folders and files replaced together: each is written to a temporary path beside its target; `commit()`
     writes a journal (the list of renames), performs the renames and removes the journal. A run killed before the
     journal leaves only temporary files (removed by the next run); one killed after it is completed by the next
-    `Commit` on the same journal (`recover`), so either every target changes or none does."""
+    `Commit` on the same journal (`recover`), or by a reader of any target (`complete_pending`: the journal is
+    also linked beside every target), so either every target changes or none does."""
 
     def __init__(self, journal: Path):
         self.journal = Path(journal)
         self.moves: list[tuple[Path, Path]] = []  # (temporary, target)
 
     def folder(self, target: Path, kind: str, inputs: Iterable[Path] = (), force: bool = False) -> Path:
-        """A fresh temporary folder that becomes `target` at commit (checked by check_output_dir first)."""
+        """A fresh temporary folder that becomes `target` at commit (checked by check_output_dir first); a
+        symlink `target` to a folder keeps its link and the folder it points to is replaced."""
         target = Path(target)
+        complete_pending(target)
         check_output_dir(target, kind, inputs, force)
-        tmp = _make_temp_dir(target)
+        place = output_place(target)
+        tmp = _make_temp_dir(place)
         _write_marker(tmp, kind)
-        self.moves.append((tmp, target))
+        self.moves.append((tmp, place))
         return tmp
 
     def file(self, target: Path) -> Path:
@@ -214,6 +239,7 @@ class Commit:
         target = Path(target)
         if target.is_dir():
             raise OutputError(f"{target}: is a folder, not a file")
+        complete_pending(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target.parent, target.name)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=_TMP, dir=target.parent)
@@ -224,7 +250,13 @@ class Commit:
 
     def commit(self) -> None:
         entries = [{"tmp": str(t.absolute()), "target": str(d.absolute())} for t, d in self.moves]
-        atomic_write_text(self.journal, json.dumps({"pid": os.getpid(), "moves": entries}, indent=1))
+        main = self.journal.absolute()
+        mirrors = list(dict.fromkeys(journal_beside(d.absolute()) for _, d in self.moves if
+                                     journal_beside(d.absolute()) != main))
+        body = {"pid": os.getpid(), "moves": entries, "journals": [str(j) for j in [*mirrors, main]]}
+        atomic_write_text(self.journal, json.dumps(body, indent=1))
+        for mirror in mirrors:  # the same journal beside every target, so that a reader of any one finds it
+            _link_or_copy(self.journal, mirror)
         _roll_forward(self.journal)
         self.moves = []
 
@@ -247,13 +279,23 @@ class Commit:
             self.abort()
 
 
+def _link_or_copy(journal: Path, mirror: Path) -> None:
+    """`mirror` becomes the journal: a hard link (one atomic step), or a copy on another file system."""
+    mirror.unlink(missing_ok=True)
+    try:
+        os.link(journal, mirror)
+    except OSError:
+        atomic_write_text(mirror, journal.read_text())
+
+
 def _old_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
 def _roll_forward(journal: Path) -> None:
     """Perform (or finish) the renames a journal lists; every step can be repeated after a crash."""
-    moves = [(Path(m["tmp"]), Path(m["target"])) for m in json.loads(journal.read_text())["moves"]]
+    data = json.loads(journal.read_text())
+    moves = [(Path(m["tmp"]), Path(m["target"])) for m in data["moves"]]
     for tmp, target in moves:
         if not tmp.exists():
             continue  # already renamed
@@ -267,7 +309,9 @@ def _roll_forward(journal: Path) -> None:
         old = _old_name(target)
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
-    journal.unlink(missing_ok=True)
+    read = os.path.abspath(journal)
+    for copy in [Path(j) for j in data.get("journals", []) if os.path.abspath(j) != read] + [journal]:
+        copy.unlink(missing_ok=True)  # the copy we read goes last
 
 
 def recover(journal: Path) -> bool:
@@ -282,10 +326,43 @@ def recover(journal: Path) -> bool:
     return True
 
 
+def _journal_pid(journal: Path) -> int | None:
+    try:
+        pid = json.loads(journal.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def complete_pending(path: Path, wait_s: float = 10.0) -> None:
+    """Before reading `path` (an export's file or folder): complete the commit pending on it or on a folder above
+    it (a journal `.<name>.commit.json` beside it), so that a reader never sees a target missing or the formats
+    of one export on different splits. A commit still running in another process is waited for (`wait_s`);
+    DatasetError naming the journal when it does not end, or cannot be completed."""
+    here = Path(os.path.abspath(path))
+    for p in [here, *here.parents]:
+        if not p.name:
+            continue
+        journal = journal_beside(p)
+        if not journal.is_file():
+            continue
+        deadline = time.monotonic() + wait_s
+        while journal.is_file() and (pid := _journal_pid(journal)) not in (None, os.getpid()) and _pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise DatasetError(f"{journal}: a commit by process {pid} is still running on {p}; "
+                                   "read it when that process has ended")
+            time.sleep(0.05)
+        try:
+            recover(journal)
+        except OSError as exc:
+            raise DatasetError(f"{journal}: an interrupted commit of {p} could not be completed "
+                               f"({exc.strerror or exc}); run the command that wrote it again") from None
+
+
 @contextmanager
 def atomic_dir(path: Path, kind: str, inputs: Iterable[Path] = (), force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `path` (checked by check_output_dir); on success it replaces `path`
     (with a marker naming `kind`), on error it is removed and `path` is untouched."""
     path = Path(path)
-    with Commit(path.with_name(f".{path.name}.commit.json")) as commit:
+    with Commit(journal_beside(output_place(path))) as commit:
         yield commit.folder(path, kind, inputs, force)

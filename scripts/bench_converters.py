@@ -1,23 +1,38 @@
 #!/usr/bin/env python
-"""Benchmark: images/s of the COCO export on the real MVTec sample vs the floor (decoding every mask and
-reading every image header). Prints a table; the target is a ratio <= 1.3x."""
+"""Benchmark: the converters as a user runs them, each a fresh process with its imports counted
+(`python converters/mvtec_to_coco.py ...`, `python -m defect_vision convert ...`), against the floor: a fresh process
+that only decodes every mask of the category with the converter's decoder (cv2.imdecode of the file's bytes,
+IMREAD_UNCHANGED, as data/images.py:read_mask). Prints a table naming the CPU; the target is COCO <= 1.3x the floor."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
-import tempfile
+import platform
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from defect_vision.cli.convert import main as convert_main
-from defect_vision.data.images import image_size, read_mask
-from defect_vision.data.mvtec import list_categories
-from defect_vision.data.source import DatasetSource, reader
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # fixtures/: the synthetic generators of the other layouts
+DEFAULT_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", REPO.parent / "shared" / "data" / "mvtec_ad"))
 
-DEFAULT_ROOT = Path(os.environ.get("DEFECT_VISION_MVTEC_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
+# the floor process: numpy + OpenCV imported, every listed mask decoded and thresholded as read_mask does
+# children may cache bytecode (__pycache__, git-ignored) as an installed package has it: pip compiles at install, while
+# PYTHONDONTWRITEBYTECODE=1 (set on some dev machines) would recompile every module of the package in every run
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+FLOOR = """import sys
+import cv2
+import numpy as np
+for line in open(sys.argv[1], encoding="utf-8"):
+    mask = cv2.imdecode(np.fromfile(line.rstrip("\\n"), np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask.ndim == 3:
+        mask = mask[..., :3].max(axis=2)
+    mask > 0
+"""
 
 
 def _mvtec(root: Path, n: int) -> str:
@@ -28,28 +43,28 @@ def _mvtec(root: Path, n: int) -> str:
 
 
 def _ad2(root: Path, n: int) -> str:
-    from defect_vision.data.synthetic_mvtec_family import make_mvtec_ad2
+    from fixtures.synthetic_mvtec_family import make_mvtec_ad2
 
     make_mvtec_ad2(root, "syn", size=256, good=(n // 4, n // 8, n // 8), bad=n // 2, private=(0, 0))
     return "syn"
 
 
 def _loco(root: Path, n: int) -> str:
-    from defect_vision.data.synthetic_mvtec_family import make_mvtec_loco
+    from fixtures.synthetic_mvtec_family import make_mvtec_loco
 
     make_mvtec_loco(root, "syn", size=256, good=(n // 4, n // 8, n // 8), per_type=n // 4)
     return "syn"
 
 
 def _3d(root: Path, n: int) -> str:
-    from defect_vision.data.synthetic_mvtec_family import make_mvtec_3d
+    from fixtures.synthetic_mvtec_family import make_mvtec_3d
 
     make_mvtec_3d(root, "syn", size=256, good=(n // 4, n // 8, n // 8), per_defect=n // 8, combined=n // 8)
     return "syn"
 
 
 def _kolektor(root: Path, n: int) -> str:
-    from defect_vision.data.synthetic_other_layouts import make_kolektor2
+    from fixtures.synthetic_other_layouts import make_kolektor2
 
     make_kolektor2(root, "syn", shape=(256, 96), counts={"train": (n // 4, n // 4), "test": (n // 4, n // 4)})
     return "syn"
@@ -58,41 +73,60 @@ def _kolektor(root: Path, n: int) -> str:
 SYNTHETIC = {"mvtec": _mvtec, "mvtec_ad2": _ad2, "mvtec_loco": _loco, "mvtec_3d": _3d, "kolektor2": _kolektor}
 
 
-def floor_pass(source) -> int:
-    """The bare cost: every image header read and every mask decoded (the files the layout's reader lists).
-    Returns the number of images."""
-    n = 0
-    for s in reader(source.format).samples(source):
-        image_size(s.path)
-        for m in s.masks if s.labelled else ():
-            read_mask(m)
-        n += 1
-    return n
+def cpu_name() -> str:
+    """The CPU model (/proc/cpuinfo), and the cores this process may use."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
 
 
-def coco_pass(source, out: Path, rle: bool) -> None:
-    """The whole COCO export as the CLI runs it (read, components, polygons/RLE, json, atomic rename), reusing
-    the category's split file as every run after the first does."""
-    category = source.category
-    args = ["--category", category, "--root", str(source.root), "--format", source.format, "--out", str(out / "coco"),
-            "--no-progress", "--splits", str(out / f"{category}_splits.json")] + (["--rle"] if rle else [])
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert convert_main(fmt="coco", argv=args) == 0
+def list_masks(source) -> tuple[int, list[Path]]:
+    """(images, mask files) of a category as its layout's reader lists them (in the benchmark process, untimed)."""
+    from defect_vision.data.source import reader
+
+    samples = list(reader(source.format).samples(source))
+    return len(samples), [m for s in samples if s.labelled for m in s.masks]
 
 
-def best_of(repeat: int, fn, clock=time.process_time) -> float:
-    """Minimum time of `repeat` runs: CPU time by default, which other work on a shared machine disturbs least."""
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
+def run_once(cmd: list[str], wall: bool) -> float:
+    """Seconds of one fresh process: its CPU time (user + system, from the kernel's child accounting), or wall-clock
+    time. A failing command stops the benchmark with its stderr."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+    if wall:
+        return elapsed
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def best_of(repeat: int, cmd: list[str], wall: bool) -> float:
+    """The fastest of `repeat` runs (CPU time by default, which other work on a shared machine disturbs least)."""
+    return min(run_once(cmd, wall) for _ in range(repeat))
+
+
+def commands(root: Path, category: str, layout: str, tmp: Path) -> dict[str, list[str]]:
+    """The measured command lines of one category; the COCO runs reuse the split file, as every run after the first."""
+    common = ["--category", category, "--root", str(root), "--format", layout, "--no-progress"]
+    coco = [sys.executable, str(REPO / "converters" / "mvtec_to_coco.py"), *common, "--out", str(tmp / "coco"),
+            "--splits", str(tmp / f"{category}_splits.json")]
+    return {"coco": coco, "rle": [*coco, "--rle"],
+            "all": [sys.executable, "-m", "defect_vision", "convert", *common, "--out", str(tmp / "all")]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="MVTec AD root")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="dataset root (the MVTec AD sample)")
     p.add_argument("--categories", nargs="*", default=None, help="categories (default: all found)")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the best is kept")
     p.add_argument("--wall", action="store_true", help="measure wall-clock time instead of CPU time")
@@ -101,38 +135,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="instead of --root: a synthetic category of about N images in the --format layout (temp folder)")
     a = p.parse_args(argv)
-    if a.synthetic:
-        synth_root = Path(tempfile.mkdtemp(prefix="bench_synth_"))
-        a.categories = [SYNTHETIC[a.layout](synth_root, a.synthetic)]
-        a.root = synth_root
+    if a.repeat < 1:
+        p.error(f"--repeat: must be >= 1, got {a.repeat}")
+    from defect_vision.data.mvtec import list_categories
+    from defect_vision.data.source import DatasetSource
+
+    synth = tempfile.TemporaryDirectory(prefix="bench_synth_") if a.synthetic else None
+    if synth:
+        a.categories = [SYNTHETIC[a.layout](Path(synth.name), a.synthetic)]
+        a.root = Path(synth.name)
     if not a.root.is_dir():
         print(f"error: {a.root}: no such folder (the MVTec AD sample)", file=sys.stderr)
         return 2
     cats = a.categories or list_categories(a.root)
+    startup = best_of(a.repeat, [sys.executable, "-c", "pass"], a.wall)
+    print(f"CPU: {cpu_name()}; Python {platform.python_version()}")
     print(f"layout {a.layout}, root {a.root}")
-    clock = time.perf_counter if a.wall else time.process_time
-    print(f"{'wall-clock' if a.wall else 'CPU'} time, best of {a.repeat}; floor = read every image header + decode every mask")
-    header = f"{'category':<12} {'images':>6} {'floor s':>8} {'floor img/s':>11} {'coco s':>7} {'coco img/s':>10} {'ratio':>6} {'rle s':>6} {'ratio':>6}"
+    print(f"{'wall-clock' if a.wall else 'CPU'} time of whole fresh processes (imports included), best of {a.repeat}; "
+          f"floor = a process decoding every mask (cv2); an empty interpreter takes {startup:.3f} s")
+    header = (f"{'category':<12} {'images':>6} {'masks':>5} {'floor s':>8} {'coco s':>7} {'ratio':>6} "
+              f"{'rle s':>6} {'ratio':>6} {'all s':>6} {'ratio':>6}")
     print(header)
     print("-" * len(header))
-    totals = [0, 0.0, 0.0, 0.0]
-    with tempfile.TemporaryDirectory() as tmp:
+    totals = dict.fromkeys(("images", "masks", "floor", "coco", "rle", "all"), 0.0)
+
+    def row(name: str, t: dict) -> str:
+        return (f"{name:<12} {int(t['images']):>6} {int(t['masks']):>5} {t['floor']:>8.3f} {t['coco']:>7.3f} "
+                f"{t['coco'] / t['floor']:>5.2f}x {t['rle']:>6.3f} {t['rle'] / t['floor']:>5.2f}x "
+                f"{t['all']:>6.3f} {t['all'] / t['floor']:>5.2f}x")
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         for cat in cats:
-            src = DatasetSource(a.root, cat, format=a.layout)
-            n = floor_pass(src)  # also warms the file cache
-            coco_pass(src, Path(tmp), rle=False)  # writes the split once
-            floor = best_of(a.repeat, lambda: floor_pass(src), clock)
-            poly = best_of(a.repeat, lambda: coco_pass(src, Path(tmp), rle=False), clock)
-            rle = best_of(a.repeat, lambda: coco_pass(src, Path(tmp), rle=True), clock)
-            for i, v in enumerate((n, floor, poly, rle)):
-                totals[i] += v
-            print(f"{cat:<12} {n:>6} {floor:>8.3f} {n / floor:>11.1f} {poly:>7.3f} {n / poly:>10.1f} "
-                  f"{poly / floor:>5.2f}x {rle:>6.3f} {rle / floor:>5.2f}x")
-    n, floor, poly, rle = totals
+            n, masks = list_masks(DatasetSource(a.root, cat, format=a.layout))
+            mask_list = tmp / f"{cat}_masks.txt"
+            mask_list.write_text("".join(f"{m}\n" for m in masks), encoding="utf-8")
+            cmds = {"floor": [sys.executable, "-c", FLOOR, str(mask_list)], **commands(a.root, cat, a.layout, tmp)}
+            for cmd in cmds.values():  # warm the file and bytecode caches; the first COCO run writes the split file
+                run_once(cmd, a.wall)
+            t = {"images": n, "masks": len(masks), **{k: best_of(a.repeat, cmd, a.wall) for k, cmd in cmds.items()}}
+            for k, v in t.items():
+                totals[k] += v
+            print(row(cat, t))
     print("-" * len(header))
-    print(f"{'all':<12} {n:>6} {floor:>8.3f} {n / floor:>11.1f} {poly:>7.3f} {n / poly:>10.1f} "
-          f"{poly / floor:>5.2f}x {rle:>6.3f} {rle / floor:>5.2f}x")
-    print(f"COCO export (polygons) {poly / floor:.2f}x the floor (target <= 1.3x)")
+    print(row("all", totals))
+    if synth:
+        synth.cleanup()
+    ratio = totals["coco"] / totals["floor"]
+    print(f"COCO converter (polygons) {ratio:.2f}x the floor (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})")
     return 0
 
 

@@ -153,6 +153,7 @@ def test_a_changed_split_config_needs_resplit(tiny, tmp_path, capsys):
     base = ["--category", "tiny", "--root", str(tiny), "--splits", str(splits), "--no-progress"]
     assert to_coco([*base, "--out", str(tmp_path / "a")]) == 0
     before = splits.read_text()
+    capsys.readouterr()  # the first conversion's summary and warnings
     rc = to_coco([*base, "--out", str(tmp_path / "b"), "--seed", "1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(f"error: {splits}: existing split was made with") and "--resplit" in err

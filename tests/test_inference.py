@@ -421,18 +421,21 @@ def test_a_failed_write_stops_the_run_at_once_naming_file_and_errno(odd_folder, 
     src.mkdir()
     for i in range(12):
         (src / f"{i:02d}.png").write_bytes((odd_folder / "a.png").read_bytes())
-    written, real = [], run_mod.write_png
+    import defect_vision.inference.run_files as files_mod
 
-    def full_disk(path, image):
+    written, real = [], files_mod._write_bytes
+
+    def full_disk(path, data):
         if written:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         written.append(path)
-        real(path, image)
+        real(path, data)
 
-    monkeypatch.setattr(run_mod, "write_png", full_disk)
+    monkeypatch.setattr(files_mod, "_write_bytes", full_disk)
     detector_images = []
     real_detect = run_mod.DefectPredictor.detect
-    monkeypatch.setattr(run_mod.DefectPredictor, "detect", lambda self, ims: detector_images.extend(ims) or real_detect(self, ims))
+    monkeypatch.setattr(run_mod.DefectPredictor, "detect",
+                        lambda self, ims, *a: detector_images.extend(ims) or real_detect(self, ims, *a))
     out = tmp_path / "out"
     rc = main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
                "--batch", "1", "--workers", "2", "--writers", "1", "--quiet"])
@@ -455,20 +458,22 @@ def test_the_writer_queue_is_bounded(odd_folder, models, tmp_path, monkeypatch):
     src.mkdir()
     for i in range(10):
         (src / f"{i:02d}.png").write_bytes((odd_folder / "a.png").read_bytes())
-    written, lag, real = [], [], run_mod.write_png
+    import defect_vision.inference.run_files as files_mod
 
-    def slow(path, image):
+    written, lag, real = [], [], files_mod._write_bytes
+
+    def slow(path, data):
         time.sleep(0.15)
-        real(path, image)
+        real(path, data)
         written.append(path)
 
     real_detect = run_mod.DefectPredictor.detect
 
-    def detect(self, ims):
+    def detect(self, ims, *a):
         lag.append(len(lag) - len(written))  # images handed to the writers before this batch, not written yet
-        return real_detect(self, ims)
+        return real_detect(self, ims, *a)
 
-    monkeypatch.setattr(run_mod, "write_png", slow)
+    monkeypatch.setattr(files_mod, "_write_bytes", slow)
     monkeypatch.setattr(run_mod.DefectPredictor, "detect", detect)
     out = tmp_path / "out"
     assert main(["--source", str(src), "--detector", str(models["detector"]), "--box-only", "--out", str(out),
@@ -477,16 +482,16 @@ def test_the_writer_queue_is_bounded(odd_folder, models, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_is_one_line_exit_130_and_stale_temporaries_are_cleaned(odd_folder, models, tmp_path, capsys, monkeypatch):
-    import defect_vision.inference.run as run_mod
+    import defect_vision.inference.run_files as files_mod
 
     stale = tmp_path / ".out.99999999.k1ll3d.tmp"  # what a killed run leaves (pid 99999999 is not running)
     (stale / "masks").mkdir(parents=True)
     (stale / "masks" / "x.png").write_bytes(b"\0" * 1000)
 
-    def interrupt(path, image):
+    def interrupt(path, data):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_mod, "write_png", interrupt)
+    monkeypatch.setattr(files_mod, "_write_bytes", interrupt)
     out = tmp_path / "out"
     rc = main(["--source", str(odd_folder), "--detector", str(models["detector"]), "--box-only", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -756,7 +761,7 @@ def test_model_workers_overlap_and_an_error_exits_cleanly_from_a_fresh_interpret
         from defect_vision.errors import DatasetError
         active, peak, calls, lock = [0], [0], [0], threading.Lock()
         real = run_mod.DefectPredictor.detect
-        def detect(self, images):
+        def detect(self, images, *a):
             with lock:
                 active[0] += 1; peak[0] = max(peak[0], active[0]); calls[0] += 1; n = calls[0]
             time.sleep(0.3)
@@ -769,7 +774,7 @@ def test_model_workers_overlap_and_an_error_exits_cleanly_from_a_fresh_interpret
                 x, w, t0 = torch.randn(1, 64, 256, 256), torch.randn(64, 64, 3, 3), time.time()
                 while time.time() - t0 < 1.5:
                     torch.nn.functional.conv2d(x, w, padding=1)
-            return real(self, images)
+            return real(self, images, *a)
         run_mod.DefectPredictor.detect = detect
         rc = main(["--source", {str(src)!r}, "--detector", {str(models["detector"])!r}, "--box-only", "--out",
                    sys.argv[2], "--batch", "1", "--workers", "2", "--threads", "2", "--quiet"])

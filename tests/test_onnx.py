@@ -183,9 +183,9 @@ def test_onnxruntime_backend_writes_the_same_outputs_as_torch(exported, images, 
                            tmp_path / "ort")
     assert summary["config"]["backend"] == "onnxruntime" and summary["config"]["onnx"] == str(run / "onnx")
     assert summary["parallel"] == {"batch": 2, "workers": 2, "torch_threads_per_worker": 1}  # sessions run at once
-    assert summary["device"] == "cpu" and summary["config"]["thresholds"] == str(run / "thresholds.json")
+    assert summary["device"] == "cpu" and summary["config"]["run_thresholds"] == str(run / "thresholds.json")
     assert len(got) == len(ref) == 5 * 5 and summary["detections_per_class"] == ref_summary["detections_per_class"]
-    assert "stain" not in summary["detections_per_class"]  # its threshold 0.99 applied the same way
+    assert summary["thresholds"] == ref_summary["thresholds"] and summary["thresholds"]["source"] == "conf"  # --conf wins
     for a, b in match(ref, got):
         assert abs(a["score"] - b["score"]) < 1e-4 and np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= 1.0
         assert mask_iou(a["segmentation"], b["segmentation"]) >= 0.99
@@ -358,20 +358,24 @@ def test_missing_file_bad_opset_and_foreign_folder_are_one_line_errors(exported,
 
 
 def test_onnx_folder_alone_is_enough(exported, images, tmp_path):
-    """Deployment: only the export folder (no run, no checkpoints); its thresholds apply."""
+    """Deployment: only the export folder (no run, no checkpoints); its thresholds apply unless --conf is given
+    (the same rule as a run's thresholds on the torch backend)."""
     d = _copy_export(exported, tmp_path / "deploy")
-    preds, summary = predict(["--source", str(images), "--backend", "onnxruntime", "--onnx", str(d), "--conf", "0.01"],
-                             tmp_path / "out")
-    assert summary["config"]["thresholds"] == str(d / "thresholds.json") and "stain" not in summary["detections_per_class"]
+    preds, summary = predict(["--source", str(images), "--backend", "onnxruntime", "--onnx", str(d)], tmp_path / "out")
+    assert summary["thresholds"] == {"source": "run", "default": 0.2, "per_class": {"hole": 0.3, "stain": 0.99}}
+    assert "stain" not in summary["detections_per_class"]
     assert len(preds) > 0 and summary["sam_encoder_calls"] == summary["images_with_detections"]
-    with pytest.raises(DatasetError, match="--model-type vit_b: the export .* holds a vit_tiny SAM"):
+    high, high_summary = predict(["--source", str(images), "--backend", "onnxruntime", "--onnx", str(d), "--conf", "0.9"],
+                                 tmp_path / "out_conf")  # scores here are ~0.5: the export's 0.2/0.3 would keep them
+    assert high_summary["thresholds"] == {"source": "conf", "default": 0.9, "per_class": {}} and len(high) == 0
+    with pytest.raises(DatasetError, match="model_type vit_b: the export .* holds a vit_tiny SAM"):
         from defect_vision import DefectPredictor, PredictConfig
 
         DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, model_type="vit_b"))
-    with pytest.raises(DatasetError, match="--classes dent: not in the ONNX export's vocabulary, which is baked in"):
+    with pytest.raises(DatasetError, match="classes dent: not in the ONNX export's vocabulary, which is baked in"):
         DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, classes=["hole", "dent"]))
     only_hole = DefectPredictor(None, None, PredictConfig(backend="onnxruntime", onnx=d, classes=["hole"], conf=0.01))
-    assert set(only_hole(read_image(next(images.iterdir()))).class_names) == {"hole"}
+    assert set(only_hole(read_image(next(images.iterdir()))).names) == {"hole"}
 
 
 # ---------------------------------------------------------------- OpenVINO: the same export, another CPU runtime
@@ -451,7 +455,7 @@ def test_openvino_bad_input_and_missing_package_are_one_line_errors(exported, im
     from defect_vision import PredictConfig
     from defect_vision.inference.onnx_backend import load_onnx_models
 
-    with pytest.raises(DatasetError, match=r"^--precision bf16: the onnxruntime backend runs the export in fp32"):
+    with pytest.raises(DatasetError, match=r"^precision bf16: the onnxruntime backend runs the export in fp32 \(bf16 on the CPU: backend openvino"):
         load_onnx_models(PredictConfig(backend="onnxruntime", onnx=exported["dir"], precision="bf16"), None, None,
                          torch.device("cpu"), torch.bfloat16)
 

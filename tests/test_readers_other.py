@@ -17,14 +17,13 @@ from defect_vision.cli.convert import main as convert_main
 from defect_vision.data.records import GOOD
 from defect_vision.data.source import DatasetSource, detect_format
 from defect_vision.data.synthetic import make_category
-from defect_vision.data.synthetic_other_layouts import make_folder, make_kolektor2, make_visa
+from fixtures.synthetic_other_layouts import make_folder, make_kolektor2, make_visa
 from defect_vision.data import kolektor2, visa
 from defect_vision.errors import DatasetError
 from defect_vision.masks import decode_rle
 
 SPLITS = ("train", "val", "test")
-VISA_CLASSES = {"scratch": "scratch", "Chip around edge": "chip_around_edge", "melt": "melt",
-                "scratch, chip around edge": "chip_around_edge_and_scratch"}
+VISA_IDS = {"scratch": 1, "chip_around_edge": 2, "melt": 3, "crack": 4}  # the generator's mask values
 
 
 def convert(root: Path, category: str, out: Path, *extra: str, fmt: str | None = "coco") -> tuple[str, str]:
@@ -63,11 +62,13 @@ def load_export(coco_dir: Path) -> tuple[dict, list, list]:
 
 
 def check_export(coco_dir: Path, truth: dict[str, tuple[str, np.ndarray | None]]) -> None:
-    """truth: file name -> (class, bool defect mask or None for good). Every defect image exported with its class,
-    one annotation per 8-connected component, tight boxes, areas, and masks whose union is the truth exactly; ids are
+    """truth: file name -> (class, bool defect mask or None for good, or {class: bool mask} for an image whose regions
+    have types of their own, `class` then its main type). Every defect image exported with its class, one annotation
+    per 8-connected component of each class, tight boxes, areas, and masks whose union is the truth exactly; ids are
     ranks of the sorted file names; good images (those the split uses) without annotations."""
     cats, images, anns = load_export(coco_dir)
-    classes = sorted({c for c, _ in truth.values() if c != GOOD})
+    classes = sorted({c for c, m in truth.values() if c != GOOD} | {c for _, m in truth.values() if isinstance(m, dict)
+                                                                   for c in m})
     assert [cats[i]["name"] for i in sorted(cats)] == classes
     assert all(c["prompt"] == c["name"].replace("_", " ") for c in cats.values())
     names = sorted(truth)
@@ -80,17 +81,21 @@ def check_export(coco_dir: Path, truth: dict[str, tuple[str, np.ndarray | None]]
         if cls == GOOD:
             assert mine == []
             continue
-        assert (im["height"], im["width"]) == mask.shape
-        assert len(mine) == cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
-        union = np.zeros(mask.shape, bool)
-        for a in mine:
-            m = decode_rle(a["segmentation"])
-            ys, xs = np.nonzero(m)
-            assert a["bbox"] == [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)]
-            assert a["area"] == int(m.sum()) and cats[a["category_id"]]["name"] == cls
-            assert not (union & m).any()
-            union |= m
-        assert np.array_equal(union, mask), im["file_name"]
+        per_class = mask if isinstance(mask, dict) else {cls: mask}
+        for name, part in per_class.items():
+            assert (im["height"], im["width"]) == part.shape
+            theirs = [a for a in mine if cats[a["category_id"]]["name"] == name]
+            assert len(theirs) == cv2.connectedComponents(part.astype(np.uint8), connectivity=8)[0] - 1
+            union = np.zeros(part.shape, bool)
+            for a in theirs:
+                m = decode_rle(a["segmentation"])
+                ys, xs = np.nonzero(m)
+                assert a["bbox"] == [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)]
+                assert a["area"] == int(m.sum())
+                assert not (union & m).any()
+                union |= m
+            assert np.array_equal(union, part), (im["file_name"], name)
+        assert {cats[a["category_id"]]["name"] for a in mine} == set(per_class)
 
 
 # ---- VisA ----------------------------------------------------------------------------------------------
@@ -103,7 +108,16 @@ def visa_root(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def visa_truth(drawn: dict) -> dict:
-    return {n: (GOOD, None) if d.label == GOOD else (VISA_CLASSES[d.label], d.mask > 0) for n, d in drawn.items()}
+    """An image with several types: each drawn value its own class, the image's class the one with most pixels."""
+    out = {}
+    for n, d in drawn.items():
+        names = visa.labels_of(d.label) if d.label != GOOD else []
+        if len(names) <= 1:
+            out[n] = (GOOD, None) if d.label == GOOD else (names[0], d.mask > 0)
+            continue
+        parts = {c: d.mask == VISA_IDS[c] for c in names if (d.mask == VISA_IDS[c]).any()}
+        out[n] = (max(sorted(parts), key=lambda c: parts[c].sum()), parts)
+    return out
 
 
 def test_generators_write_the_official_conventions(visa_root, tmp_path):
@@ -131,8 +145,9 @@ def test_visa_auto_export_of_every_format_reproduces_the_masks(visa_root, tmp_pa
     line, err = convert(root, "candle", out, "--format", "auto", "--splits", str(out / "splits" / "candle.json"),
                         "--task", "segment", fmt=None)
     assert f"--format auto: {root / 'candle'} is a visa layout" in err
-    assert line.startswith("coco+yolo+voc+sam candle: 8 images (train 6, val 0, test 2), 6 instances (chip_around_edge 1, "
-                           "chip_around_edge_and_scratch 2, melt 1, scratch 2), 0 specks dropped")
+    # the two-type image's regions take their own types (values 1 and 2, learned from the single-type images)
+    assert line.startswith("coco+yolo+voc+sam candle: 9 images (train 5, val 2, test 2), 6 instances (chip_around_edge 2, "
+                           "melt 1, scratch 3), 0 specks dropped")
     check_export(out / "coco" / "candle", visa_truth(drawn))
     cocos = checks.load_coco(out, "candle")
     checks.check_yolo(out, "candle", cocos)
@@ -141,6 +156,7 @@ def test_visa_auto_export_of_every_format_reproduces_the_masks(visa_root, tmp_pa
         prompts = json.loads((out / "sam" / "candle" / f"prompts_{split}.json").read_text())
         for im in prompts["images"]:
             cls, mask = visa_truth(drawn)[im["file_name"]]
+            mask = np.logical_or.reduce(list(mask.values())) if isinstance(mask, dict) else mask
             union = np.zeros(mask.shape, bool) if mask is not None else None
             for inst in im["instances"]:
                 union |= decode_rle(inst["mask"])
@@ -162,7 +178,7 @@ def test_visa_benchmark_split_tags_every_image_from_1cls_csv(visa_root, tmp_path
         "Data/Images/Normal/0000.JPG": "train", "Data/Images/Normal/0001.JPG": "train",
         "Data/Images/Normal/0002.JPG": "test", "Data/Images/Normal/0003.JPG": "test",
         **{f"Data/Images/Anomaly/{i:03d}.JPG": "test" for i in range(5)}}
-    assert all(s.extra == {} for s in visa.samples(DatasetSource(root, "candle", format="visa")))
+    assert all("split" not in s.extra for s in visa.samples(DatasetSource(root, "candle", format="visa")))
     # a copy whose 1cls.csv lacks one image, and one without split_csv/
     make_visa(tmp_path / "v", normal=2, labels=("melt",))
     csv_path = tmp_path / "v" / "split_csv" / "1cls.csv"
@@ -311,7 +327,7 @@ def test_folder_errors_name_the_file(tmp_path):
     assert convert_error(tmp_path / "b", "p", tmp_path, *base) == (
         "error: --images parts/**/*: needs --masks TEMPLATE (e.g. '{dir}/{stem}_mask.png'), or use --manifest CSV")
     assert convert_error(tmp_path / "b", "p", tmp_path, "--format", "folder", "--images", "nothing/*.png",
-                         "--masks", "{dir}/{stem}.bmp") == f"error: {tmp_path / 'b'}: no image matches --images 'nothing/*.png'"
+                         "--masks", "{dir}/{stem}.bmp") == f"error: {tmp_path / 'b'}: no image matches --images 'nothing/*.png' (no file matches)"
     assert convert_error(tmp_path / "b", "p", tmp_path, "--format", "folder", "--images", "parts/*/*.png",
                          "--masks", "{dir}/{stem}.png") == (
         f"error: {tmp_path / 'b/parts/crack/a.png'}: --masks {{dir}}/{{stem}}.png names the image itself as its mask")

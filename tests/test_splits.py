@@ -95,7 +95,7 @@ def test_benchmark_split_follows_the_dataset_and_shares_its_test_between_val_and
     import json
 
     from defect_vision.cli.convert import main as convert
-    from defect_vision.data.synthetic_other_layouts import make_kolektor2
+    from fixtures.synthetic_other_layouts import make_kolektor2
 
     make_kolektor2(tmp_path / "k", counts={"train": (3, 4), "test": (4, 4)}, seed=1)
     splits = tmp_path / "s.json"

@@ -71,15 +71,14 @@ def add_force(p: argparse.ArgumentParser) -> None:
 def run_command(body: Callable[[], int | None], out: Path | None = None) -> int:
     """Run a command body; DatasetError, DeviceError, CheckpointError and OSError -> one `error:` line and exit 2,
     Ctrl-C -> `interrupted` and exit 130 (temporary files are removed on the way out)."""
-    from defect_vision.devices import DeviceError
-    from defect_vision.errors import DatasetError
+    from defect_vision.errors import DatasetError  # DeviceError is one (devices.py is not imported for it)
 
     try:
         rc = body()
     except KeyboardInterrupt:
         print("\ninterrupted (nothing half-written was kept)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DatasetError, DeviceError) as exc:
+    except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # a missing checkpoint, an unwritable output, a full disk: name the file and the reason

@@ -3,6 +3,7 @@ split. `converters/mvtec_to_<format>.py` are the same command for one format (it
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from defect_vision.cli.common import CategoryPaths, add_force, parser, run_command
@@ -46,6 +47,9 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
                                                  "{stem} = its name without suffix (e.g. '{dir}/../masks/{stem}_mask.png')")
     p.add_argument("--manifest", type=Path, default=None,
                    help="folder layout: CSV with columns image,mask[,label] (paths relative to --root; empty mask = good)")
+    p.add_argument("--strict", action="store_true",
+                   help="visa: an image_anno.csv row whose image is not on disk is an error (default: skipped, with "
+                        "one warning line naming how many and which)")
     p.add_argument("--benchmark-split", action="store_true",
                    help="visa, kolektor2: the dataset's own train/test (VisA: split_csv/1cls.csv, whose train has only "
                         "good images; KolektorSDD2: its train/ and test/); its test images are shared between val and "
@@ -116,8 +120,10 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
 
     def body() -> None:
         source = DatasetSource(a.root, a.category, a.min_area, a.layout, a.mask_threshold, a.defect_name, a.names,
-                               a.images, a.masks, a.manifest, a.benchmark_split)
+                               a.images, a.masks, a.manifest, a.benchmark_split, a.strict)
         result = export(source, outputs, config)
         print(result.summary(fmt or "+".join(a.formats)))
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
 
     return run_command(body, next(iter(outputs.values())))

@@ -20,7 +20,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category", required=True, help="a converted category (defect-vision convert)")
     p.add_argument("--datasets", type=Path, default=Path("datasets"), help="the converted data: DIR/{coco,yolo,sam}/<C>")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder: the output goes to DIR/<C>/<command>")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <runs>/<C>/<command>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <runs>/<C>/<command>); replaced only when the run completes; a "
+                        "symlink to a folder is written into that folder")
     p.add_argument("--fast", action="store_true",
                    help="CPU setting for the synthetic category: --from-scratch yolov8n-worldv2, --text-encoder random, "
                         "--imgsz 64, --epochs 3, mosaic=0, SAM vit_tiny random-init (explicit options still win)")

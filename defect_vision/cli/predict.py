@@ -9,13 +9,14 @@ from defect_vision.cli.common import add_force, parser, run_command
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from defect_vision.devices import PRECISIONS
-    from defect_vision.inference.predictor import BACKENDS
+    from defect_vision.inference.config import BACKENDS
 
     p = parser(prog, "Detect defects with a fine-tuned YOLO-World checkpoint, refine every box into a mask with SAM "
                      "(image encoder once per image, all boxes decoded in one batched call; no SAM call for images "
                      "without detections), and write COCO results, label-mask PNGs and optional overlays.",
                epilog="--run runs/<C> stands for --detector runs/<C>/yolo_world/best.pt --sam runs/<C>/sam/best.pth "
-                      "--thresholds runs/<C>/thresholds.json (when it exists); explicit options win.")
+                      "and the run's calibrated thresholds (runs/<C>/thresholds.json, used unless --conf or "
+                      "--thresholds is given); explicit options win.")
     p.add_argument("--source", required=True,
                    help="a folder (searched recursively), a glob ('imgs/*.png'), one image, a COCO instances json "
                         "(images from info.image_root + file_name, keeping its image ids), or a CSV manifest (column "
@@ -30,7 +31,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder (runs/<C>/predict); replaced as a whole, so it must not hold the source and "
                         "must be empty or a previous prediction run unless --force")
-    p.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (per-class ones: --thresholds)")
+    p.add_argument("--conf", type=float, default=None,
+                   help="detector confidence threshold for every class. Which thresholds apply, the same for every "
+                        "backend and engine: --thresholds FILE if given (classes it lists their value, the others its "
+                        "default, else --conf); else --conf if given; else the calibrated thresholds.json of --run "
+                        "(or of the --onnx export), if it calibrated any class; else 0.25")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=100, help="most detections per image")
     p.add_argument("--classes", nargs="+", default=None,
@@ -73,7 +78,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         "(the segmentation upper bound); images matched by id (same json) or path")
     p.add_argument("--thresholds", type=Path, default=None,
                    help="per-class confidence thresholds from `defect-vision calibrate` "
-                        "({'thresholds': {name: t}, 'default': t}); classes not listed use 'default', else --conf")
+                        "({'thresholds': {name: t}, 'default': t}); classes not listed use 'default', else --conf; "
+                        "wins over --conf and over the run's thresholds (see --conf)")
     p.add_argument("--mask-threshold", type=float, default=0.0, help="SAM mask logit threshold")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: skipped with a warning)")
     p.add_argument("--prefetch", type=int, default=4, help="images read ahead by the loader thread")
@@ -104,42 +110,30 @@ def passive_omp_waits() -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> int:
-    from defect_vision.errors import DatasetError
+    from defect_vision.errors import ConfigError, DatasetError
 
     passive_omp_waits()
     a = build_parser(prog).parse_args(argv)
 
     def body() -> None:
-        from defect_vision.inference.predictor import DefectPredictor, PredictConfig, predict_workers
-        from defect_vision.inference.run import RunOptions, predict_run
-        from defect_vision.models.run_folder import run_models
+        from defect_vision.inference.config import PredictConfig, predict_workers
+        from defect_vision.inference.run import RunOptions, predict_files
+        from defect_vision.inference.sources import resolve_source
+        from defect_vision.run_folder import run_models
 
-        detector, sam, thresholds, onnx = a.detector, a.sam, a.thresholds, a.onnx
+        detector, sam, onnx, implied = a.detector, a.sam, a.onnx, None
         if a.run is not None:
             run = run_models(a.run)
-            detector, sam = detector or run.detector, sam or run.sam
-            thresholds, onnx = thresholds or run.thresholds, onnx or run.onnx
-        if a.gt_boxes is not None:
-            detector = None  # the boxes come from the ground truth
-        elif detector is None and a.backend == "torch":
-            raise DatasetError("--detector: required unless --gt-boxes gives the boxes (or --run gives a run folder)")
-        if not a.box_only and sam is None and a.backend == "torch":
-            raise DatasetError("--sam: required unless --box-only")
-        if a.backend != "torch" and onnx is None:
-            raise DatasetError(f"--onnx: required with --backend {a.backend} (a folder written by defect-vision export)")
+            detector, sam, onnx, implied = detector or run.detector, sam or run.sam, onnx or run.onnx, run.thresholds
         workers = a.workers if a.engine == "ray" else predict_workers(a.backend, a.workers, a.threads)
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
                                text_encoder=a.text_encoder, clip=a.clip, prompts=a.prompts,
-                               thresholds=thresholds, mask_threshold=a.mask_threshold, model_type=a.model_type,
-                               box_only=a.box_only, device=a.device, precision=a.precision, seed=a.seed,
-                               sam_batch=a.sam_batch, threads=a.threads, workers=workers,
+                               thresholds=a.thresholds, run_thresholds=implied, mask_threshold=a.mask_threshold,
+                               model_type=a.model_type, box_only=a.box_only, device=a.device, precision=a.precision,
+                               seed=a.seed, sam_batch=a.sam_batch, threads=a.threads, workers=workers,
                                backend=a.backend, onnx=onnx if a.backend != "torch" else None)
-        config.check()
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
-                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers,
-)
-        from defect_vision.inference.sources import resolve_source
-
+                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers)
         source = resolve_source(a.source)  # bad sources fail before any model is loaded
         from defect_vision.cli import predict_ray
 
@@ -147,8 +141,13 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
             summary = predict_ray.run(a, detector, sam, config, source, options)
         else:
             predict_ray.refuse_ray_options(a)
-            predictor = DefectPredictor(detector, None if a.box_only else sam, config)
-            summary = predict_run(predictor, source, a.out, options)
+            summary = predict_files(detector, sam, config, source, a.out, options)
         print(summary.line(a.out))
 
-    return run_command(body, a.out)
+    def flags() -> None:
+        try:
+            body()
+        except ConfigError as exc:  # the library names config fields; here they are flags
+            raise DatasetError(exc.flag_message()) from None
+
+    return run_command(flags, a.out)

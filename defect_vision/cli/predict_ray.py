@@ -30,7 +30,7 @@ def run(a: argparse.Namespace, detector, sam, config, source, options):
 
     ro = RayOptions(num_workers=a.num_workers, num_gpus=a.num_gpus, cpus_per_worker=a.cpus_per_worker,
                     address=a.address, shard_size=a.shard_size)
-    return ray_predict_run(detector, None if a.box_only else sam, config, source, a.out, options, ro)
+    return ray_predict_run(detector, sam, config, source, a.out, options, ro)
 
 
 def refuse_ray_options(a: argparse.Namespace) -> None:

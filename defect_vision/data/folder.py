@@ -94,9 +94,14 @@ def from_glob(root: Path, pattern: str, template: str, threshold: int) -> list[S
     """--images GLOB --masks TEMPLATE; files the glob matches that are some image's mask are not images."""
     check_template(template)
     try:
-        found = sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        matched = [p for p in root.glob(pattern) if p.is_file()]
     except (ValueError, NotImplementedError) as exc:
         raise DatasetError(f"--images {pattern}: not a usable glob relative to --root ({exc})") from None
+    found = sorted(p for p in matched if p.suffix.lower() in IMAGE_SUFFIXES)
+    if matched and not found:
+        suffixes = sorted({p.suffix.lower() or "(none)" for p in matched})
+        raise DatasetError(f"{root}: no image matches --images '{pattern}' ({len(matched)} files match, none with an "
+                           f"image suffix: found {', '.join(suffixes)}; read are {', '.join(sorted(IMAGE_SUFFIXES))})")
     found = [Path(os.path.abspath(p)) for p in found]
     masks = {p: mask_for(template, p, root) for p in found}
     taken = {m for p, m in masks.items() if m != p}
@@ -105,7 +110,8 @@ def from_glob(root: Path, pattern: str, template: str, threshold: int) -> list[S
         if masks[image] == image:
             raise DatasetError(f"{image}: --masks {template} names the image itself as its mask")
     if not images:
-        raise DatasetError(f"{root}: no image matches --images '{pattern}'" + (" (only mask files)" if found else ""))
+        raise DatasetError(f"{root}: no image matches --images '{pattern}'" + (" (only mask files)" if found else
+                                                                               " (no file matches)"))
     out = []
     for image in images:
         mask = masks[image]

@@ -1,4 +1,5 @@
-"""Image and mask files: suffixes, header-only sizes (with truncated-PNG detection), RGB pixels, binary masks."""
+"""Image and mask files: suffixes, header-only sizes as the pixel readers decode them (EXIF orientation applied;
+truncated PNG and JPEG detected), RGB pixels, label and binary masks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,10 @@ from PIL import Image, UnidentifiedImageError
 
 from defect_vision.errors import DatasetError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# what OpenCV, PIL and ultralytics all read
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+ORIENTATION = 0x0112  # EXIF tag; values 5-8 turn the image by 90 degrees (width and height swap)
+JPEG_EOI = b"\xff\xd9"
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -24,37 +28,74 @@ def _png_is_cut_short(f) -> bool:
     return b"IEND" not in f.read()
 
 
+def _jpeg_is_cut_short(im: Image.Image) -> bool:
+    """True if an open JPEG lacks its end-of-image marker after the start of its scan (OpenCV then refuses it).
+    The tail is read first; only a file with data after its end marker is read further."""
+    f, scan = im.fp, im.tile[0][2] if im.tile else 0
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(max(scan, size - 1024))
+    if JPEG_EOI in f.read():
+        return False
+    f.seek(scan)
+    return JPEG_EOI not in f.read()
+
+
+def _turned(im: Image.Image) -> bool:
+    """True if the file's EXIF orientation turns it by 90 degrees, as OpenCV applies when decoding (5-8). Reads only
+    what the header parse holds (a PNG's eXIf chunk after its pixels is not looked for, so nothing is decoded).
+    A TIFF's orientation is a tag of its own, which PIL's size already applies."""
+    if "exif" not in im.info:
+        return False
+    try:
+        exif = Image.Exif()
+        exif.load(im.info["exif"])
+        return int(exif.get(ORIENTATION) or 1) in (5, 6, 7, 8)
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return False  # unreadable EXIF: OpenCV ignores it too
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image header alone; DatasetError if it is not a readable image or a cut-short PNG."""
+    """(height, width) of the pixels the readers decode (EXIF orientation applied), from the header alone;
+    DatasetError if it is not a readable image or a cut-short PNG or JPEG."""
     try:
         with Image.open(path) as im:
             width, height = im.size
-            truncated = im.format == "PNG" and _png_is_cut_short(im.fp)
+            if _turned(im):
+                width, height = height, width
+            cut = (im.format == "PNG" and _png_is_cut_short(im.fp)) or (im.format in ("JPEG", "MPO")
+                                                                         and _jpeg_is_cut_short(im))
     except FileNotFoundError:
         raise DatasetError(f"{path}: missing (no such image file)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as exc:
         # ImportError: once ultralytics is imported, its patched Image.open answers an unknown file by importing
         # an optional HEIF plugin (absent offline) instead of raising UnidentifiedImageError
         raise DatasetError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    if truncated:
-        raise DatasetError(f"{path}: not a readable image (truncated PNG: no IEND chunk)")
+    if cut:
+        kind = "PNG: no IEND chunk" if path.suffix.lower() == ".png" else "JPEG: no end-of-image marker"
+        raise DatasetError(f"{path}: not a readable image (truncated {kind})")
     return height, width
 
 
-def read_mask(path: Path, threshold: int = 0) -> np.ndarray:
-    """Binary mask (value > threshold) of a ground-truth image (PNG, BMP, TIF, JPEG; 8 or 16 bit); any colour channel
-    counts, an alpha channel does not."""
+def read_label_mask(path: Path) -> np.ndarray:
+    """The values of a ground-truth image (PNG, BMP, TIF, JPEG, WebP; 8 or 16 bit) as HxW, the largest colour
+    channel where it has several (an alpha channel does not count); EXIF orientation applied, as for the image."""
     data = np.fromfile(path, np.uint8) if Path(path).is_file() else np.zeros(0, np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # ANYDEPTH | ANYCOLOR: 16 bit and colour kept, alpha dropped, EXIF orientation applied (UNCHANGED ignores it)
+    mask = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if mask is None:
         raise DatasetError(f"{path}: not a readable mask image")
-    if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2)  # BGR(A): an opaque alpha channel is not a defect
-    return mask > threshold
+    return mask.max(axis=2) if mask.ndim == 3 else mask
+
+
+def read_mask(path: Path, threshold: int = 0) -> np.ndarray:
+    """Binary mask (value > threshold) of a ground-truth image; see read_label_mask."""
+    return read_label_mask(path) > threshold
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 HxWx3 image; grayscale images come back as 3 channels, 16-bit ones scaled to 8 bit."""
+    """RGB uint8 HxWx3 image; grayscale images come back as 3 channels, 16-bit ones scaled to 8 bit; EXIF
+    orientation applied (as ultralytics and viewers do)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: missing (no such image file)")

@@ -102,6 +102,7 @@ class Category:
     unlabelled: list[ImageRecord] = field(default_factory=list)  # images without ground truth (prediction only)
     prompts: dict[str, str] = field(default_factory=dict)  # class name -> prompt text (default: '_' -> ' ')
     phrasings: dict[str, list[str]] = field(default_factory=dict)  # class name -> its phrasings (prompt first)
+    warnings: list[str] = field(default_factory=list)  # what the read skipped or could not tell (one line each)
 
     def category_id(self, defect_type: str) -> int:
         return self.defect_types.index(defect_type) + 1

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from defect_vision.data.images import image_size, read_mask
+import numpy as np
+
+from defect_vision.data.images import image_size, read_label_mask
 from defect_vision.data.records import GOOD, Category, ImageRecord, mask_to_instances
 from defect_vision.errors import DatasetError
 
@@ -21,12 +23,16 @@ class Sample:
     label: str  # defect type (class name), or GOOD
     masks: tuple[Path, ...] = ()  # ground-truth mask files of a defect image; their union is the defect
     labelled: bool = True  # False: no ground truth at all (prediction only, e.g. MVTec AD 2's test_private)
-    extra: dict = field(default_factory=dict, compare=False, hash=False)  # anything else the layout says
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # anything else the layout says:
+    # "split": the dataset's own train/test; "listed_in": the list file naming this image (a missing image is then
+    # skipped with a warning, or an error with strict); "labels": several defect types of one image;
+    # "types_by_value": {mask value: defect type} where the mask's values tell its regions' types apart
 
 
 def read_sample(s: Sample, min_area: int, mask_threshold: int = 0) -> ImageRecord:
     """The record of one sample: its size from the header; for a defect image the union of its masks (> threshold)
-    split into instances. DatasetError naming the file: unreadable, missing mask, size mismatch, empty mask."""
+    split into instances (of their own types where extra["types_by_value"] says). DatasetError naming the file:
+    unreadable, missing mask, size mismatch, empty mask."""
     path = s.path if s.path.is_absolute() else s.path.resolve()
     height, width = image_size(path)
     rec = ImageRecord(s.file_name, path, height, width, s.label, split_hint=s.extra.get("split"))
@@ -34,28 +40,67 @@ def read_sample(s: Sample, min_area: int, mask_threshold: int = 0) -> ImageRecor
         return rec
     if not s.masks:
         raise DatasetError(f"{path}: defect image ({s.label}) without a ground-truth mask")
-    union = None
+    values = None
     for m in s.masks:
         if not m.is_file():
             raise DatasetError(f"{m}: missing mask for defect image {path}")
-        mask = read_mask(m, mask_threshold)
+        mask = read_label_mask(m)
         if mask.shape != (height, width):
             raise DatasetError(f"{m}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {path.name} is {width}x{height}")
-        union = mask if union is None else union | mask
+        values = mask if values is None else np.maximum(values, mask)
+    union = values > mask_threshold
     rec.mask_path = s.masks[0]
     if not union.any():
         raise DatasetError(f"{s.masks[0]}: mask is empty (no defect pixel) for defect image {path.name}")
-    rec.instances, rec.dropped_specks = mask_to_instances(union, s.label, min_area)
+    by_value = s.extra.get("types_by_value")
+    if not by_value:
+        rec.instances, rec.dropped_specks = mask_to_instances(union, s.label, min_area)
+        return rec
+    for kind in sorted(set(by_value.values())):
+        part = union & np.isin(values, [v for v, t in by_value.items() if t == kind])
+        found, dropped = mask_to_instances(part, kind, min_area)
+        rec.instances += found
+        rec.dropped_specks += dropped
     return rec
 
 
+def present(samples: Sequence[Sample], strict: bool = False) -> tuple[list[Sample], list[str]]:
+    """The samples whose image is on disk, and a warning for those a list file names but the disk lacks (a partial
+    download); with strict, DatasetError instead."""
+    missing = [s for s in samples if "listed_in" in s.extra and not s.path.is_file()]
+    if not missing:
+        return list(samples), []
+    where = missing[0].extra["listed_in"]
+    first = ", ".join(s.file_name for s in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    msg = f"{where}: {len(missing)} of {len(samples)} images it lists are not on disk ({first})"
+    if strict:
+        raise DatasetError(f"{msg}; strict: a partial copy is an error")
+    gone = {id(s) for s in missing}
+    return [s for s in samples if id(s) not in gone], [f"{msg}: skipped"]
+
+
+def combination_note(samples: Sequence[Sample]) -> list[str]:
+    """A warning for images with several defect types whose mask values could not tell their regions apart."""
+    kept = [s for s in samples if len(s.extra.get("labels", ())) > 1 and not s.extra.get("types_by_value")]
+    if not kept:
+        return []
+    first = ", ".join(s.file_name for s in kept[:3]) + (", ..." if len(kept) > 3 else "")
+    return [f"{len(kept)} images with several defect types kept as one combination class each (their mask values "
+            f"do not say which region is which type: {first})"]
+
+
 def build_category(name: str, root: Path, samples: Sequence[Sample], min_area: int = 10, mask_threshold: int = 0,
-                   progress: bool = False) -> Category:
-    """Read every sample (DatasetError on the first bad file) into a Category sorted by file_name."""
+                   progress: bool = False, strict: bool = False) -> Category:
+    """Read every sample (DatasetError on the first bad file) into a Category sorted by file_name; images a list
+    file names but the disk lacks are skipped with a warning (strict: DatasetError)."""
     from tqdm import tqdm
 
     if not samples:
         raise DatasetError(f"{root}: no images found")
+    samples, warnings = present(samples, strict)
+    if not samples:
+        raise DatasetError(warnings[0].removesuffix(": skipped") + ": none to read")
+    warnings += combination_note(samples)
     seen: dict[str, Path] = {}
     for s in samples:
         if s.file_name in seen:
@@ -68,8 +113,9 @@ def build_category(name: str, root: Path, samples: Sequence[Sample], min_area: i
     unlabelled = sorted((read_sample(s, min_area) for s in samples if not s.labelled), key=lambda r: r.file_name)
     if not records:
         raise DatasetError(f"{root}: no labelled images (only {len(unlabelled)} without ground truth)")
-    defect_types = sorted({r.defect_type for r in records if not r.is_good})
-    return Category(name, Path(root), records, defect_types, unlabelled=unlabelled)
+    defect_types = sorted({r.defect_type for r in records if not r.is_good}
+                          | {i.category for r in records for i in r.instances})
+    return Category(name, Path(root), records, defect_types, unlabelled=unlabelled, warnings=warnings)
 
 
 def normalise_label(text: str) -> str:

@@ -42,6 +42,7 @@ class DatasetSource:
     masks: str | None = None  # folder: mask path template ({dir} = the image's folder, {stem} = its name w/o suffix)
     manifest: Path | None = None  # folder: CSV with columns image,mask[,label]
     benchmark_split: bool = False  # VisA: take train/test from split_csv/1cls.csv
+    strict: bool = False  # VisA: an image_anno.csv row whose image is not on disk is an error (default: skipped)
 
     @property
     def cat_root(self) -> Path:
@@ -120,11 +121,15 @@ def load_names(path: Path | None) -> dict[str, str]:
 
 
 def read_dataset(source: DatasetSource, progress: bool = False) -> Category:
-    """Read a dataset of any supported layout into the record the formats write."""
+    """Read a dataset of any supported layout into the record the formats write; what it skipped or could not tell
+    is in `Category.warnings` (and on stderr, one `warning:` line each)."""
+    import sys
+
     source = resolve(source)
     samples = reader(source.format).samples(source)
     cat = build_category(source.category, source.cat_root.resolve(), samples, source.min_area, source.mask_threshold,
-                         progress)
+                         progress, source.strict)
+    check_defects(cat, source)
     phrasings = load_phrasings(source.names)
     names = {name: prompts[0] for name, prompts in phrasings.items()}
     unknown = sorted(set(names) - set(cat.defect_types))
@@ -133,4 +138,20 @@ def read_dataset(source: DatasetSource, progress: bool = False) -> Category:
                            f"(its classes: {', '.join(cat.defect_types)})")
     cat.prompts = names
     cat.phrasings = phrasings
+    for w in cat.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return cat
+
+
+def check_defects(cat: Category, source: DatasetSource) -> None:
+    """DatasetError when a category has no defect image: nothing to train or evaluate a detector on (a folder of
+    good images only, or a layout read with the wrong format); names the layout the files look like."""
+    if cat.defect_types:
+        return
+    hint = ""
+    if source.format != "folder":
+        fits = [fmt for fmt in READERS if reader(fmt).looks_like(source.cat_root)]
+        hint = (f"; its files look like {fits[0]} ({reader(fits[0]).LAYOUT})" if fits and source.format not in fits
+                else f"; format {source.format} reads defect images from {reader(source.format).LAYOUT}")
+    raise DatasetError(f"{source.cat_root}: no defect image read as format {source.format} "
+                       f"({len(cat.images)} good images only){hint}")

@@ -10,9 +10,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from defect_vision.errors import DatasetError
-from defect_vision.io import atomic_write_text
 from defect_vision.data.records import GOOD, Category
+from defect_vision.errors import DatasetError
+from defect_vision.io import atomic_write_text, complete_pending
 
 SPLITS = ("train", "val", "test")
 
@@ -101,6 +101,20 @@ def make_split(cat: Category, config: SplitConfig) -> Split:
     return Split(cat.name, config, {s: sorted(v) for s, v in files.items()}, sorted(good[start:]))
 
 
+def split_warnings(cat: Category, split: Split) -> list[str]:
+    """One line per split that has a non-zero ratio but no defect image (too few defect images to share): training
+    selects its best epoch on val, evaluation measures test. The official split's train (VisA: good images only by
+    design) is not checked."""
+    ratios = split.config.ratios if not split.config.official else (0.0, *split.config.ratios[1:])
+    of = split.split_of()
+    defects = [r for r in cat.images if not r.is_good]
+    counts = {s: sum(of.get(r.file_name) == s for r in defects) for s in SPLITS}
+    return [f"{cat.root}: the {s} split has no defect image ({len(defects)} defect images in all, too few for "
+            f"ratios {'/'.join(f'{r:g}' for r in split.config.ratios)}): training or evaluation on it measures "
+            f"nothing (add defect images, or set its ratio to 0)"
+            for s, ratio in zip(SPLITS, ratios) if ratio > 0 and counts[s] == 0]
+
+
 def split_json(split: Split) -> str:
     """The text of a splits.json."""
     data = {"category": split.category, "config": asdict(split.config), "splits": split.files, "unused_good": split.unused_good}
@@ -112,6 +126,7 @@ def save_split(split: Split, path: Path) -> None:
 
 
 def load_split(path: Path) -> Split:
+    complete_pending(path)  # an export's commit in progress: never a split of another moment
     try:
         data = json.loads(Path(path).read_text())
         cfg = data["config"]
@@ -126,7 +141,8 @@ def load_split(path: Path) -> Split:
 
 
 def load_or_make_split(cat: Category, path: Path, config: SplitConfig, resplit: bool = False) -> tuple[Split, bool]:
-    """The category's split: read from path when it exists (and fits the data), else made and saved. Returns (split, created)."""
+    """The category's split: read from path when it exists (and fits the data), else made. Returns (split, created);
+    what it cannot give is in split_warnings(cat, split)."""
     path = Path(path)
     if path.exists() and not resplit:
         split = load_split(path)

@@ -9,7 +9,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from defect_vision.distributed.shards import RUN_FILE, SHARDS, read_run, read_shard, shard_files, shard_paths
+from defect_vision.distributed.shards import (
+    RUN_FILE,
+    SHARDS,
+    read_run,
+    read_shard,
+    shard_files,
+    shard_paths,
+)
 from defect_vision.errors import DatasetError
 from defect_vision.io import Commit
 

@@ -59,14 +59,16 @@ def plan_resources(cluster: dict, config: PredictConfig, num_workers: int | None
 
 
 def predictions(ray, rows: list[dict], detector: str | None, sam: str | None, config: PredictConfig, batch: int,
-                overlays: bool, res: Resources) -> Iterator[dict]:
-    """The result rows of `rows` (one per image: id, shard, path, file_name, height, width, gt), as they finish."""
+                overlays: bool, res: Resources, gt=None, detect_batch: int | None = None) -> Iterator[dict]:
+    """The result rows of `rows` (one per image: id, shard, path, file_name, height, width), as they finish; `batch`
+    rows per Ray batch, `detect_batch` images per detector forward inside an actor; `gt`: ground-truth boxes (GtBoxes)
+    as the actors' detector."""
     blocks = max(1, min(len(rows), 4096, math.ceil(len(rows) / batch)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     cpus = res.cpus_per_worker
     ds = ds.map_batches(read_batch, batch_size=batch, batch_format="numpy", num_cpus=1 if res.split else cpus)
     worker = dict(detector=detector, sam=sam, config=config, encode=not res.split, overlays=overlays,
-                  gpus=res.gpus_per_worker, threads=int(cpus))
+                  gpus=res.gpus_per_worker, threads=int(cpus), gt=gt, detect_batch=detect_batch)
     ds = ds.map_batches(PredictWorker, fn_constructor_kwargs=worker, batch_size=batch, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
                         num_gpus=res.gpus_per_worker or None)

@@ -5,7 +5,6 @@ interrupted run loses at most the shards in flight; a killed model actor is rest
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import sys
 import time
@@ -13,21 +12,35 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
+from types import SimpleNamespace
 
 from defect_vision.devices import Timings
 from defect_vision.distributed.cluster import ray_session
 from defect_vision.distributed.merge import ShardTotals, merge_shards
 from defect_vision.distributed.pipeline import Resources, plan_resources, predictions
 from defect_vision.distributed.progress import Progress, completion_rate
-from defect_vision.distributed.shards import (KIND, Plan, complete_shards, fingerprint, holds_run, open_run, run_id,
-                                              write_shard)
-from defect_vision.errors import DatasetError
-from defect_vision.inference.predictor import PredictConfig, class_filter
-from defect_vision.inference.run import GtBoxes, RunOptions, Summary, _category_mismatch
+from defect_vision.distributed.shards import (
+    KIND,
+    Plan,
+    complete_shards,
+    fingerprint,
+    holds_run,
+    open_run,
+    run_id,
+    write_shard,
+)
+from defect_vision.errors import ConfigError, DatasetError
+from defect_vision.inference.config import PredictConfig
+from defect_vision.inference.run import (
+    RunOptions,
+    category_mismatch,
+    ground_truth,
+    required_models,
+)
+from defect_vision.inference.run_files import ImageFiles, image_entry
 from defect_vision.inference.sources import Source, resolve_source
-from defect_vision.io import atomic_write_text, check_output_dir
+from defect_vision.inference.summary import RunFacts, Summary, jsonable, summary_dict
+from defect_vision.io import atomic_write_text, check_output_dir, output_place
 
 
 @dataclass
@@ -59,13 +72,10 @@ class ShardedSummary(Summary):
         return self.images_this_run / self.timings.wall if self.timings.wall > 0 else 0.0
 
     def line(self, out: Path) -> str:
-        per_class = ", ".join(f"{k} {v}" for k, v in sorted(self.detections.items())) or "none"
-        skipped = f" ({len(self.skipped)} unreadable skipped)" if self.skipped else ""
         resumed = f", {self.shards_resumed} of {self.shards} shards resumed" if self.shards_resumed else ""
-        return (f"predicted {self.images} images{skipped} in {self.shards} shards{resumed}; this run: "
+        return (f"predicted {self.images} images{self.skipped_text()} in {self.shards} shards{resumed}; this run: "
                 f"{self.images_this_run} images in {self.timings.wall:.1f} s ({self.images_per_s:.2f} img/s); "
-                f"{sum(self.detections.values())} detections ({per_class}); SAM encoder ran on "
-                f"{self.sam_encoder_calls} images -> {out}")
+                f"{self.detections_text()}; SAM encoder ran on {self.sam_encoder_calls} images -> {out}")
 
 
 @dataclass
@@ -83,31 +93,23 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 4)
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
 def _settings(detector, sam, config: PredictConfig, options: RunOptions, source: Source) -> dict:
     """What decides the outputs (the run id hashes it with the image list); files by path, size and mtime."""
-    return {"config": _jsonable(asdict(config)), "detector": fingerprint(detector), "sam": fingerprint(sam),
+    return {"config": jsonable(asdict(config)), "detector": fingerprint(detector), "sam": fingerprint(sam),
             "thresholds": fingerprint(config.thresholds), "gt_boxes": fingerprint(options.gt_boxes),
             "onnx": fingerprint(config.onnx) if config.backend != "torch" else None,
             "save_overlays": options.save_overlays, "source": {"kind": source.kind, "origin": source.origin}}
 
 
-def _input_rows(source: Source, plan: Plan, pending: list[int], gt: GtBoxes | None, gt_filter) -> list[dict]:
+def _input_rows(source: Source, plan: Plan, pending: list[int]) -> list[dict]:
     by_id = {im.id: im for im in source.images}
     rows = []
     for k in pending:
         for i in plan.shards[k]:
             img = by_id[i]
-            boxes = b""
-            if gt is not None:
-                det = gt.detections_for(img)
-                boxes = pickle.dumps(det[np.isin(det.class_id, gt_filter)] if gt_filter is not None else det)
             rows.append({"id": i, "shard": k, "path": str(img.path), "file_name": img.file_name,
                          "height": -1 if img.height is None else img.height,
-                         "width": -1 if img.width is None else img.width, "gt": boxes})
+                         "width": -1 if img.width is None else img.width})
     return rows
 
 
@@ -144,7 +146,7 @@ class _Driver:
         self.model = json.loads(text)
         names = self.known_names if self.known_names is not None else self.model.get("class_names", [])
         ids = None if self.known_names is not None else self.model.get("category_ids")
-        self.model["warnings"] = self.model.get("warnings", []) + _category_mismatch(self.source, names, ids)
+        self.model["warnings"] = self.model.get("warnings", []) + category_mismatch(self.source, names, ids)
         for w in self.model["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
 
@@ -168,10 +170,8 @@ class _Driver:
             got[i] = _Result(str(row["error"]))
         else:
             t0 = time.perf_counter()
-            name = self.source.names[i]
-            _write_bytes(self.out / "masks" / f"{name}.png", row["mask"])
-            if self.options.save_overlays:
-                _write_bytes(self.out / "overlays" / f"{name}.png", row["overlay"])
+            files = ImageFiles([], [], row["mask"], row["overlay"] if self.options.save_overlays else None)
+            files.write(self.out, self.source.names[i])
             seconds["write"] += time.perf_counter() - t0
             got[i] = _Result("", int(row["image_h"]), int(row["image_w"]), json.loads(row["predictions"]),
                              json.loads(row["names"]))
@@ -187,22 +187,11 @@ class _Driver:
         entries, preds, results = [], [], []
         for i in self.plan.shards[k]:
             r, img = got[i], self.by_id[i]
-            entry = {"id": img.id, "file_name": img.file_name, "path": str(img.path)}
-            if r.error:
-                entry["skipped"] = r.error
-            else:
-                entry.update(height=r.height, width=r.width, mask=f"masks/{self.source.names[i]}.png")
-                preds += r.predictions
-            entries.append(entry)
+            entries.append(image_entry(img, self.source.names[i], (r.height, r.width), r.error or None))
+            preds += [] if r.error else r.predictions
             results.append(r)
         write_shard(self.out, k, self.plan.run_id, entries, preds, _shard_stats(results, self.stats.pop(k, []), self.model))
         self.progress.update(shards=1)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config: PredictConfig,
@@ -211,27 +200,17 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
     """Predict every image of `source` into `out` on a Ray cluster, in shards; resume a previous run of the same
     settings; merge the shards into the single-process outputs. DatasetError when no image could be predicted."""
     options, ro = options or RunOptions(), ray_options or RayOptions()
-    config.check()
-    if options.batch is not None and options.batch < 1:
-        raise DatasetError(f"--batch {options.batch}: must be >= 1")
     if config.workers is not None or config.threads is not None:
-        raise DatasetError("--workers/--threads: only with the local engine (ray: --num-workers, --cpus-per-worker)")
-    batch = options.batch or 4  # rows per model call of an actor
-    if ro.shard_size < 1:
-        raise DatasetError(f"--shard-size {ro.shard_size}: must be >= 1")
-    if ro.num_workers is not None and ro.num_workers < 1:
-        raise DatasetError(f"--num-workers {ro.num_workers}: must be >= 1")
+        raise ConfigError("{workers}/{threads}: only with the local engine (ray: {num_workers}, {cpus_per_worker})",
+                          "workers", "threads", "num_workers", "cpus_per_worker")
+    for name in ("shard_size", "num_workers"):
+        if getattr(ro, name) is not None and getattr(ro, name) < 1:
+            raise ConfigError(f"{{{name}}} {getattr(ro, name)}: must be >= 1", name)
+    detector, sam = required_models(detector, sam, config, options)
     source = source if isinstance(source, Source) else resolve_source(source)
     out = Path(out)
-    gt = GtBoxes(options.gt_boxes, source) if options.gt_boxes is not None else None
-    if gt is not None:
-        detector = None
-    elif detector is None and config.backend == "torch":
-        raise DatasetError("--detector: required unless --gt-boxes gives the boxes")
-    if not config.box_only and sam is None and config.backend == "torch":
-        raise DatasetError("--sam: required unless --box-only")
-    gt_filter = class_filter(config.classes, gt.class_names) if gt is not None else None
-    settings = _settings(detector, None if config.box_only else sam, config, options, source)
+    gt = ground_truth(options.gt_boxes, source) if options.gt_boxes is not None else None
+    settings = _settings(detector, sam, config, options, source)
     images = [[im.id, str(im.path), im.file_name] for im in source.images]
     plan = Plan.of(run_id({**settings, "images": images, "shard_size": ro.shard_size}), [im.id for im in source.images],
                    ro.shard_size)
@@ -248,20 +227,21 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
         resumed = open_run(out, plan, settings, inputs, options.force)
         pending = [k for k in range(len(plan.shards)) if k not in done]
         if pending:
-            rows = _input_rows(source, plan, pending, gt, gt_filter)
+            rows = _input_rows(source, plan, pending)
             progress = Progress(len(rows), len(plan.shards), len(done), ro.progress_every, options.progress)
             driver = _Driver(out, source, plan, options, progress, gt.class_names if gt is not None else None)
             if options.progress:
                 print(f"predict: {len(rows)} images in {len(pending)} shards ({len(done)} already complete); "
                       f"{res.describe()}", file=sys.stderr)
+            device = SimpleNamespace(type="cuda" if res.gpus_per_worker > 0 else "cpu")
             try:
                 for row in predictions(ray, rows, None if detector is None else str(detector),
-                                       None if sam is None or config.box_only else str(sam), config, batch,
-                                       options.save_overlays, res):
+                                       None if sam is None else str(sam), config, options.batch or 4,
+                                       options.save_overlays, res, gt, options.batch_size(device)):
                     driver.take(row)
             except BaseException:
                 if not resumed and progress.shards_done == 0:  # nothing to resume: leave nothing (a bad model, ^C)
-                    shutil.rmtree(out, ignore_errors=True)
+                    shutil.rmtree(output_place(out), ignore_errors=True)
                 raise
             if driver.open:
                 raise DatasetError(f"{out}: the pipeline ended with {len(driver.open)} shard(s) incomplete; rerun "
@@ -280,8 +260,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
 def _fill(summary: ShardedSummary, totals: ShardTotals, res: Resources | None) -> None:
     summary.images, summary.skipped = totals.images, totals.skipped
     summary.detections, summary.images_with_detections = totals.detections, totals.images_with_detections
-    for k in ("detector_calls", "sam_encoder_calls", "sam_encoder_batches", "sam_decoder_calls"):
-        setattr(summary, k, int(totals.counters.get(k, 0)))
+    summary.set_counters(totals.counters)
     for k, v in totals.seconds.items():
         setattr(summary.timings, k, v)
     summary.warnings = totals.model.get("warnings", [])
@@ -290,21 +269,14 @@ def _fill(summary: ShardedSummary, totals: ShardTotals, res: Resources | None) -
 
 def _summary_dict(s: ShardedSummary, totals: ShardTotals, config: PredictConfig, options: RunOptions, ro: RayOptions,
                   source: Source, names: list[str], gt_mode: bool, plan: Plan) -> dict:
-    ids = totals.model.get("category_ids") if not gt_mode else None
-    ids = ids or list(range(1, len(names) + 1))
     mode = "gt_boxes" if gt_mode else ("box_only" if config.box_only else "detector+sam")
+    facts = RunFacts(names, None if gt_mode else totals.model.get("category_ids"), totals.model.get("device"),
+                     totals.model.get("autocast"), {"kind": source.kind, "origin": source.origin}, mode, config, options,
+                     totals.model.get("thresholds"))
     return {
-        "images": s.images, "skipped": s.skipped, "images_with_detections": s.images_with_detections,
-        "detections": sum(s.detections.values()), "detections_per_class": dict(sorted(s.detections.items())),
-        "categories": {str(k): v for k, v in zip(ids, names)},
-        "sam_encoder_calls": s.sam_encoder_calls, "sam_encoder_batches": s.sam_encoder_batches,
-        "sam_decoder_calls": s.sam_decoder_calls, "detector_calls": s.detector_calls,
-        "images_per_s": round(s.images_per_s, 4), "timings_s": s.timings.as_dict(),
-        "device": totals.model.get("device"), "autocast": totals.model.get("autocast"),
-        "source": {"kind": source.kind, "origin": source.origin}, "mode": mode,
-        "config": _jsonable(asdict(config)), "options": _jsonable(asdict(options)), "warnings": s.warnings,
+        **summary_dict(s, facts, parallel=False),
         "engine": {"name": "ray", "run_id": plan.run_id, "shards": s.shards, "shards_resumed": s.shards_resumed,
                    "shard_size": plan.shard_size, "images_this_run": s.images_this_run, "resources": s.resources,
                    "first_result_s": _round(s.first_result_s), "steady_images_per_s": _round(s.steady_images_per_s),
-                   "duplicates_dropped": s.duplicates, "images_per_worker": s.workers, "options": _jsonable(asdict(ro))},
+                   "duplicates_dropped": s.duplicates, "images_per_worker": s.workers, "options": asdict(ro)},
     }

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defect_vision.errors import DatasetError
-from defect_vision.io import atomic_dir, atomic_path, check_output_dir, marker_kind, read_json, remove_stale_temps
+from defect_vision.io import (
+    atomic_dir,
+    atomic_path,
+    check_output_dir,
+    marker_kind,
+    read_json,
+    remove_stale_temps,
+)
 
 KIND = "predict"  # the same marker kind as the single-process run: either engine may replace the other's folder
 RUN_FILE = "run.json"

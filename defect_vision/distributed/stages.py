@@ -16,12 +16,13 @@ import numpy as np
 
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
+from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+from defect_vision.inference.run_files import encode_image
 from defect_vision.inference.sources import read_source_image
-from defect_vision.inference.writers import finish_masks, label_mask, overlay, png_bytes
+from defect_vision.inference.summary import COUNTERS
 
 NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # the pixels column of an unreadable image
-COUNTERS = ("detector_calls", "sam_encoder_calls", "sam_encoder_batches", "sam_decoder_calls")
 STAGES = ("detector", "sam_encoder", "sam_decoder")  # the predictor's timed stages
 
 
@@ -48,12 +49,11 @@ def read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def encode_one(det: Detections, pixels: np.ndarray | None, height: int, width: int) -> dict:
-    """The files of one predicted image: COCO entries (JSON text), label-mask PNG, overlay PNG (b"" without)."""
-    finish_masks(det)
-    mask = png_bytes(label_mask(det, height, width))
-    over = png_bytes(overlay(pixels, det)) if pixels is not None else b""
-    det.data.pop("mask_crops", None)
-    return {"predictions": json.dumps(det.to_coco()), "mask": mask, "overlay": over, "names": json.dumps(det.names)}
+    """The files of one predicted image as row columns: COCO entries (JSON text), label-mask PNG, overlay PNG (b""
+    without), class names (JSON text); encoded by the single-process run's own code (run_files.encode_image)."""
+    files = encode_image(det, pixels, height, width)
+    return {"predictions": json.dumps(files.predictions), "mask": files.mask_png, "overlay": files.overlay_png or b"",
+            "names": json.dumps(files.names)}
 
 
 def encode_rows(batch: dict[str, np.ndarray], dets: list[Detections | None], overlays: bool) -> dict[str, np.ndarray]:
@@ -81,13 +81,14 @@ def encode_batch(batch: dict[str, np.ndarray], overlays: bool) -> dict[str, np.n
 
 
 class PredictWorker:
-    """Model stage: a DefectPredictor loaded once per actor; each call detects a batch (or takes its ground-truth
-    boxes), runs SAM on the images with boxes and, with `encode`, also writes the results (CPU-only runs: the cores
+    """Model stage: a DefectPredictor loaded once per actor (with `gt`, ground-truth boxes as its detector); each
+    call runs `DefectPredictor.run_batch` on the readable images, `detect_batch` at a time (the local run's batch, so
+    both engines compute the same numbers), and, with `encode`, also writes the results (CPU-only runs: the cores
     are the limit, a separate stage would only copy). A model that cannot be loaded (DatasetError) comes back as
     the `fatal` column of every row, so the driver reports it in one line."""
 
     def __init__(self, detector: str | None, sam: str | None, config: PredictConfig, encode: bool, overlays: bool,
-                 gpus: float, threads: int):
+                 gpus: float, threads: int, gt: GtBoxes | None = None, detect_batch: int | None = None):
         import torch
 
         if gpus <= 0 and threads > 0:
@@ -99,8 +100,11 @@ class PredictWorker:
             # the actor's share of the cores, all for its one stream of batches (exported backends' sessions too)
             cpu_threads = threads if gpus <= 0 and threads > 0 else None
             self.predictor = DefectPredictor(detector, sam, replace(config, device=device, threads=cpu_threads, workers=1))
+            if gt is not None:
+                self.predictor = self.predictor.with_detector(gt)
         except (DatasetError, OSError) as exc:  # e.g. a missing or wrong checkpoint: one line in the driver
             self.predictor, self.fatal = None, str(exc)
+        self.detect_batch = detect_batch or (4 if gpus > 0 else 1)
         self.describe = json.dumps(self._describe())
 
     def _describe(self) -> dict:
@@ -108,44 +112,40 @@ class PredictWorker:
         if p is None:
             return {}
         return {"class_names": p.class_names, "category_ids": p.category_ids, "device": str(p.device),
-                "autocast": str(p.dtype).replace("torch.", "") if p.dtype else None, "warnings": p.thresholds.warnings}
+                "autocast": str(p.dtype).replace("torch.", "") if p.dtype else None, "warnings": p.thresholds.warnings,
+                "thresholds": p.thresholds.describe(p.class_names)}
 
-    def _counters(self) -> dict[str, int]:
-        p = self.predictor
-        seg, det = p.segmenter, p.detector
-        return {"detector_calls": det.calls if det is not None else 0,
-                "sam_encoder_calls": getattr(seg, "encoder_calls", 0), "sam_encoder_batches": getattr(seg, "encoder_batches", 0),
-                "sam_decoder_calls": getattr(seg, "decoder_calls", 0)}
+    def _predict(self, batch: dict[str, np.ndarray], ok: list[int]) -> list[Detections]:
+        """run_batch over the readable rows `ok`, detect_batch images at a time."""
+        dets: list[Detections] = []
+        for start in range(0, len(ok), self.detect_batch):
+            rows = ok[start : start + self.detect_batch]
+            infos = [ImageInfo(int(batch["id"][i]), str(batch["file_name"][i]), path=Path(str(batch["path"][i]))) for i in rows]
+            dets += self.predictor.run_batch([batch["pixels"][i] for i in rows], infos, finish=False)
+        return dets
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         fatal = [self.fatal] * n
         dets: list[Detections | None] = [None] * n
-        before = self._counters() if self.predictor is not None else {}
-        t = self.predictor.timings if self.predictor is not None else None
-        seconds = {s: getattr(t, s) for s in STAGES} if t is not None else {}
-        ok = [i for i in range(n) if not batch["error"][i]] if self.predictor is not None else []
+        p = self.predictor
+        before = p.counters() if p is not None else {}
+        seconds = {s: getattr(p.timings, s) for s in STAGES} if p is not None else {}
+        ok = [i for i in range(n) if not batch["error"][i]] if p is not None else []
         if ok:
-            pixels = [batch["pixels"][i] for i in ok]
-            if batch["gt"][ok[0]]:
-                found = [pickle.loads(batch["gt"][i]) for i in ok]
-            else:
-                found = self.predictor.detect(pixels)
-            for i, det, px in zip(ok, found, pixels):
-                det.image = ImageInfo(int(batch["id"][i]), str(batch["file_name"][i]), *px.shape[:2], Path(str(batch["path"][i])))
+            for i, det in zip(ok, self._predict(batch, ok)):
                 dets[i] = det
-            self.predictor.segment_batch(pixels, found, finish=False)
-            t.settle()
+            p.timings.settle()
         sizes = [batch["pixels"][i].shape[:2] for i in range(n)]
-        out = {k: v for k, v in batch.items() if k not in ("pixels", "gt")}
+        out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(fatal=_column(fatal), image_h=np.array([s[0] for s in sizes], np.int64),
                    image_w=np.array([s[1] for s in sizes], np.int64), model=_column([self.describe] * n),
                    worker=_column([self.worker] * n))
         stats = [""] * n
-        if self.predictor is not None and n:
-            after = self._counters()
+        if p is not None and n:
+            after = p.counters()
             stats[0] = json.dumps({"counters": {k: after[k] - before[k] for k in COUNTERS},
-                                   "seconds": {s: getattr(t, s) - seconds[s] for s in STAGES}})
+                                   "seconds": {s: getattr(p.timings, s) - seconds[s] for s in STAGES}})
         out["stats"] = _column(stats)
         if self.overlays:
             out["pixels"] = batch["pixels"]

@@ -1,10 +1,29 @@
 """Evaluation of a prediction run against its COCO ground truth: `evaluate` (mask IoU, COCO AP, MVTec pixel
 metrics, image-level defect-type accuracy; metrics.json and a report folder), `calibrate` (per-class thresholds on val) and `write_report` (the
-HTML page of a run folder). Inputs are defect_vision.coco datasets and {image id: Detections}, or their files."""
-from defect_vision.evaluation.html_report import RunReport, write_report
-from defect_vision.evaluation.inputs import load_predictions
-from defect_vision.evaluation.metrics import EvalConfig, Metrics, evaluate
-from defect_vision.evaluation.thresholds import ClassCalibration, Thresholds, calibrate
+HTML page of a run folder). Inputs are defect_vision.coco datasets and {image id: Detections}, or their files.
 
-__all__ = ["ClassCalibration", "EvalConfig", "Metrics", "RunReport", "Thresholds", "calibrate", "evaluate",
-           "load_predictions", "write_report"]
+Names are imported on first use: `calibrate` alone does not pay for scikit-learn, OpenCV or matplotlib."""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "RunReport": "html_report", "write_report": "html_report", "load_predictions": "inputs",
+    "EvalConfig": "metrics", "Metrics": "metrics", "evaluate": "metrics",
+    "ClassCalibration": "thresholds", "Thresholds": "thresholds", "calibrate": "thresholds",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

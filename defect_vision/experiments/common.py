@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import time
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,22 +15,53 @@ from defect_vision.data.source import load_phrasings
 from defect_vision.errors import DatasetError
 from defect_vision.experiments.measure import Vocabulary, base_checkpoint
 from defect_vision.experiments.subsets import Export
-from defect_vision.io import MARKER, atomic_write_text, check_output_dir
+from defect_vision.io import atomic_dir, atomic_write_text, complete_pending, read_json
 from defect_vision.models.prompts import Encoder, ensemble, make_encoder, templated
 from defect_vision.training.yolo_world import DetectorTrainConfig, finetune_detector, start_model, text_encoder_device
 
 LOG = logging.getLogger("defect_vision.experiments")
 
 
-def fresh_output(out: Path, kind: str, export: Export, force: bool) -> None:
-    """Make `out` an empty `kind` folder: refused (one line) unless absent, empty, a previous `kind` output, or
-    forced; never a folder holding the data."""
-    inputs = [export.coco, export.yolo] + ([export.sam] if export.sam else [])
-    check_output_dir(out, kind, inputs=inputs, force=force)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    atomic_write_text(out / MARKER, json.dumps({"kind": kind, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+def settle(export: Export) -> None:
+    """Complete (or refuse, one line) a convert commit left pending on the exports, before they are read: the
+    formats of one export never on different splits."""
+    for folder in (export.coco, export.yolo, export.sam):
+        if folder is not None:
+            complete_pending(folder)
+
+
+def inputs_of(export: Export, *files: Path | None) -> list[Path]:
+    """What the experiment reads and its output may never hold: the exports, the folders their images come from
+    (the COCO files' image_root), and `files` (checkpoints, prompts; None skipped)."""
+    found = [export.coco, export.yolo] + ([export.sam] if export.sam else [])
+    for split in ("train", "val", "test"):
+        data = read_json(export.coco / f"instances_{split}.json", "COCO json")
+        info = data.get("info") if isinstance(data, dict) else None
+        if isinstance(info, dict) and info.get("image_root"):
+            found.append(Path(info["image_root"]))
+    return list(dict.fromkeys([*found, *(Path(f) for f in files if f is not None)]))
+
+
+@contextmanager
+def output_folder(out: Path, kind: str, inputs: list[Path], force: bool) -> Iterator[Path]:
+    """A fresh temporary `kind` folder beside `out` that replaces it when the experiment ends (refused, one line,
+    unless `out` is absent, empty, a previous `kind` output, or forced; never a folder holding an input). On an
+    error or Ctrl-C it is removed and the previous result stays as it was."""
+    with atomic_dir(out, kind, inputs=inputs, force=force) as tmp:
+        yield tmp
+        _retarget(tmp, Path(os.path.realpath(out)))
+
+
+def _retarget(tmp: Path, final: Path) -> None:
+    """The derived training sets' data.yaml name their absolute folder: from the temporary one to the final one."""
+    import yaml
+
+    for data_yaml in tmp.glob("data/*/yolo/data.yaml"):
+        data = yaml.safe_load(data_yaml.read_text())
+        path = Path(data.get("path", ""))
+        if path.is_relative_to(tmp.resolve()):
+            data["path"] = str(final / path.relative_to(tmp.resolve()))
+            data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def encoder_of(train: DetectorTrainConfig) -> tuple[Encoder, str]:

@@ -65,19 +65,30 @@ def check_shots(shots: list) -> list:
     return parsed
 
 
-def base_sam(config: CurveConfig) -> Path:
-    """The SAM every run starts from (and k = 0 measures): the checkpoint, or a seeded random-init one saved once
-    (so that every run shares its frozen encoder, and the embedding cache)."""
-    from defect_vision.models.sam import build_random_sam, default_checkpoint
+def sam_checkpoint(config: CurveConfig) -> Path | None:
+    """The SAM checkpoint every run starts from (None: a seeded random-init one, config.sam.from_scratch);
+    DatasetError when it is missing."""
+    from defect_vision.models.sam import default_checkpoint
 
-    if not config.sam.from_scratch:
-        path = Path(config.sam.checkpoint or default_checkpoint(config.sam.model_type))
-        if not path.is_file():
-            raise DatasetError(f"{path}: SAM start weights not found (scripts/download_weights.sh, or --fast)")
-        return path
+    if config.sam.from_scratch:
+        return None
+    path = Path(config.sam.checkpoint or default_checkpoint(config.sam.model_type))
+    if not path.is_file():
+        raise DatasetError(f"{path}: SAM start weights not found (scripts/download_weights.sh, or --fast)")
+    return path
+
+
+def base_sam(config: CurveConfig, out: Path) -> Path:
+    """The SAM every run starts from (and k = 0 measures): the checkpoint, or a seeded random-init one saved once
+    under `out` (so that every run shares its frozen encoder, and the embedding cache)."""
+    from defect_vision.models.sam import build_random_sam
+
+    checkpoint = sam_checkpoint(config)
+    if checkpoint is not None:
+        return checkpoint
     from defect_vision.io import torch_save
 
-    path = config.out / "zero_shot" / "sam_base.pth"
+    path = out / "zero_shot" / "sam_base.pth"
     torch_save(build_random_sam(config.sam.model_type, config.train.seed).state_dict(), path)
     return path
 
@@ -100,25 +111,38 @@ def summarize(runs: list[dict], shots: list, target: float) -> tuple[dict, dict]
 
 
 def run_curve(config: CurveConfig) -> dict:
-    """The whole curve; returns results.json's content."""
-    from defect_vision.models.sam import load_sam
-    from defect_vision.training.sam import finetune_sam
-
+    """The whole curve; returns results.json's content. Everything is written into a temporary folder that
+    replaces config.out at the end: an error or Ctrl-C keeps the previous result."""
     t0 = time.time()
     export, train = config.export, config.train
     if export.sam is None:
         raise DatasetError("curve: the SAM prompts export is needed (defect-vision convert writes datasets/sam/<C>)")
+    common.settle(export)
     export.check()
     shots = check_shots(config.shots)
     classes = classes_of(export.coco)
     encode, encoder_name = common.encoder_of(train)
     common.start_model(train)
-    if not config.sam.from_scratch:
-        base_sam(config)  # a missing SAM checkpoint fails before the output folder is touched
-    common.fresh_output(config.out, KIND, export, config.force)
-    out = config.out
+    inputs = common.inputs_of(export, sam_checkpoint(config), None if train.from_scratch else train.model,
+                              train.clip)  # a missing SAM checkpoint fails here, before any output is written
+    with common.output_folder(config.out, KIND, inputs, config.force) as out:
+        results = _run(config, out, shots, classes, encode, encoder_name)
+        results = {**results, "seconds": round(time.time() - t0, 1)}
+        common.write_results(out, results)
+        from defect_vision.evaluation.experiment_plots import learning_curve
+
+        learning_curve(results, out / "curve.png")
+    return results
+
+
+def _run(config: CurveConfig, out: Path, shots: list, classes: list[str], encode, encoder_name: str) -> dict:
+    """The runs, written under `out` (the temporary folder); results.json's content but its timing."""
+    from defect_vision.models.sam import load_sam
+    from defect_vision.training.sam import finetune_sam
+
+    export, train = config.export, config.train
     gt, vocab = common.eval_split(export)
-    sam_start = base_sam(config)
+    sam_start = base_sam(config, out)
     cache = out / "sam_embeddings"
     model_type = config.sam.model_type
 
@@ -153,7 +177,7 @@ def run_curve(config: CurveConfig) -> dict:
                      **measure(detector, out / "models" / name / "sam" / "best.pth"),
                      "seconds": round(time.time() - t1, 1)})
     summary, smallest = summarize(runs, shots, config.target)
-    results = {
+    return {
         "category": config.category, "experiment": KIND, "weights": weights,
         "sam_weights": "random-init" if sam_from_scratch else str(sam_start), "text_encoder": encoder_name,
         "shots": shots, "seeds": config.seeds, "repeat_up_to": config.repeat_up_to, "target": config.target,
@@ -162,13 +186,8 @@ def run_curve(config: CurveConfig) -> dict:
         "settings": {"model": str(train.model_cfg if train.from_scratch else train.model), "epochs": train.epochs,
                      "sam_epochs": config.sam.epochs, "imgsz": train.imgsz, "sam_model_type": model_type,
                      "conf": config.conf, "score_threshold": config.score_threshold},
-        "runs": runs, "summary": summary, "smallest_k": smallest, "seconds": round(time.time() - t0, 1),
+        "runs": runs, "summary": summary, "smallest_k": smallest, "seconds": None,
     }
-    common.write_results(out, results)
-    from defect_vision.evaluation.experiment_plots import learning_curve
-
-    learning_curve(results, out / "curve.png")
-    return results
 
 
 def summary_line(results: dict, out: Path) -> str:

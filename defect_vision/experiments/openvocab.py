@@ -43,19 +43,23 @@ class OpenVocabConfig:
 
 
 def masker(config: OpenVocabConfig, device: str):
-    """(boxes -> masks function, where the masks come from)."""
+    """(boxes -> masks function given its embedding cache folder, where the masks come from); a bad --sam fails
+    here, before any output is written."""
     if config.sam is None:
-        return box_masks, "boxes (no SAM: each box is its mask)"
+        return (lambda cache: box_masks), "boxes (no SAM: each box is its mask)"
     from defect_vision.models.sam import load_sam, model_type_for
 
     model_type = model_type_for(config.sam, config.sam_model_type)
-    return SamMasks(load_sam(config.sam, model_type), model_type, config.out / "sam_embeddings", device), f"sam:{config.sam}"
+    sam = load_sam(config.sam, model_type)
+    return (lambda cache: SamMasks(sam, model_type, cache, device)), f"sam:{config.sam}"
 
 
 def run_openvocab(config: OpenVocabConfig) -> dict:
-    """The whole experiment; returns results.json's content."""
+    """The whole experiment; returns results.json's content. Everything is written into a temporary folder that
+    replaces config.out at the end: an error or Ctrl-C keeps the previous result."""
     t0 = time.time()
     export, train = config.export, config.train
+    common.settle(export)
     export.check()
     classes = classes_of(export.coco)
     held = common.check_classes(config.held_out, classes, "--classes")
@@ -63,9 +67,22 @@ def run_openvocab(config: OpenVocabConfig) -> dict:
         raise DatasetError(f"{export.coco}: leave-one-out needs at least 2 classes (found {', '.join(classes)})")
     encode, encoder_name = common.encoder_of(train)
     common.start_model(train)  # missing start weights (and a bad --sam) fail before the output folder is touched
-    masks, mask_source = masker(config, train.device)
-    common.fresh_output(config.out, KIND, export, config.force)
-    out = config.out
+    make_masks, mask_source = masker(config, train.device)
+    inputs = common.inputs_of(export, config.sam, None if train.from_scratch else train.model, train.clip)
+    with common.output_folder(config.out, KIND, inputs, config.force) as out:
+        results = _run(config, out, classes, held, encode, encoder_name, make_masks(out / "sam_embeddings"))
+        results = {**results, "mask_source": mask_source, "seconds": round(time.time() - t0, 1)}
+        common.write_results(out, results)
+        from defect_vision.evaluation.experiment_plots import seen_unseen_bars
+
+        seen_unseen_bars(results, out / "seen_unseen.png")
+    return results
+
+
+def _run(config: OpenVocabConfig, out: Path, classes: list[str], held: list[str], encode, encoder_name: str,
+         masks) -> dict:
+    """The runs, written under `out` (the temporary folder); results.json's content but its timing."""
+    export, train = config.export, config.train
     gt, vocab = common.eval_split(export)
 
     def measure(ckpt: Path) -> dict:
@@ -92,20 +109,15 @@ def run_openvocab(config: OpenVocabConfig) -> dict:
                      "seen": seen["per_class"][k] if seen else None,
                      "trained_classes": {c: unseen["per_class"][c] for c in trained},
                      "train_images": len(kept["train"]), "excluded_train_images": len(manifest["excluded_train_images"])})
-    results = {
+    return {
         "category": config.category, "experiment": KIND, "weights": weights, "text_encoder": encoder_name,
-        "held_out_images": HELD_OUT_IMAGES, "mask_source": mask_source, "classes": classes,
+        "held_out_images": HELD_OUT_IMAGES, "mask_source": None, "classes": classes,
         "settings": {"model": str(train.model_cfg if train.from_scratch else train.model), "epochs": train.epochs,
                      "imgsz": train.imgsz, "tune_prompts": train.tune_prompts, "prompt_reg": train.prompt_reg,
                      "prompt_only": train.prompt_only, "conf": config.conf, "score_threshold": config.score_threshold,
                      "seed": train.seed},
-        "zero_shot": zero_shot, "seen": seen, "rows": rows, "seconds": round(time.time() - t0, 1),
+        "zero_shot": zero_shot, "seen": seen, "rows": rows, "seconds": None,
     }
-    common.write_results(out, results)
-    from defect_vision.evaluation.experiment_plots import seen_unseen_bars
-
-    seen_unseen_bars(results, out / "seen_unseen.png")
-    return results
 
 
 def summary_line(results: dict, out: Path) -> str:

@@ -5,6 +5,7 @@ beside its target, and they replace the old ones together, so COCO, YOLO, VOC an
 image is in which split."""
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -14,9 +15,16 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from defect_vision.data.source import DatasetSource, read_dataset
 from defect_vision.data.records import Category
-from defect_vision.data.splits import SPLITS, Split, SplitConfig, load_or_make_split, split_json
+from defect_vision.data.source import DatasetSource, read_dataset, resolve
+from defect_vision.data.splits import (
+    SPLITS,
+    Split,
+    SplitConfig,
+    load_or_make_split,
+    split_json,
+    split_warnings,
+)
 from defect_vision.errors import DatasetError
 from defect_vision.io import Commit, check_output_dir, recover
 
@@ -62,6 +70,7 @@ class ExportResult:
     split_path: Path
     split_created: bool
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # what the split cannot give (splits.split_warnings)
 
     def summary(self, label: str | None = None) -> str:
         """`coco toy_wood: 38 images (train 25, val 6, test 7), 39 instances (crack 9, ...), 0 specks dropped, 0.4 s`."""
@@ -91,12 +100,12 @@ def export(source: DatasetSource, outputs: dict[str, Path], config: ExportConfig
         raise DatasetError(f"unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
     start = time.perf_counter()
     splits_path = Path(config.splits_path or Path("datasets/splits") / f"{source.category}.json")
-    cat_root = source.cat_root
     journal = splits_path.parent / f".{source.category}.commit.json"
     recover(journal)  # an export killed in the middle of its commit is completed first
+    source = resolve(source)  # `auto` decided once: the guard below depends on the layout
     cat = read_dataset(source, progress=config.progress)
     split, created = load_or_make_split(cat, splits_path, config.split, config.resplit)
-    inputs = input_folders(cat) if source.format == "folder" else [cat_root]
+    inputs = [*([] if source.format == "folder" else [source.cat_root]), *input_folders(cat), *input_files(source)]
     for fmt, out in outputs.items():
         check_output_dir(out, f"convert-{fmt}", inputs=inputs, force=config.force)
     job = Job(cat, split, config.progress)
@@ -112,13 +121,27 @@ def export(source: DatasetSource, outputs: dict[str, Path], config: ExportConfig
             if p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
         raise
-    return ExportResult(job, dict(outputs), splits_path, created, time.perf_counter() - start)
+    return ExportResult(job, dict(outputs), splits_path, created, time.perf_counter() - start,
+                        split_warnings(cat, split))
 
 
 def input_folders(cat: Category) -> list[Path]:
-    """The folders holding a dataset's images and masks (what no output folder may hold or lie inside)."""
+    """The folders holding a dataset's images and masks (what no output folder may hold or lie inside), and for
+    images and masks that are symlinks also the folders of their targets."""
     recs = [*cat.images, *cat.unlabelled]
-    return sorted({r.path.parent for r in recs} | {r.mask_path.parent for r in recs if r.mask_path is not None})
+    files = [r.path for r in recs] + [r.mask_path for r in recs if r.mask_path is not None]
+    return sorted({f.parent for f in files} | {Path(os.path.realpath(f)).parent for f in files if f.is_symlink()})
+
+
+def input_files(source: DatasetSource) -> list[Path]:
+    """The files a (resolved) source reads besides its images and masks: the manifest, the names YAML, VisA's
+    benchmark split."""
+    from defect_vision.data.visa import BENCHMARK
+
+    files = [source.manifest, source.names]
+    if source.format == "visa" and source.benchmark_split:
+        files.append(Path(source.root) / BENCHMARK)
+    return [Path(f) for f in files if f is not None]
 
 
 def convert(source: DatasetSource, out: Path = Path("datasets"), formats: Sequence[str] = FORMATS,

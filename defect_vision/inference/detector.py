@@ -8,6 +8,7 @@ import torch
 
 from defect_vision.detections import Detections
 from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
+from defect_vision.inference.interfaces import BoxDetector
 from defect_vision.models.detector import load_detector_model
 
 
@@ -30,7 +31,7 @@ def decode_head_in_fp32(model: torch.nn.Module) -> torch.nn.Module | None:
     return head
 
 
-class Detector:
+class Detector(BoxDetector):
     """Batched YOLO-World prediction: letterbox -> forward (autocast on CUDA) -> NMS -> boxes in original pixels."""
 
     memory_format = torch.contiguous_format  # of the input batch (and of the convolutions' weights)
@@ -69,8 +70,8 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], conf: float = 0.25, iou: float = 0.5, max_det: int = 100,
-                classes: list[int] | None = None, timings: Timings | None = None) -> list[Detections]:
-        """Detections per image (same order), boxes clipped to each image."""
+                classes: list[int] | None = None, timings: Timings | None = None, infos=None) -> list[Detections]:
+        """Detections per image (same order), boxes clipped to each image (`infos` unused: pixels are enough)."""
         from ultralytics.utils import nms, ops
 
         if not images:

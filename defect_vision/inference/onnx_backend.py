@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defect_vision.detections import encode_masks
 from defect_vision.devices import COUNT, Timings, timed
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.inference.detector import Detector
 from defect_vision.inference.openvino_runtime import openvino_session
-from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size
+from defect_vision.inference.interfaces import BoxSegmenter
+from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size, crop_masks
 from defect_vision.io import read_json
 from defect_vision.models.onnx_export import FORMAT, MANIFEST, VERSION, require, sha256
 
@@ -113,7 +113,7 @@ class OnnxDetector(Detector):
         size = check_imgsz(imgsz or m["imgsz"], stride=self.stride, min_dim=1, max_dim=1)
         self.imgsz = size[0] if isinstance(size, list) else size
         if self.imgsz != m["imgsz"] and not m.get("dynamic", False):
-            raise DatasetError(f"--imgsz {self.imgsz}: {self.path} was exported for {m['imgsz']} only")
+            raise ConfigError(f"{{imgsz}} {self.imgsz}: {self.path} was exported for {m['imgsz']} only", "imgsz")
         self.meta: dict = {}  # a torch checkpoint's defect_vision metadata: none here (the vocabulary is baked in)
         self.model = OnnxModel(session(self.path, [m["input"]], runtime, bf16, split), m["input"])
         self.device, self.dtype = CPU, None
@@ -129,9 +129,9 @@ def upsample_masks(low_res: torch.Tensor, input_size: tuple[int, int], original_
     return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
 
-class OnnxSegmenter:
-    """Segmenter.segment with SAM's encoder and box decoder in onnxruntime or OpenVINO: the encoder once per image
-    with boxes (never without), all boxes in one decoder call, full-size upsampling in chunks (RLE per chunk)."""
+class OnnxSegmenter(BoxSegmenter):
+    """The torch Segmenter's job with SAM's encoder and box decoder in onnxruntime or OpenVINO: the encoder once per
+    image with boxes (never without), all boxes in one decoder call, full-size upsampling in chunks (MaskCrops)."""
 
     def __init__(self, folder: Path, manifest: dict, mask_threshold: float = 0.0, budget: int = MASK_BUDGET_BYTES,
                  runtime: str = "onnxruntime", bf16: bool = False, split: tuple[int, int] = (1, 1)):
@@ -146,8 +146,7 @@ class OnnxSegmenter:
         self.std = np.asarray(m["pixel_std"], np.float32).reshape(3, 1, 1)
         self.box_labels = np.asarray(m.get("box_labels", [2, 3]), np.float32)
         self.device, self.mask_threshold, self.budget = CPU, mask_threshold, budget
-        self.encoder_calls = 0
-        self.decoder_calls = 0
+        self.encoder_calls = self.encoder_batches = self.decoder_calls = 0
         self.upsample_chunks = 0
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -160,34 +159,38 @@ class OnnxSegmenter:
         return padded, (h, w)
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, boxes: np.ndarray, timings: Timings | None = None) -> tuple[list[dict], np.ndarray]:
-        """(N compressed RLEs, SAM's predicted IoU (N,)) for xyxy boxes of an RGB HxWx3 image; no SAM call for N = 0."""
+    def decode(self, image: np.ndarray, boxes: np.ndarray, timings: Timings) -> tuple[list, np.ndarray]:
+        """(N MaskCrops, SAM's predicted IoU (N,)) for xyxy boxes of an RGB HxWx3 image (N >= 1)."""
         h, w = image.shape[:2]
-        if len(boxes) == 0:
-            return [], np.zeros(0, np.float32)
-        timings = timings if timings is not None else Timings()
         with timed(timings, "sam_encoder", CPU):
             x, input_size = self.preprocess(image)
             embeddings = self.encoder.run(None, {"image": x})[0]
         with COUNT:
             self.encoder_calls += 1
+            self.encoder_batches += 1
         with timed(timings, "sam_decoder", CPU):
             boxes = torch.as_tensor(np.asarray(boxes, np.float32))
             corners = self.transform.apply_boxes_torch(boxes, (h, w)).reshape(-1, 2, 2).numpy()  # as the torch path
             labels = np.tile(self.box_labels, (len(corners), 1))
             low_res, iou = self.decoder.run(None, {"image_embeddings": embeddings, "point_coords": corners,
                                                    "point_labels": labels})
-            rles: list[dict] = []
+            crops: list = []
             step = chunk_size(h, w, self.budget)
             for start in range(0, len(low_res), step):
                 logits = upsample_masks(torch.from_numpy(low_res[start : start + step]), input_size, (h, w), self.image_size)
-                rles += encode_masks((logits[:, 0] > self.mask_threshold).numpy())
+                crops += crop_masks(logits[:, 0] > self.mask_threshold)
                 del logits
                 with COUNT:
                     self.upsample_chunks += 1
         with COUNT:
             self.decoder_calls += 1
-        return rles, iou[:, 0].astype(np.float32)
+        return crops, iou[:, 0].astype(np.float32)
+
+    def segment_batch(self, images, boxes, timings=None):
+        """Per image (MaskCrops, predicted IoU) of its boxes: the encoder once per image with boxes, never without."""
+        timings = timings if timings is not None else Timings()
+        return [self.decode(image, b, timings) if len(b) else ([], np.zeros(0, np.float32))
+                for image, b in zip(images, boxes)]
 
 
 def check_export(folder: Path, manifest: dict, detector: Path | None, sam: Path | None,
@@ -225,35 +228,35 @@ def _class_diff(path: Path, manifest: dict) -> str:
 
 def load_onnx_models(config, detector: Path | None, sam: Path | None, device: torch.device,
                      dtype: torch.dtype | None = None):
-    """(OnnxDetector, OnnxSegmenter or None with box_only) of the export folder `config.onnx` in the runtime
-    `config.backend`, checked against the checkpoints and thresholds given (any may be None); sets
-    `config.thresholds` to the export's when not given. `dtype` bf16: OpenVINO runs the detector and SAM's
-    encoder in bf16 (onnxruntime: fp32 only)."""
+    """(OnnxDetector, OnnxSegmenter or None with box_only, the export's thresholds file or None) of the export folder
+    `config.onnx` in the runtime `config.backend`, checked against the checkpoints and thresholds given (any may be
+    None). `dtype` bf16: OpenVINO runs the detector and SAM's encoder in bf16 (onnxruntime: fp32 only)."""
     runtime = config.backend
     require(runtime, f"--backend {runtime}")
     if device.type != "cpu":
-        raise DatasetError(f"--device {config.device}: the {runtime} backend runs on the CPU; "
-                           "use --device cpu, or --backend torch on a GPU")
+        raise ConfigError(f"{{device}} {config.device}: the {runtime} backend runs on the CPU; "
+                          "use {device} cpu, or {backend} torch on a GPU", "device", "backend")
     if dtype is not None and runtime != "openvino":
-        raise DatasetError(f"--precision {config.precision}: the {runtime} backend runs the export in fp32 "
-                           "(bf16 on the CPU: --backend openvino or torch)")
+        raise ConfigError(f"{{precision}} {config.precision}: the {runtime} backend runs the export in fp32 "
+                          "(bf16 on the CPU: {backend} openvino or torch)", "precision", "backend")
     if config.onnx is None:
-        raise DatasetError(f"--onnx: required with --backend {runtime} (a folder written by defect-vision export)")
+        raise ConfigError(f"{{onnx}}: required with {{backend}} {runtime} (a folder written by defect-vision export)",
+                          "onnx", "backend")
     folder = Path(config.onnx)
     manifest = load_manifest(folder)
     if config.model_type and not config.box_only and config.model_type != manifest["sam"]["model_type"]:
-        raise DatasetError(f"--model-type {config.model_type}: the export {folder} holds a "
-                           f"{manifest['sam']['model_type']} SAM")
+        raise ConfigError(f"{{model_type}} {config.model_type}: the export {folder} holds a "
+                          f"{manifest['sam']['model_type']} SAM", "model_type")
     new = [c for c in config.classes or [] if c not in manifest["detector"]["class_names"]]
     if new:
-        raise DatasetError(f"--classes {' '.join(new)}: not in the ONNX export's vocabulary, which is baked in "
-                           f"({', '.join(manifest['detector']['class_names'])}); new names need --backend torch")
-    check_export(folder, manifest, detector, None if config.box_only else sam, config.thresholds)
-    if config.thresholds is None and manifest.get("thresholds"):
-        config.thresholds = folder / manifest["thresholds"]
+        raise ConfigError(f"{{classes}} {' '.join(new)}: not in the ONNX export's vocabulary, which is baked in "
+                          f"({', '.join(manifest['detector']['class_names'])}); new names need {{backend}} torch",
+                          "classes", "backend")
+    check_export(folder, manifest, detector, None if config.box_only else sam, config.thresholds or config.run_thresholds)
+    thresholds = folder / manifest["thresholds"] if manifest.get("thresholds") else None
     bf16 = dtype == torch.bfloat16
     split = config.cpu_split(device)  # the sessions are called by that many model workers, each on its threads
     det = OnnxDetector(folder, manifest, config.imgsz, runtime, bf16, split)
     seg = None if config.box_only else OnnxSegmenter(folder, manifest, config.mask_threshold, runtime=runtime, bf16=bf16,
                                                      split=split)
-    return det, seg
+    return det, seg, thresholds

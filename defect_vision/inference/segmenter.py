@@ -10,6 +10,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
+from defect_vision.inference.interfaces import BoxSegmenter
 from defect_vision.masks import MaskCrop
 
 MASK_BUDGET_BYTES = 256 * 2**20  # full-size float logits + bool masks held at once while upsampling
@@ -47,7 +48,7 @@ def crop_masks(masks: torch.Tensor) -> list[MaskCrop]:
             for (r0, r1, c0, c1), part in zip(ext, parts)]
 
 
-class Segmenter:
+class Segmenter(BoxSegmenter):
     """Box prompts -> masks (MaskCrops) in original image coordinates; counts encoder images, encoder forwards and
     decoder calls."""
 

@@ -54,7 +54,7 @@ class ExportConfig:
     def for_run(cls, run: str | Path, out: str | Path | None = None, **kw) -> ExportConfig:
         """The models of a pipeline run folder (<run>/yolo_world/best.pt, <run>/sam/best.pth, <run>/thresholds.json
         when present) into `out` (default <run>/onnx)."""
-        from defect_vision.models.run_folder import run_models
+        from defect_vision.run_folder import run_models
 
         models = run_models(run)
         return cls(models.detector, models.sam, Path(out or models.onnx),

@@ -11,7 +11,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from defect_vision.coco import Categories, to_rle
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
-from defect_vision.io import read_json
+from defect_vision.io import complete_pending, read_json
 
 CONVERT_HINT = "write it with `defect-vision convert --category C` or converters/mvtec_to_sam.py"
 
@@ -79,6 +79,7 @@ def _image(raw: dict, root: Path, categories: list[dict], path: Path) -> Detecti
 def load_prompts(path: Path, image_root: Path | None = None) -> PromptSet:
     """Read a prompts JSON; images resolve against `image_root` or the file's `info.image_root`."""
     path = Path(path)
+    complete_pending(path)  # an export's commit in progress: completed (or refused) before reading
     if not path.exists():
         raise DatasetError(f"{path}: no such prompts file ({CONVERT_HINT})")
     data = read_json(path, "SAM prompts")

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from defect_vision.io import atomic_path, replace_durably, temp_name, torch_save
-from defect_vision.training import prompt_tuning
 from defect_vision.offline import go_offline, strip_network_callbacks
+from defect_vision.training import prompt_tuning
+from defect_vision.training.detector_errors import relayed
 
 go_offline()
 
@@ -265,6 +266,15 @@ class DefectWorldTrainer(WorldTrainer):
             self.epoch += 1  # log best metrics at step epochs+1, not overwriting last epoch
             self.run_callbacks("on_fit_epoch_end")
             self.epoch -= 1
+
+    # --- dataset errors: one plain line naming data.yaml, not a coloured traceback ---
+    def get_dataset(self):
+        with relayed(str(self.args.data)):
+            return super().get_dataset()
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        with relayed(str(self.args.data)):
+            return super().build_dataset(img_path, mode, batch)
 
     # --- class-balanced sampling ---
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
