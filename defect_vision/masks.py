@@ -1,14 +1,16 @@
-"""Mask -> instances: connected components, tight boxes, RLE (pycocotools), polygons (OpenCV + shapely)."""
+"""Mask -> instances: connected components, tight boxes, RLE (pycocotools), polygons (OpenCV; shapely, imported
+only for the rare component with holes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-from shapely.geometry import LineString, Polygon
-from shapely.ops import split
 
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -82,6 +84,9 @@ def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np
 
 def _cut_holes(poly: Polygon) -> list[Polygon]:
     """Split a polygon with holes into hole-free pieces whose union is the polygon (COCO/YOLO have no holes)."""
+    from shapely.geometry import LineString
+    from shapely.ops import split
+
     todo, done = [poly], []
     while todo:
         p = todo.pop()
@@ -135,6 +140,8 @@ def component_polygons(component: np.ndarray, simplify: float = 0.2) -> list[lis
     rings, holes = _edge_rings(component)
     if not holes:
         return [r.astype(float).ravel().tolist() for r in rings]
+    from shapely.geometry import Polygon
+
     contours, hierarchy = cv2.findContours(component.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     hierarchy = hierarchy[0]
     out: list[list[float]] = []

@@ -25,7 +25,7 @@ from defect_vision.data.mvtec import read_category
 from defect_vision.distributed import predict as ray_predict
 from defect_vision.distributed.merge import merge_shards
 from defect_vision.distributed.pipeline import plan_resources
-from defect_vision.distributed.progress import Progress, duration
+from defect_vision.distributed.progress import ShardProgress, duration
 from defect_vision.errors import DatasetError
 from defect_vision.formats.coco import annotations, categories, first_annotation_ids, image_entry
 from defect_vision.inference.predictor import PredictConfig
@@ -330,7 +330,7 @@ def test_resources_follow_the_cluster():
 def test_progress_says_images_per_second_and_eta():
     assert [duration(s) for s in (4.4, 65, 7260)] == ["4 s", "1m05s", "2h01m"]
     stream = io.StringIO()
-    p = Progress(100, 10, shards_done=2, every=0, stream=stream)
+    p = ShardProgress(100, 10, shards_done=2, every=0, stream=stream)
     p.start -= 10  # 10 s ago
     p.update(images=20, shards=1)
     assert re.fullmatch(r"predict: 20/100 images, 2\.00 img/s, ETA 40 s, 3/10 shards written\n", stream.getvalue())
@@ -338,13 +338,13 @@ def test_progress_says_images_per_second_and_eta():
 
 def test_each_image_is_written_once_whatever_arrives_twice(manifest, tmp_path):
     """A retried batch may deliver an image again, before or after its shard was committed: kept once, counted."""
-    from defect_vision.distributed.shards import Plan, open_run
+    from defect_vision.distributed.shards import ShardPlan, open_run
 
     source = resolve_source(manifest)
-    plan = Plan.of("0" * 16, [im.id for im in source.images], 4)
+    plan = ShardPlan.of("0" * 16, [im.id for im in source.images], 4)
     out = tmp_path / "run"
     assert open_run(out, plan, {}, source.inputs(), False) is False
-    driver = ray_predict._Driver(out, source, plan, ray_predict.RunOptions(), Progress(8, 2, enabled=False), None)
+    driver = ray_predict._Driver(out, source, plan, ray_predict.RunOptions(), ShardProgress(8, 2, enabled=False), None)
 
     def row(i: int) -> dict:
         bad = i == 5  # broken.png

@@ -13,7 +13,7 @@ from defect_vision.models.checkpoints import SAM, STATE_DICT, UNREADABLE, sniff_
 from defect_vision.detections import Detections, ImageInfo, encode_masks
 from defect_vision.devices import DeviceError, Timings, autocast_dtype, resolve_device
 from defect_vision.inference.sources import output_name, resolve_source
-from defect_vision.inference.thresholds import load_thresholds
+from defect_vision.thresholds import ThresholdsFile, for_classes
 from defect_vision.inference.writers import box_rles, label_mask
 
 
@@ -123,7 +123,7 @@ def test_thresholds(tmp_path):
     names = ["crack", "hole"]
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"thresholds": {"hole": 0.6, "dent": 0.2}, "default": 0.3}))
-    th = load_thresholds(path, names, conf=0.25)
+    th = for_classes(ThresholdsFile.load(path), names, "thresholds", conf=0.25)
     assert th.by_class == {1: 0.6} and th.default == 0.3 and th.nms_conf == 0.3
     assert th.warnings and "unknown class 'dent'" in th.warnings[0]
     det = Detections(np.zeros((4, 4), np.float32), np.array([0, 1, 1, 0]), np.array([0.35, 0.5, 0.7, 0.2], np.float32))
@@ -131,10 +131,10 @@ def test_thresholds(tmp_path):
     assert kept.scores.tolist() == pytest.approx([0.35, 0.7])
     path.write_text(json.dumps({"thresholds": {"hole": 1.5}}))
     with pytest.raises(DatasetError, match="threshold of 'hole' must be a number in \\[0, 1\\]"):
-        load_thresholds(path, names, 0.25)
+        ThresholdsFile.load(path)
     path.write_text(json.dumps([0.3]))
     with pytest.raises(DatasetError, match=f"^{path}: expected"):
-        load_thresholds(path, names, 0.25)
+        ThresholdsFile.load(path)
 
 
 def test_sniff_checkpoint(tmp_path):

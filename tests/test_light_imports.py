@@ -42,13 +42,7 @@ def heavy_in(modules: set[str]) -> list[str]:
     return sorted(set(HEAVY) & modules)
 
 
-# train-sam and curve read the tuple MODEL_TYPES from models/sam.py, which imports torch and segment_anything at the
-# top (through training/sam_config.py): the tuple must move to a module without torch (strict: remove once it has)
-SAM_TYPES_VIA_TORCH = pytest.mark.xfail(strict=True, reason="MODEL_TYPES is imported from models/sam.py (torch)")
-
-
-@pytest.mark.parametrize("command", [pytest.param(c, marks=SAM_TYPES_VIA_TORCH) if c in ("train-sam", "curve") else c
-                                     for c in sorted(COMMANDS)])
+@pytest.mark.parametrize("command", sorted(COMMANDS))  # train-sam, curve: MODEL_TYPES from models/checkpoints.py
 def test_help_of_every_command_imports_no_torch(tmp_path, command):
     r, modules = run_fresh(tmp_path, command, "--help")
     assert r.returncode == 0, r.stderr

@@ -389,3 +389,18 @@ def test_openvocab_result_is_complete_and_names_its_final_folder(export, tmp_pat
     assert Path(data["path"]) == (out / "data" / "without_hole" / "yolo").resolve()
     assert (Path(data["path"]) / "images" / "train").is_dir()
     assert sorted(p.name for p in out.parent.iterdir()) == ["openvocab"]
+
+
+# ---------------------------------------------------------------- item 19: prompts.yaml naming a class the data lacks
+@pytest.mark.parametrize("command", ["openvocab", "curve"])
+def test_experiments_refuse_prompts_naming_a_class_the_data_lacks(export, tmp_path, capsys, command):
+    """As train-detector does: a typo in prompts.yaml ("scratchh") would otherwise silently keep the default prompt."""
+    from defect_vision.cli import main
+
+    prompts = export / "coco" / "tiny" / "prompts.yaml"
+    prompts.write_text("scratchh: [a long thin scratch]\n")
+    out = tmp_path / "experiment"
+    assert main([command, "--category", "tiny", "--datasets", str(export), "--fast", "--out", str(out)]) == 2
+    err = last_error(capsys)
+    assert err.startswith(f"error: {prompts}: classes scratchh are not in the training data (its classes: ") and "\n" not in err
+    assert not out.exists()

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from defect_vision.run_folder import RunFolder
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
@@ -33,10 +35,6 @@ class CategoryPaths:
     datasets: Path = Path("datasets")
     runs: Path = Path("runs")
 
-    @property
-    def mvtec_root(self) -> Path:
-        return self.datasets / "mvtec_ad"
-
     def format_dir(self, fmt: str) -> Path:
         """datasets/<fmt>/<category> for fmt in coco, yolo, voc, sam."""
         return self.datasets / fmt / self.category
@@ -54,12 +52,17 @@ class CategoryPaths:
         return self.runs / self.category
 
     @property
+    def run_folder(self) -> RunFolder:
+        """The places inside runs/<category> (defect_vision.run_folder: the one layout of a run)."""
+        return RunFolder(self.run)
+
+    @property
     def detector_run(self) -> Path:
-        return self.run / "yolo_world"
+        return self.run_folder.detector_dir
 
     @property
     def sam_run(self) -> Path:
-        return self.run / "sam"
+        return self.run_folder.sam_dir
 
 
 def add_force(p: argparse.ArgumentParser) -> None:
@@ -71,7 +74,9 @@ def add_force(p: argparse.ArgumentParser) -> None:
 def run_command(body: Callable[[], int | None], out: Path | None = None) -> int:
     """Run a command body; DatasetError, DeviceError, CheckpointError and OSError -> one `error:` line and exit 2,
     Ctrl-C -> `interrupted` and exit 130 (temporary files are removed on the way out)."""
-    from defect_vision.errors import DatasetError  # DeviceError is one (devices.py is not imported for it)
+    from defect_vision.errors import (
+        DatasetError,  # DeviceError is one (devices.py is not imported for it)
+    )
 
     try:
         rc = body()

@@ -25,10 +25,12 @@ DESCRIPTIONS = {
 
 def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
     """The options of one format's converter (fmt), or of all formats (None)."""
-    from defect_vision.formats.export import FORMATS
+    from defect_vision.data.source import (
+        FORMATS as LAYOUTS,  # light modules: --help imports no OpenCV
+    )
+    from defect_vision.formats import FORMATS
 
     p = parser(prog, DESCRIPTIONS[fmt])
-    from defect_vision.data.source import FORMATS as LAYOUTS
 
     p.add_argument("--category", required=True,
                    help="category folder under --root, e.g. wood (with --format folder: just the dataset's name)")
@@ -89,12 +91,12 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt: str | None = None) -> int:
+    p = build_parser(prog, fmt)
+    a = p.parse_args(argv)  # before the imports below (OpenCV, numpy): --help and flag errors stay cheap
     from defect_vision.data.source import DatasetSource
     from defect_vision.data.splits import SplitConfig
     from defect_vision.formats.export import ExportConfig, export
 
-    p = build_parser(prog, fmt)
-    a = p.parse_args(argv)
     if any(r < 0 for r in a.split) or sum(a.split) <= 0:
         p.error(f"--split: ratios must be >= 0 with a positive sum, got {a.split}")
     if a.good_per_split is not None and any(k < 0 for k in a.good_per_split):

@@ -14,7 +14,11 @@ FAST_OVERRIDES = {"mosaic": 0.0}
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    from defect_vision.models.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS
+    from defect_vision.models.text_embeddings import (
+        DEFAULT_CACHE_DIR,
+        DEFAULT_CLIP,
+        ENCODERS,
+    )
     from defect_vision.training.yolo_world import DetectorTrainConfig as D
 
     p.add_argument("--category", required=True, help="a converted category (defect-vision convert)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from defect_vision.cli.common import add_force, parser, run_command
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision export") -> i
         if a.run is not None:
             config = ExportConfig.for_run(a.run, a.out, model_type=a.model_type, imgsz=a.imgsz, opset=a.opset,
                                           force=a.force)
-            config.detector, config.sam = a.detector or config.detector, a.sam or config.sam
-            config.thresholds = a.thresholds or config.thresholds
+            config = dataclasses.replace(config, detector=a.detector or config.detector, sam=a.sam or config.sam,
+                                         thresholds=a.thresholds or config.thresholds)
         else:
             for name in ("detector", "sam", "out"):
                 if getattr(a, name) is None:

@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision openvocab") -
     out = a.out or paths.run / "openvocab"
 
     def body() -> None:
-        from defect_vision.experiments.openvocab import OpenVocabConfig, run_openvocab, summary_line
+        from defect_vision.experiments.openvocab import (
+            OpenVocabConfig,
+            run_openvocab,
+            summary_line,
+        )
 
         sam = a.sam or (paths.sam_run / "best.pth" if not a.fast and (paths.sam_run / "best.pth").is_file() else None)
         config = OpenVocabConfig(a.category, export, out, train_template(a, out), held_out=a.classes, seen=a.seen,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from defect_vision.cli.common import CategoryPaths, parser, run_command
 from defect_vision.errors import DatasetError
+from defect_vision.run_folder import RunFolder
 
 SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
@@ -70,7 +71,7 @@ class Stage:
 
 
 @dataclass
-class Plan:
+class PipelinePlan:
     stages: list[Stage]
     weights: str  # "official" | "random-init"
     sam_model_type: str
@@ -80,7 +81,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(c: PipelineConfig) -> Plan:
+def plan(c: PipelineConfig) -> PipelinePlan:
     """The stages and their arguments; DatasetError when official weights are missing (unless from_scratch)."""
     c.check()
     w = Path(c.weights)
@@ -106,7 +107,7 @@ def plan(c: PipelineConfig) -> Plan:
     if zero_shot:
         yolo_args.append("--eval-zero-shot")
     paths = CategoryPaths(c.category, Path(c.datasets), Path(c.runs))
-    ds, run, cat = paths.datasets, paths.run, c.category
+    ds, run, rf, cat = paths.datasets, paths.run, paths.run_folder, c.category
     coco = paths.format_dir("coco")
     gt_val, gt_test = str(coco / "instances_val.json"), str(coco / "instances_test.json")
 
@@ -116,7 +117,7 @@ def plan(c: PipelineConfig) -> Plan:
                 raise DatasetError(f"{f}: the converters did not write it")
 
     force = ["--force"] if c.force else []
-    predict = ["predict", "--detector", str(run / "yolo_world" / "best.pt"), "--sam", str(run / "sam" / "best.pth"),
+    predict = ["predict", "--detector", str(rf.detector), "--sam", str(rf.sam),
                "--model-type", sam_type, "--conf", str(c.conf), "--device", c.device, *force]
     stages = [
         Stage("convert", ["convert", "--category", cat, "--root", str(c.root), "--out", str(ds), "--splits",
@@ -127,27 +128,27 @@ def plan(c: PipelineConfig) -> Plan:
                              "--imgsz", str(c.imgsz), "--batch", str(c.batch), "--device", c.device, "--seed",
                              str(c.seed), *force, *yolo_args], before=converted),
         Stage("sam", ["train-sam", "--category", cat, "--prompts", str(paths.format_dir("sam")), "--out", str(paths.sam_run),
-                      "--cache-dir", str(run / "sam" / "embeddings"), "--epochs", str(c.sam_epochs), "--device",
+                      "--cache-dir", str(rf.sam_embeddings), "--epochs", str(c.sam_epochs), "--device",
                       c.device, "--seed", str(c.seed), *force, *sam_args]),
     ]
     val_eval: list[str] = []
     if c.calibrate:
         stages += [
-            Stage("predict_val", [*predict, "--source", gt_val, "--out", str(run / "predict_val")]),
-            Stage("calibrate", ["calibrate", "--gt", gt_val, "--pred", str(run / "predict_val" / "predictions.json"),
-                                "--out", str(run / "thresholds.json")]),
+            Stage("predict_val", [*predict, "--source", gt_val, "--out", str(rf.stage("predict_val"))]),
+            Stage("calibrate", ["calibrate", "--gt", gt_val, "--pred", str(rf.stage("predict_val") / "predictions.json"),
+                                "--out", str(rf.thresholds)]),
         ]
-        val_eval = ["--val-gt", gt_val, "--val-pred", str(run / "predict_val" / "predictions.json")]
+        val_eval = ["--val-gt", gt_val, "--val-pred", str(rf.stage("predict_val") / "predictions.json")]
     stages += [
-        Stage("predict", [*predict, "--source", gt_test, "--out", str(run / "predict"), "--save-overlays"]),
-        Stage("predict_gt_boxes", [*predict, "--source", gt_test, "--gt-boxes", gt_test, "--out", str(run / "predict_gt_boxes")]),
-        Stage("evaluate", ["evaluate", "--gt", gt_test, "--pred", str(run / "predict" / "predictions.json"), "--out",
-                           str(run / "eval"), *force, *val_eval]),
-        Stage("evaluate_gt_boxes", ["evaluate", "--gt", gt_test, "--pred", str(run / "predict_gt_boxes" / "predictions.json"),
-                                    "--out", str(run / "eval_gt_boxes"), *force]),
+        Stage("predict", [*predict, "--source", gt_test, "--out", str(rf.stage("predict")), "--save-overlays"]),
+        Stage("predict_gt_boxes", [*predict, "--source", gt_test, "--gt-boxes", gt_test, "--out", str(rf.stage("predict_gt_boxes"))]),
+        Stage("evaluate", ["evaluate", "--gt", gt_test, "--pred", str(rf.stage("predict") / "predictions.json"), "--out",
+                           str(rf.stage("eval")), *force, *val_eval]),
+        Stage("evaluate_gt_boxes", ["evaluate", "--gt", gt_test, "--pred", str(rf.stage("predict_gt_boxes") / "predictions.json"),
+                                    "--out", str(rf.stage("eval_gt_boxes")), *force]),
         Stage("report", ["report", "--run", str(run), *force]),
     ]
-    return Plan(stages, weights, sam_type, str(yolo_model) if weights == "official" else c.yolo_cfg,
+    return PipelinePlan(stages, weights, sam_type, str(yolo_model) if weights == "official" else c.yolo_cfg,
                 str(sam_ckpt) if weights == "official" else None, run)
 
 
@@ -172,10 +173,11 @@ def run_pipeline(c: PipelineConfig, runner: Callable[[list[str], object], int] |
     """Run every stage; returns what pipeline.json holds. DatasetError names the stage that failed."""
     runner = runner or run_stage
     p = plan(c)
+    rf = RunFolder(p.run)
     p.run.mkdir(parents=True, exist_ok=True)
     if not c.calibrate:  # a previous run's thresholds must not outlive it: the report draws at runs/<C>/thresholds.json
-        (p.run / "thresholds.json").unlink(missing_ok=True)
-        shutil.rmtree(p.run / "predict_val", ignore_errors=True)
+        rf.thresholds.unlink(missing_ok=True)
+        shutil.rmtree(rf.stage("predict_val"), ignore_errors=True)
     seconds: dict[str, int] = {}
     with open(p.run / "pipeline.log", "w") as log:
         def say(msg: str) -> None:
@@ -213,7 +215,7 @@ def run_pipeline(c: PipelineConfig, runner: Callable[[list[str], object], int] |
             say(f"== [{stage.name}] done in {seconds[stage.name]} s")
         _write_json(p.run / "pipeline.json", summary)
         say(f"pipeline: {c.category} done in {sum(seconds.values())} s ({p.weights} weights); report: "
-            f"{p.run / 'report' / 'index.html'}")
+            f"{rf.stage('report') / 'index.html'}")
     return summary
 
 

@@ -21,8 +21,15 @@ EPILOG = ("Writes <out>/best.pt (loads with ultralytics.YOLOWorld(path); class n
 
 
 def build_parser(prog: str = "defect-vision train-detector") -> argparse.ArgumentParser:
-    from defect_vision.models.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS
-    from defect_vision.training.yolo_world import SEED_REPORT_DEFAULTS, DetectorTrainConfig
+    from defect_vision.models.text_embeddings import (
+        DEFAULT_CACHE_DIR,
+        DEFAULT_CLIP,
+        ENCODERS,
+    )
+    from defect_vision.training.yolo_world import (
+        SEED_REPORT_DEFAULTS,
+        DetectorTrainConfig,
+    )
 
     d = DetectorTrainConfig  # the library's defaults are the command's defaults
     p = parser(prog, DESCRIPTION, EPILOG)

@@ -25,7 +25,7 @@ EPILOG = (
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from defect_vision.models.sam import MODEL_TYPES
+    from defect_vision.models.checkpoints import MODEL_TYPES
 
     p = parser(prog, DESCRIPTION, EPILOG)
     p.add_argument("--category", required=True, help="MVTec category (names the default paths)")

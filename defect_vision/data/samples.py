@@ -93,8 +93,6 @@ def build_category(name: str, root: Path, samples: Sequence[Sample], min_area: i
                    progress: bool = False, strict: bool = False) -> Category:
     """Read every sample (DatasetError on the first bad file) into a Category sorted by file_name; images a list
     file names but the disk lacks are skipped with a warning (strict: DatasetError)."""
-    from tqdm import tqdm
-
     if not samples:
         raise DatasetError(f"{root}: no images found")
     samples, warnings = present(samples, strict)
@@ -107,8 +105,11 @@ def build_category(name: str, root: Path, samples: Sequence[Sample], min_area: i
             raise DatasetError(f"{s.path}: same name '{s.file_name}' as {seen[s.file_name]}")
         seen[s.file_name] = s.path
     labelled = [s for s in samples if s.labelled]
-    records = [read_sample(s, min_area, mask_threshold)
-               for s in tqdm(labelled, desc=f"read {name}", unit="img", disable=not progress)]
+    if progress:  # tqdm (and the multiprocessing lock it makes) only when a bar is shown
+        from tqdm import tqdm
+
+        labelled = tqdm(labelled, desc=f"read {name}", unit="img")
+    records = [read_sample(s, min_area, mask_threshold) for s in labelled]
     records.sort(key=lambda r: r.file_name)
     unlabelled = sorted((read_sample(s, min_area) for s in samples if not s.labelled), key=lambda r: r.file_name)
     if not records:

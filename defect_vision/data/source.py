@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from defect_vision.data.records import Category
-from defect_vision.data.samples import build_category
 from defect_vision.errors import DatasetError
+
+if TYPE_CHECKING:  # the records (OpenCV, numpy) are imported when a dataset is read, so --help and FORMATS stay cheap
+    from defect_vision.data.records import Category
 
 # layout -> reader module; `auto` tries them in this order (the most specific markers first)
 READERS = {
@@ -124,6 +126,8 @@ def read_dataset(source: DatasetSource, progress: bool = False) -> Category:
     """Read a dataset of any supported layout into the record the formats write; what it skipped or could not tell
     is in `Category.warnings` (and on stderr, one `warning:` line each)."""
     import sys
+
+    from defect_vision.data.samples import build_category
 
     source = resolve(source)
     samples = reader(source.format).samples(source)

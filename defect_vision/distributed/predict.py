@@ -18,10 +18,10 @@ from defect_vision.devices import Timings
 from defect_vision.distributed.cluster import ray_session
 from defect_vision.distributed.merge import ShardTotals, merge_shards
 from defect_vision.distributed.pipeline import Resources, plan_resources, predictions
-from defect_vision.distributed.progress import Progress, completion_rate
+from defect_vision.distributed.progress import ShardProgress, completion_rate
 from defect_vision.distributed.shards import (
     KIND,
-    Plan,
+    ShardPlan,
     complete_shards,
     fingerprint,
     holds_run,
@@ -101,7 +101,7 @@ def _settings(detector, sam, config: PredictConfig, options: RunOptions, source:
             "save_overlays": options.save_overlays, "source": {"kind": source.kind, "origin": source.origin}}
 
 
-def _input_rows(source: Source, plan: Plan, pending: list[int]) -> list[dict]:
+def _input_rows(source: Source, plan: ShardPlan, pending: list[int]) -> list[dict]:
     by_id = {im.id: im for im in source.images}
     rows = []
     for k in pending:
@@ -127,7 +127,7 @@ def _shard_stats(results: list[_Result], rows_stats: list[dict], model: dict) ->
 class _Driver:
     """Receives result rows, writes masks/overlays, commits each shard once all its images are in."""
 
-    def __init__(self, out: Path, source: Source, plan: Plan, options: RunOptions, progress: Progress,
+    def __init__(self, out: Path, source: Source, plan: ShardPlan, options: RunOptions, progress: ShardProgress,
                  known_names: list[str] | None):
         self.out, self.source, self.plan, self.options, self.progress = out, source, plan, options, progress
         self.open: dict[int, dict[int, _Result]] = {}
@@ -212,7 +212,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
     gt = ground_truth(options.gt_boxes, source) if options.gt_boxes is not None else None
     settings = _settings(detector, sam, config, options, source)
     images = [[im.id, str(im.path), im.file_name] for im in source.images]
-    plan = Plan.of(run_id({**settings, "images": images, "shard_size": ro.shard_size}), [im.id for im in source.images],
+    plan = ShardPlan.of(run_id({**settings, "images": images, "shard_size": ro.shard_size}), [im.id for im in source.images],
                    ro.shard_size)
     inputs = source.inputs() + ([options.gt_boxes] if options.gt_boxes else [])
     check_output_dir(out, KIND, inputs, options.force)  # before any cluster is started
@@ -228,7 +228,7 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
         pending = [k for k in range(len(plan.shards)) if k not in done]
         if pending:
             rows = _input_rows(source, plan, pending)
-            progress = Progress(len(rows), len(plan.shards), len(done), ro.progress_every, options.progress)
+            progress = ShardProgress(len(rows), len(plan.shards), len(done), ro.progress_every, options.progress)
             driver = _Driver(out, source, plan, options, progress, gt.class_names if gt is not None else None)
             if options.progress:
                 print(f"predict: {len(rows)} images in {len(pending)} shards ({len(done)} already complete); "
@@ -268,7 +268,7 @@ def _fill(summary: ShardedSummary, totals: ShardTotals, res: Resources | None) -
 
 
 def _summary_dict(s: ShardedSummary, totals: ShardTotals, config: PredictConfig, options: RunOptions, ro: RayOptions,
-                  source: Source, names: list[str], gt_mode: bool, plan: Plan) -> dict:
+                  source: Source, names: list[str], gt_mode: bool, plan: ShardPlan) -> dict:
     mode = "gt_boxes" if gt_mode else ("box_only" if config.box_only else "detector+sam")
     facts = RunFacts(names, None if gt_mode else totals.model.get("category_ids"), totals.model.get("device"),
                      totals.model.get("autocast"), {"kind": source.kind, "origin": source.origin}, mode, config, options,

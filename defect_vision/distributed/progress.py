@@ -16,7 +16,7 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-class Progress:
+class ShardProgress:
     """Counts images and shards; prints a line at most every `every` seconds (and always the last one)."""
 
     def __init__(self, images: int, shards: int, shards_done: int = 0, every: float = 10.0, enabled: bool = True,

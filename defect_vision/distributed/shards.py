@@ -44,7 +44,7 @@ def run_id(settings: dict) -> str:
 
 
 @dataclass
-class Plan:
+class ShardPlan:
     """The run's shards: image ids (ascending) per shard, so shard k's ids all precede shard k+1's."""
 
     run_id: str
@@ -52,7 +52,7 @@ class Plan:
     shards: list[list[int]]
 
     @classmethod
-    def of(cls, rid: str, ids: list[int], shard_size: int) -> Plan:
+    def of(cls, rid: str, ids: list[int], shard_size: int) -> ShardPlan:
         ids = sorted(ids)
         return cls(rid, shard_size, [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)])
 
@@ -68,7 +68,7 @@ def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
     return folder / f"predictions-{k:05d}.json", folder / f"shard-{k:05d}.json"
 
 
-def holds_run(out: Path, plan: Plan) -> bool:
+def holds_run(out: Path, plan: ShardPlan) -> bool:
     """`out` is a prediction run folder of this very run (same run id): resume it."""
     out = Path(out)
     if marker_kind(out) != KIND:
@@ -79,7 +79,7 @@ def holds_run(out: Path, plan: Plan) -> bool:
         return False
 
 
-def open_run(out: Path, plan: Plan, settings: dict, inputs: list[Path], force: bool) -> bool:
+def open_run(out: Path, plan: ShardPlan, settings: dict, inputs: list[Path], force: bool) -> bool:
     """True when `out` already holds this run (holds_run): resume it, after removing temporary files of killed
     runs. Otherwise make `out` a fresh run folder holding run.json, replacing it as a whole under the rules of
     io.check_output_dir (kind "predict": never over an input, never over a folder that is not a previous
@@ -118,7 +118,7 @@ def read_shard(out: Path, k: int) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def complete_shards(out: Path, plan: Plan) -> dict[int, dict]:
+def complete_shards(out: Path, plan: ShardPlan) -> dict[int, dict]:
     """The shards of `plan` already complete in `out` (shard file of this run, the planned images)."""
     done = {}
     for k, ids in enumerate(plan.shards):

@@ -30,6 +30,8 @@ from defect_vision.evaluation.overlays import tint_and_outline, union_mask
 from defect_vision.evaluation.report_md import masks_note
 from defect_vision.evaluation.thresholds import apply_thresholds
 from defect_vision.io import atomic_dir, read_json
+from defect_vision.run_folder import RunFolder
+from defect_vision.thresholds import ThresholdsFile
 
 THUMB_SIDE = 256
 KIND = "report"  # the marker kind of an output folder
@@ -96,12 +98,8 @@ def read_optional_json(path: Path, missing: list[str], read: list[str]) -> dict 
 
 def read_thresholds(path: Path) -> tuple[dict[str, float], float]:
     """(class name -> threshold, default) of a thresholds json (default 0: classes not listed keep everything)."""
-    doc = read_json(path, "thresholds")
-    th = doc.get("thresholds") if isinstance(doc, dict) else None
-    default = doc.get("default", 0.0) if isinstance(doc, dict) else None
-    if not isinstance(th, dict) or not all(number(v) is not None for v in [*th.values(), default]):
-        raise DatasetError(f"{path}: expected {{\"thresholds\": {{\"<class name>\": 0.3, ...}}, \"default\": 0.25}}")
-    return {str(k): float(v) for k, v in th.items()}, float(default)
+    file = ThresholdsFile.load(path)
+    return file.by_name, file.default if file.default is not None else 0.0
 
 
 def dig(d, *keys):
@@ -216,13 +214,14 @@ def draw_thumb(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray) -> np
 
 def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
     """Everything the page shows, plus what the thumbnails need (the GT dataset, both masks per image)."""
+    rf = RunFolder(Path(run))
     missing: list[str] = []
     read: list[str] = []
     pipeline = read_optional_json(run / "pipeline.json", [], read)  # optional: written by scripts/run_pipeline.sh
     pipeline = pipeline if isinstance(pipeline, dict) else {}
-    det = read_optional_json(run / "yolo_world" / "best.json", missing, read)
-    sam = read_optional_json(run / "sam" / "best.json", missing, read)
-    ev = read_optional_json(run / "eval" / "metrics.json", missing, read)
+    det = read_optional_json(rf.detector_dir / "best.json", missing, read)
+    sam = read_optional_json(rf.sam_dir / "best.json", missing, read)
+    ev = read_optional_json(rf.stage("eval") / "metrics.json", missing, read)
     ev_gt = read_optional_json(run / "eval_gt_boxes" / "metrics.json", missing, read)
     rep = RunReport(category=pipeline.get("category") or run.name, run=str(run))
     rep.settings = pipeline.get("settings") or {}
@@ -243,12 +242,12 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
             rep.notes.append(f"{label}: {note}")
     rep.per_class = per_class_rows(det, ev)
     rep.image_classification = image_classification(ev)
-    rep.plots = sorted(p.name for p in (run / "eval").glob("*.png")) if (run / "eval").is_dir() else []
-    read += [str(run / "eval" / p) for p in rep.plots]
+    rep.plots = sorted(p.name for p in rf.stage("eval").glob("*.png")) if rf.stage("eval").is_dir() else []
+    read += [str(rf.stage("eval") / p) for p in rep.plots]
 
     gt_path = gt_path or (Path(pipeline["gt_test"]) if pipeline.get("gt_test") else None)
     images: dict = {}
-    pred_path = run / "predict" / "predictions.json"
+    pred_path = rf.stage("predict") / "predictions.json"
     if gt_path is None:
         missing.append("test ground truth (pass --gt instances_test.json)")
     elif not pred_path.is_file():
@@ -259,7 +258,7 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
         gt = load_coco(Path(gt_path))
         predictions, _ = load_predictions(pred_path, gt)
         read += [str(gt_path), str(pred_path)]
-        th_path = next((q for q in (run / "eval" / "thresholds.json", run / "thresholds.json") if q.is_file()), None)
+        th_path = next((q for q in (rf.stage("eval") / "thresholds.json", rf.thresholds) if q.is_file()), None)
         if th_path is not None:
             predictions = apply_thresholds(predictions, *read_thresholds(th_path))
             rep.thumb_thresholds = str(th_path)
@@ -478,7 +477,8 @@ def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top
     io.check_output_dir says) unless it is absent, empty or a previous report, or with `force`; never a folder
     that holds a file the report reads."""
     run = Path(run)
-    out = Path(out) if out is not None else run / "report"
+    rf = RunFolder(run)
+    out = Path(out) if out is not None else rf.stage("report")
     if top_k < 0:
         raise DatasetError(f"--top-k {top_k}: must be >= 0")
     if not run.is_dir():
@@ -495,7 +495,7 @@ def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top
             (tmp / "plots").mkdir()
         _experiment_plots(rep, tmp / "plots")
         for p in rep.plots:
-            shutil.copy2(run / "eval" / p, tmp / "plots" / p)
+            shutil.copy2(rf.stage("eval") / p, tmp / "plots" / p)
         if rep.image_classification:
             _confusion_plot(rep, tmp / "plots")
         (tmp / "index.html").write_text(render(rep))
@@ -507,7 +507,9 @@ def _experiment_plots(rep: RunReport, folder: Path) -> None:
     """The seen / unseen bars and the learning curve, drawn from the experiments' results."""
     if not (rep.openvocab or rep.curve):
         return
-    from defect_vision.evaluation import experiment_plots  # matplotlib: only when drawing
+    from defect_vision.evaluation import (
+        experiment_plots,  # matplotlib: only when drawing
+    )
 
     if rep.openvocab:
         experiment_plots.seen_unseen_bars(rep.openvocab, folder / "seen_unseen.png")

@@ -9,7 +9,6 @@ threshold below it can be found.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from defect_vision.coco import CocoDataset
-from defect_vision.errors import OutputError
 from defect_vision.evaluation.inputs import Predictions, load_gt, resolve
-from defect_vision.io import atomic_write_text
+from defect_vision.thresholds import ThresholdsFile
 
 
 @dataclass
@@ -45,22 +43,16 @@ class Thresholds:
     def by_name(self) -> dict[str, float]:
         return {c.name: (c.threshold if c.threshold is not None else self.default) for c in self.classes}
 
+    def stats(self) -> dict:
+        return {c.name: {"f1": c.f1, "precision": c.precision, "recall": c.recall, "gt": c.gt,
+                         "predictions": c.predictions, "calibrated": c.threshold is not None} for c in self.classes}
+
     def to_dict(self) -> dict:
-        return {
-            "thresholds": self.by_name,
-            "default": self.default,
-            "stats": {c.name: {"f1": c.f1, "precision": c.precision, "recall": c.recall, "gt": c.gt,
-                               "predictions": c.predictions, "calibrated": c.threshold is not None} for c in self.classes},
-        }
+        return {"thresholds": self.by_name, "default": self.default, "stats": self.stats()}
 
     def save(self, path: Path, inputs: Iterable[Path] = ()) -> None:
-        """Write the thresholds json atomically; refused when `path` is a folder or one of `inputs`."""
-        path = Path(path)
-        if path.is_dir():
-            raise OutputError(f"{path}: is a folder, not a file (the thresholds json goes there)")
-        if any(Path(p).resolve() == path.resolve() for p in inputs):
-            raise OutputError(f"{path}: is an input of this command; choose another output file")
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the thresholds json (defect_vision.thresholds, the one reader and writer of the file)."""
+        ThresholdsFile(self.by_name, self.default).save(path, self.stats(), inputs)
 
     def summary_line(self) -> str:
         done = [c for c in self.classes if c.threshold is not None]

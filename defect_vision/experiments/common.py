@@ -17,7 +17,13 @@ from defect_vision.experiments.measure import Vocabulary, base_checkpoint
 from defect_vision.experiments.subsets import Export
 from defect_vision.io import atomic_dir, atomic_write_text, complete_pending, read_json
 from defect_vision.models.prompts import Encoder, ensemble, make_encoder, templated
-from defect_vision.training.yolo_world import DetectorTrainConfig, finetune_detector, start_model, text_encoder_device
+from defect_vision.training.detector_text import check_prompt_classes
+from defect_vision.training.yolo_world import (
+    DetectorTrainConfig,
+    finetune_detector,
+    start_model,
+    text_encoder_device,
+)
 
 LOG = logging.getLogger("defect_vision.experiments")
 
@@ -80,17 +86,21 @@ def eval_split(export: Export) -> tuple[CocoDataset, Vocabulary]:
     """The test ground truth and the full vocabulary (every class, with prompts.yaml's phrasings when present)."""
     gt = load_coco(export.coco / "instances_test.json")
     prompts = export.coco / "prompts.yaml"
-    return gt, Vocabulary.of(gt, load_phrasings(prompts, "prompts") if prompts.is_file() else None)
+    table = load_phrasings(prompts, "prompts") if prompts.is_file() else None
+    if table is not None:
+        check_prompt_classes(table, gt.class_names, prompts)  # as train-detector: a name the data lacks is refused
+    return gt, Vocabulary.of(gt, table)
 
 
 def zero_shot_model(path: Path, train: DetectorTrainConfig, vocab: Vocabulary, encode: Encoder,
                     encoder_name: str) -> tuple[Path, str]:
     """(the start model with the full vocabulary saved at `path`, its weights tag "official" | "random-init")."""
-    spec, weights = start_model(train)
+    start = start_model(train)
     phr = templated([vocab.phrasings[n] for n in vocab.names], train.prompt_template, train.category)
     meta = {"text_encoder": encoder_name, "prompt_template": train.prompt_template, "category": train.category,
-            "weights": weights, "phrasings": phr}
-    return base_checkpoint(path, spec, train.from_scratch, vocab, ensemble(encode, phr), train.imgsz, train.seed, meta), weights
+            "weights": start.weights, "phrasings": phr, "family": start.family}
+    return (base_checkpoint(path, start, train.from_scratch, vocab, ensemble(encode, phr), train.imgsz, train.seed,
+                            meta), start.weights)
 
 
 def fine_tune(train: DetectorTrainConfig, paths: dict, out: Path, **changes) -> Path:

@@ -37,11 +37,12 @@ class Vocabulary:
                    {n: table.get(n) or [p] for n, p in zip(gt.class_names, gt.prompts)})
 
 
-def base_checkpoint(path: Path, model_spec: str, from_scratch: bool, vocab: Vocabulary, embeddings: torch.Tensor,
+def base_checkpoint(path: Path, start, from_scratch: bool, vocab: Vocabulary, embeddings: torch.Tensor,
                     imgsz: int, seed: int, meta: dict) -> Path:
-    """The start model (zero-shot: no fine-tuning) with the vocabulary baked in, saved as an ultralytics checkpoint."""
+    """The start model (training.detector_model.StartModel; zero-shot: no fine-tuning) with the vocabulary baked in,
+    saved as an ultralytics checkpoint."""
     from ultralytics import __version__
-    from ultralytics.nn.tasks import WorldModel, load_checkpoint
+    from ultralytics.nn.tasks import WorldModel, YOLOEModel, YOLOESegModel, load_checkpoint
     from ultralytics.utils.torch_utils import init_seeds
 
     from defect_vision.offline import go_offline
@@ -49,13 +50,15 @@ def base_checkpoint(path: Path, model_spec: str, from_scratch: bool, vocab: Voca
     go_offline()
     init_seeds(seed)
     if from_scratch:
-        model = WorldModel(model_spec, nc=len(vocab.names), verbose=False)
+        build = (YOLOESegModel if start.segment else YOLOEModel) if start.family == "yoloe" else WorldModel
+        model = build(start.spec, nc=len(vocab.names), verbose=False)
     else:
-        model = load_checkpoint(model_spec, device="cpu")[0]
+        model = load_checkpoint(start.spec, device="cpu")[0]
     model = model.float().eval()
     bake_vocabulary(model, vocab.names, embeddings)
-    model.args = {"imgsz": imgsz, "task": "detect"}
-    torch_save({"model": model, "train_args": {"imgsz": imgsz, "task": "detect"}, "date": time.strftime("%F"),
+    task = "segment" if start.segment else "detect"
+    model.args = {"imgsz": imgsz, "task": task}
+    torch_save({"model": model, "train_args": {"imgsz": imgsz, "task": task}, "date": time.strftime("%F"),
                 "version": __version__, "defect_vision": {**meta, "classes": vocab.names,
                                                           "category_ids": vocab.category_ids}}, path)
     return path

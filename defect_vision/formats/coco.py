@@ -1,6 +1,7 @@
 """Records -> COCO instances json (one split): images, annotations (polygons or RLE), categories, info."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from defect_vision.data.records import Category, ImageRecord
@@ -39,12 +40,32 @@ def prompt_phrasings(cat: Category) -> dict[str, list[str]]:
     return {name: list(cat.phrasings.get(name) or [cat.prompts.get(name) or prompt_of(name)]) for name in cat.defect_types}
 
 
+# a name or phrasing YAML writes as is (a plain scalar read back as the same string), short enough not to be wrapped
+PLAIN_WORDS = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?: [A-Za-z0-9_]+)*")
+YAML_WORDS = {"yes", "no", "true", "false", "on", "off", "null"}  # plain, these would be read back as bool or None
+
+
+def plain_yaml(phrasings: dict[str, list[str]]) -> str | None:
+    """`name:\n- phrasing\n...`, what yaml.safe_dump writes for names and phrasings that are all plain words (class
+    names nearly always are), without importing yaml; None where one is not (yaml.safe_dump then writes it)."""
+    words = [*phrasings, *(v for values in phrasings.values() for v in values)]
+    if not all(phrasings.values()) or not all(
+            isinstance(w, str) and len(w) <= 60 and PLAIN_WORDS.fullmatch(w) and w.lower() not in YAML_WORDS
+            for w in words):
+        return None
+    return "".join(f"{name}:\n" + "".join(f"- {v}\n" for v in values) for name, values in phrasings.items())
+
+
 def prompts_yaml(cat: Category) -> str:
     """prompts.yaml: class name -> [phrasing, ...]; train-detector embeds each class as the mean of its phrasings."""
-    import yaml
-
     head = "# class name -> phrasings; the class embedding is the normalised mean of their CLIP embeddings\n"
-    return head + yaml.safe_dump(prompt_phrasings(cat), sort_keys=False, allow_unicode=True)
+    phrasings = prompt_phrasings(cat)
+    text = plain_yaml(phrasings)
+    if text is None:
+        import yaml
+
+        text = yaml.safe_dump(phrasings, sort_keys=False, allow_unicode=True)
+    return head + text
 
 
 def info(cat: Category, split: Split, split_name: str) -> dict:

@@ -5,6 +5,7 @@ beside its target, and they replace the old ones together, so COCO, YOLO, VOC an
 image is in which split."""
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections import Counter
@@ -12,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-
-from tqdm import tqdm
 
 from defect_vision.data.records import Category
 from defect_vision.data.source import DatasetSource, read_dataset, resolve
@@ -26,10 +25,10 @@ from defect_vision.data.splits import (
     split_warnings,
 )
 from defect_vision.errors import DatasetError
+from defect_vision.formats import FORMATS
 from defect_vision.io import Commit, check_output_dir, recover
 
 T = TypeVar("T")
-FORMATS = ("coco", "yolo", "voc", "sam")
 
 
 MvtecSource = DatasetSource  # an MVTec AD category is DatasetSource's default layout
@@ -60,7 +59,12 @@ class Job:
     progress: bool = True
 
     def bar(self, items: Sequence[T], desc: str) -> Iterable[T]:
-        return tqdm(items, desc=desc, unit="img", disable=not self.progress, leave=False)
+        """The items, with a progress bar when progress is on (tqdm is imported only then)."""
+        if not self.progress:
+            return items
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="img", leave=False)
 
 
 @dataclass
@@ -86,10 +90,14 @@ class ExportResult:
                 f"({per_class}), {specks} specks dropped, {self.seconds:.1f} s")
 
 
-def _writer(fmt: str):
-    from defect_vision.formats import coco, sam_prompts, voc, yolo
+WRITERS = {"coco": ("coco", "write_coco"), "yolo": ("yolo", "write_yolo"), "voc": ("voc", "write_voc"),
+           "sam": ("sam_prompts", "write_sam")}  # format -> (module of defect_vision.formats, function)
 
-    return {"coco": coco.write_coco, "yolo": yolo.write_yolo, "voc": voc.write_voc, "sam": sam_prompts.write_sam}[fmt]
+
+def _writer(fmt: str):
+    """The write function of one format; only its module is imported."""
+    module, name = WRITERS[fmt]
+    return getattr(importlib.import_module(f"defect_vision.formats.{module}"), name)
 
 
 def export(source: DatasetSource, outputs: dict[str, Path], config: ExportConfig | None = None) -> ExportResult:
@@ -136,10 +144,10 @@ def input_folders(cat: Category) -> list[Path]:
 def input_files(source: DatasetSource) -> list[Path]:
     """The files a (resolved) source reads besides its images and masks: the manifest, the names YAML, VisA's
     benchmark split."""
-    from defect_vision.data.visa import BENCHMARK
-
     files = [source.manifest, source.names]
     if source.format == "visa" and source.benchmark_split:
+        from defect_vision.data.visa import BENCHMARK
+
         files.append(Path(source.root) / BENCHMARK)
     return [Path(f) for f in files if f is not None]
 

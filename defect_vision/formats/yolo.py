@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from defect_vision.data.records import Category, ImageRecord, Instance
 from defect_vision.data.splits import SPLITS
@@ -47,6 +46,8 @@ def label_text(rec: ImageRecord, cat: Category, task: str = "detect") -> str:
 
 def data_yaml(dataset_dir: Path, cat: Category) -> str:
     """ultralytics data.yaml; `path` is the final (absolute) dataset folder."""
+    import yaml
+
     data = {
         "path": str(Path(dataset_dir).resolve()),
         "train": "images/train",

@@ -10,6 +10,11 @@ import numpy as np
 
 from defect_vision.errors import DatasetError
 
+# The first `infer` of a request fills its input tensor through OpenVINO's Python module, whose one-time numpy
+# set-up deadlocks when two threads reach it at once (it waits for the GIL while holding its own guard): every
+# request's first call, in any session of the process, goes through this lock; later calls run freely.
+FIRST_CALL = threading.Lock()
+
 
 class OpenVinoSession:
     """A compiled model and one infer request per calling thread (model workers call it at once)."""
@@ -23,8 +28,12 @@ class OpenVinoSession:
         """All outputs, in the model's order (onnxruntime's `sess.run(None, feed)`); copies, not views."""
         request = getattr(self.local, "request", None)
         if request is None:
-            request = self.local.request = self.compiled.create_infer_request()
-        result = request.infer(feed, share_outputs=False)
+            with FIRST_CALL:
+                request = self.compiled.create_infer_request()
+                result = request.infer(feed, share_outputs=False)
+            self.local.request = request
+        else:
+            result = request.infer(feed, share_outputs=False)
         return [result[o] for o in self.compiled.outputs]
 
 

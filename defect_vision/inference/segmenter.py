@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
 from defect_vision.inference.interfaces import BoxSegmenter
 from defect_vision.masks import MaskCrop
+from defect_vision.models.sam import ResizeLongestSide
 
 MASK_BUDGET_BYTES = 256 * 2**20  # full-size float logits + bool masks held at once while upsampling
 

@@ -27,9 +27,11 @@ class Source:
     origin: str = ""
 
     def inputs(self) -> list[Path]:
-        """What the run reads: the folder, or the json and its image files (an output folder must hold none)."""
+        """What the run reads: the folder (and the files its symlinked images point to outside it), or the json
+        and its image files (an output folder must hold none)."""
         if self.kind == "folder":
-            return [Path(self.origin)]
+            folder = Path(self.origin).resolve()
+            return [Path(self.origin)] + [im.path for im in self.images if folder not in im.path.parents]
         paths = [im.path for im in self.images]
         return paths + ([Path(self.origin)] if self.kind in ("coco", "manifest") else [])
 
@@ -72,10 +74,25 @@ def from_manifest(path: Path) -> Source:
     return Source(images, "manifest", _unique_names(images), None, str(path))
 
 
+def _absolute(path: str | Path) -> Path:
+    """The path made absolute without following symlinks: names come from the paths as given, not the links' targets."""
+    return Path(os.path.abspath(path))
+
+
 def _numbered(paths: list[Path], base: Path, kind: str, origin: str) -> Source:
-    paths = sorted({p.resolve() for p in paths}, key=lambda p: p.relative_to(base).as_posix())
-    images = [ImageInfo(i, p.relative_to(base).as_posix(), path=p) for i, p in enumerate(paths, 1)]
+    """Ids 1..N and file names by the paths relative to `base` as found (a symlinked image keeps its own name);
+    `path` is the file read, links resolved (what a COCO json's images are matched against)."""
+    names = {_absolute(p).relative_to(base).as_posix(): p for p in paths}
+    images = [ImageInfo(i, name, path=Path(names[name]).resolve()) for i, name in enumerate(sorted(names), 1)]
     return Source(images, kind, _unique_names(images), None, origin)
+
+
+def _no_images(where: str, files: list[Path], what: str) -> DatasetError:
+    """'<where>: no images (.bmp, ...) <what>', plus the suffixes of the files that are there when there are some."""
+    known = ", ".join(sorted(IMAGE_SUFFIXES))
+    suffixes = sorted({p.suffix.lower() or "no suffix" for p in files})
+    found = f"; found {len(files)} file(s) of other kinds ({', '.join(suffixes[:10])}{', ...' if len(suffixes) > 10 else ''})"
+    return DatasetError(f"{where}: no images ({known}) {what}{found if files else ''}")
 
 
 def resolve_source(source: str | Path) -> Source:
@@ -87,19 +104,21 @@ def resolve_source(source: str | Path) -> Source:
     if path.suffix.lower() == ".csv":
         return from_manifest(path)
     if path.is_dir():
-        base = path.resolve()
-        found = [p for p in base.rglob("*") if _is_image(p)]
+        base = _absolute(path)
+        files = [p for p in base.rglob("*") if p.is_file()]
+        found = [p for p in files if _is_image(p)]
         if not found:
-            raise DatasetError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            raise _no_images(str(path), files, "in this folder")
         return _numbered(found, base, "folder", text)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DatasetError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))}) or a COCO .json")
-        return _numbered([path], path.resolve().parent, "file", text)
+        return _numbered([path], _absolute(path).parent, "file", text)
     if glob.has_magic(text):
-        found = [Path(p).resolve() for p in glob.glob(text, recursive=True) if _is_image(Path(p))]
+        files = [_absolute(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
+        found = [p for p in files if _is_image(p)]
         if not found:
-            raise DatasetError(f"{text}: no images match this pattern")
+            raise _no_images(text, files, "match this pattern")
         base = Path(os.path.commonpath([p.parent for p in found]))
         return _numbered(found, base, "glob", text)
     raise DatasetError(f"{text}: no such file or folder")

@@ -39,19 +39,21 @@ def open_vocabulary(detector, classes: Sequence[str], meta: dict, encode: Callab
     else the known ones' own and new ones numbered after the largest."""
     import torch
 
-    from defect_vision.models.prompts import bake_vocabulary, ensemble
+    from defect_vision.models.detector import bake_classes, class_feats, model_family, project_text
+    from defect_vision.models.prompts import ensemble
     from defect_vision.models.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP
 
     classes = list(dict.fromkeys(classes))
     model = getattr(detector, "model", None)
-    if model is None or not hasattr(model, "txt_feats"):
+    if model is None or model_family(model) is None:
         raise DatasetError("--classes with new names needs the torch backend (an ONNX export has a fixed vocabulary)")
     known = list(detector.class_names)
-    feats = model.txt_feats.reshape(len(known), -1).float().cpu()
+    feats = class_feats(model)
     new = [c for c in classes if c not in known]
     if new and encode is None:
         encode = encoder_for(meta, text_encoder, clip or DEFAULT_CLIP, cache_dir or DEFAULT_CACHE_DIR)
-    fresh = dict(zip(new, ensemble(encode, vocabulary_prompts(new, meta, phrasings)))) if new else {}
+    raw = ensemble(encode, vocabulary_prompts(new, meta, phrasings)) if new else None
+    fresh = dict(zip(new, project_text(model, raw))) if new else {}  # YOLOE: through its fine-tuned projection
     rows = torch.stack([feats[known.index(c)] if c in known else fresh[c] for c in classes])
     old_ids = detector.category_ids or list(range(1, len(known) + 1))
     if category_ids is None:
@@ -65,5 +67,5 @@ def open_vocabulary(detector, classes: Sequence[str], meta: dict, encode: Callab
                 category_ids.append(nxt)
     if len(category_ids) != len(classes):
         raise DatasetError(f"--classes: {len(category_ids)} category ids for {len(classes)} names")
-    bake_vocabulary(model, classes, rows)
+    bake_classes(model, classes, rows)
     detector.class_names, detector.category_ids = classes, [int(i) for i in category_ids]

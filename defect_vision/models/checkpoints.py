@@ -5,6 +5,9 @@ import zipfile
 from pathlib import Path
 
 ULTRALYTICS, SAM, STATE_DICT, UNKNOWN, UNREADABLE = "ultralytics", "sam", "state_dict", "unknown", "unreadable"
+# the SAM sizes models/sam.py builds (here, without torch, so --help and the configs stay light); one tuple: a new SAM
+# family adds its types here
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
 
 
 def sniff_checkpoint(path: Path) -> str:

@@ -21,7 +21,7 @@ import torch
 from segment_anything.utils.onnx import SamOnnxModel
 
 from defect_vision.devices import intra_op_threads
-from defect_vision.errors import DatasetError
+from defect_vision.errors import DatasetError, OutputError
 from defect_vision.io import atomic_dir, read_json
 from defect_vision.models.detector import load_detector_model
 from defect_vision.models.sam import load_sam, model_type_for
@@ -78,12 +78,13 @@ def sha256(path: Path) -> str:
 
 @contextmanager
 def quiet_export():
-    """Only errors while exporting: ultralytics' log (which would call a YOLO-World v2 model 'not supported') and
-    torch's warnings about its legacy TorchScript-based exporter and Python ints in traced code are muted."""
+    """Nothing from the exporters: ultralytics' log (which would call a YOLO-World v2 model 'not supported', and
+    print its own coloured line before a failure that we report in one line) and torch's warnings about its legacy
+    TorchScript-based exporter and Python ints in traced code are muted."""
     from ultralytics.utils import LOGGER
 
     level = LOGGER.level
-    LOGGER.setLevel(logging.ERROR)
+    LOGGER.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -113,6 +114,8 @@ def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | No
     try:  # ultralytics' select_device('cpu') sets torch's threads to cpu_count - 1: kept as they were
         with intra_op_threads(torch.get_num_threads()), quiet_export():
             written = Path(exporter(model=model))
+    except OSError:  # writing the file (a full disk): the output's problem, not the checkpoint's (export_onnx)
+        raise
     except Exception as exc:  # noqa: BLE001 - ultralytics raises AssertionError/ValueError/RuntimeError
         raise DatasetError(f"{path}: ONNX export of the detector failed ({str(exc).splitlines()[0][:200]})") from None
     if written != folder / FILES["detector"]:
@@ -176,6 +179,8 @@ def export_sam(sam, path: Path, model_type: str, folder: Path, opset: int) -> di
                                       torch.tensor([[2.0, 3.0]] * 2)),
                  folder / FILES["decoder"], opset, ["image_embeddings", "point_coords", "point_labels"],
                  ["low_res_masks", "iou_predictions"], boxes)
+    except OSError:  # writing the file (a full disk): the output's problem, not the checkpoint's (export_onnx)
+        raise
     except Exception as exc:  # noqa: BLE001 - torch.onnx raises many kinds
         raise DatasetError(f"{path}: ONNX export of SAM failed ({str(exc).splitlines()[0][:200]})") from None
     return {"encoder": FILES["encoder"], "decoder": FILES["decoder"], "source": str(path), "sha256": sha256(path),
@@ -194,7 +199,8 @@ def check_thresholds(path: Path) -> dict:
 
 def export_onnx(config: ExportConfig) -> dict:
     """Write the export folder (detector.onnx, sam_image_encoder.onnx, sam_decoder.onnx, manifest.json and, with
-    thresholds, thresholds.json) all at once: bad input fails before anything is written. Returns the manifest."""
+    thresholds, thresholds.json) all at once: bad input fails before anything is written, and a write that fails
+    (a full disk) is an OutputError naming the output folder, with nothing kept. Returns the manifest."""
     require("onnx", "ONNX export")
     if config.opset not in OPSETS:
         raise DatasetError(f"--opset {config.opset}: must be within {OPSETS.start}..{OPSETS.stop - 1}")
@@ -208,16 +214,21 @@ def export_onnx(config: ExportConfig) -> dict:
     detector_model, meta = load_detector_model(Path(config.detector), with_meta=True)
     sam_model = load_sam(Path(config.sam), model_type)
     inputs = [p for p in (config.detector, config.sam, config.thresholds) if p is not None]
-    with atomic_dir(Path(config.out), KIND, inputs, config.force) as tmp:
-        detector = export_detector(detector_model, meta, Path(config.detector), tmp, config.imgsz, config.opset)
-        sam = export_sam(sam_model, Path(config.sam), model_type, tmp, config.opset)
-        if thresholds is not None:
-            shutil.copyfile(config.thresholds, tmp / THRESHOLDS)
-        manifest = {"format": FORMAT, "version": VERSION, "opset": config.opset, "detector": detector, "sam": sam,
-                    "thresholds": THRESHOLDS if thresholds is not None else None,
-                    "thresholds_source": str(config.thresholds) if thresholds is not None else None,
-                    "exported_with": _versions()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        with atomic_dir(Path(config.out), KIND, inputs, config.force) as tmp:
+            detector = export_detector(detector_model, meta, Path(config.detector), tmp, config.imgsz, config.opset)
+            sam = export_sam(sam_model, Path(config.sam), model_type, tmp, config.opset)
+            if thresholds is not None:
+                shutil.copyfile(config.thresholds, tmp / THRESHOLDS)
+            manifest = {"format": FORMAT, "version": VERSION, "opset": config.opset, "detector": detector, "sam": sam,
+                        "thresholds": THRESHOLDS if thresholds is not None else None,
+                        "thresholds_source": str(config.thresholds) if thresholds is not None else None,
+                        "exported_with": _versions()}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    except OSError as exc:  # every input was read above: a failed write is the output's (full disk, read-only, ...)
+        code = f" [errno {exc.errno}]" if exc.errno else ""
+        raise OutputError(f"{config.out}: cannot write the ONNX export ({exc.strerror or exc}{code}); "
+                          "nothing was written") from None
     return manifest
 
 

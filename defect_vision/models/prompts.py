@@ -19,13 +19,13 @@ Encoder = Callable[[list[str]], "torch.Tensor"]  # prompts -> (N, 512) embedding
 
 def make_encoder(name: str = "clip", clip: Path = DEFAULT_CLIP, cache_dir: Path | None = DEFAULT_CACHE_DIR,
                  device: str = "cpu") -> tuple[Encoder, dict]:
-    """(encoder, description) for --text-encoder clip|random; the description is filled in by the first call
+    """(encoder, description) for --text-encoder clip|random|mobileclip (`clip`: that model's file); the description is filled in by the first call
     (encoder, weights sha256, cache hits). A missing CLIP file fails here, before any work."""
     if name not in ENCODERS:
         raise DatasetError(f"--text-encoder {name}: choose from {', '.join(ENCODERS)}")
-    if name == "clip" and not Path(clip).is_file():
-        encode_prompts(["x"], "clip", Path(clip), None)  # raises MissingWeightsError saying how to get the file
-    info: dict = {"encoder": "random" if name == "random" else "clip:ViT-B-32"}
+    if name != "random" and not Path(clip).is_file():
+        encode_prompts(["x"], name, Path(clip), None)  # raises MissingWeightsError saying how to get the file
+    info: dict = {"encoder": {"random": "random", "mobileclip": "mobileclip"}.get(name, "clip:ViT-B-32")}
 
     def encode(prompts: list[str]):
         emb, found = encode_prompts(list(prompts), name, Path(clip), cache_dir, device)
@@ -64,9 +64,8 @@ def ensemble(encode: Encoder, phrasings: Sequence[Sequence[str]]):
 
 
 def bake_vocabulary(model, names: Sequence[str], embeddings) -> None:
-    """Make a WorldModel detect `names` with these (K, 512) embeddings (ultralytics' set_classes, minus CLIP)."""
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
-        raise ValueError(f"need one embedding row per class name: got {tuple(embeddings.shape)} for {len(names)} names")
-    model.txt_feats = embeddings.detach().float().reshape(1, len(names), -1).clone()
-    model.model[-1].nc = len(names)
-    model.names = dict(enumerate(names))
+    """Make a YOLO-World or YOLOE model detect `names` from these (K, 512) text embeddings (ultralytics'
+    set_classes, minus the text model; YOLOE's go through its head's projection)."""
+    from defect_vision.models.detector import bake_text
+
+    bake_text(model, names, embeddings)

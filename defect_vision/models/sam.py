@@ -7,7 +7,8 @@ so `sam_model_registry["vit_tiny"](checkpoint=path)` loads our checkpoints like 
 
 The one place where SAM models are made: `build_sam` (low level, CheckpointError/ValueError),
 `build_random_sam` (seeded random init), `load_sam` (a checkpoint with one-line DatasetErrors naming the file),
-`model_type_for` / `guess_model_type` (which type a checkpoint is) and `default_checkpoint` (weights/<official>).
+`model_type_for` / `guess_model_type` (which type a checkpoint is), `default_checkpoint` (weights/<official>) and
+`ResizeLongestSide` (SAM's input resize, never to a 0-px side).
 Training (defect_vision.training.sam) and inference (defect_vision.inference.segmenter) both use them.
 """
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.transforms import ResizeLongestSide as SamResizeLongestSide
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.checkpoints import ULTRALYTICS, sniff_checkpoint
+from defect_vision.models.checkpoints import MODEL_TYPES, ULTRALYTICS, sniff_checkpoint
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
 OFFICIAL_CHECKPOINTS = {  # file names of Meta's released checkpoints
     "vit_b": "sam_vit_b_01ec64.pth",
     "vit_l": "sam_vit_l_0b3195.pth",
@@ -31,6 +32,17 @@ OFFICIAL_CHECKPOINTS = {  # file names of Meta's released checkpoints
 }
 WEIGHTS_DIR = Path("weights")
 DOWNLOAD_HINT = "get it with scripts/download_weights.sh (or https://github.com/facebookresearch/segment-anything#model-checkpoints)"
+
+
+class ResizeLongestSide(SamResizeLongestSide):
+    """segment_anything's resize of the longest side to the encoder's size, with each side at least 1 px: SAM's own
+    rounds the short side of a line-scan strip (5000x1) to 0 px, which no resize accepts. Every other size is
+    unchanged."""
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        newh, neww = SamResizeLongestSide.get_preprocess_shape(oldh, oldw, long_side_length)
+        return max(1, newh), max(1, neww)
 
 
 class CheckpointError(FileNotFoundError):

@@ -1,7 +1,9 @@
 """Prompt embeddings for YOLO-World, computed by the project itself and cached on disk.
 
 `clip`: open-clip ViT-B-32 with OpenAI's weights read from a local file (the text tower YOLO-World was
-pre-trained with; ultralytics would download it at run time). `random`: deterministic unit vectors per
+pre-trained with; ultralytics would download it at run time). `mobileclip`: YOLOE's text model, the TorchScript
+MobileCLIP text encoder ultralytics ships (`mobileclip_blt.ts`, `mobileclip2_b.ts` for YOLOE-26) read from a
+local file, tokenised with CLIP's tokenizer (open_clip's copy). `random`: deterministic unit vectors per
 prompt, for tests and smoke runs only. Embeddings are L2-normalised like ultralytics' `CLIP.encode_text`.
 The cache holds one file per (encoder, weights sha256) mapping prompt text -> 512-d float32 vector.
 """
@@ -21,10 +23,12 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("defect_vision.text_embeddings")
 
-ENCODERS = ("clip", "random")
+ENCODERS = ("clip", "random", "mobileclip")
 EMBED_DIM = 512
 DEFAULT_CLIP = Path("weights/clip/ViT-B-32.pt")
 DEFAULT_CACHE_DIR = Path("weights/clip/embeddings")
+MOBILECLIP_FILES = {"mobileclip:blt": "mobileclip_blt.ts", "mobileclip2:b": "mobileclip2_b.ts"}  # YOLOE text_model
+MOBILECLIP_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/{name}"
 CLIP_URL = "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"
 RANDOM_WARNING = (
     "RANDOM TEXT EMBEDDINGS (--text-encoder random): class prompts are NOT encoded by CLIP; the model learns "
@@ -76,13 +80,37 @@ def load_clip(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.
     return model.eval(), open_clip.get_tokenizer("ViT-B-32")
 
 
+def default_mobileclip(text_model: str | None) -> Path:
+    """weights/<file> of a YOLOE model's text model ("mobileclip:blt" -> weights/mobileclip_blt.ts)."""
+    return Path("weights") / MOBILECLIP_FILES.get(str(text_model), "mobileclip_blt.ts")
+
+
+def load_mobileclip(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Callable]:
+    """(TorchScript MobileCLIP text encoder, CLIP tokenizer) from a local file, never downloaded."""
+    import open_clip
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"{path}: MobileCLIP text encoder (YOLOE's text model) not found; get it with "
+            f"scripts/download_weights.sh (or curl -L -o {path} {MOBILECLIP_URL.format(name=path.name)}) or pass "
+            "--clip PATH; --text-encoder random trains without it (tests/smoke runs only)")
+    try:
+        model = torch.jit.load(str(path), map_location=str(device))
+    except Exception as exc:  # noqa: BLE001 - any load failure is a bad file
+        raise DatasetError(f"{path}: not a readable MobileCLIP TorchScript file ({exc.__class__.__name__})") from None
+    return model.eval(), open_clip.tokenize
+
+
 def clip_embed(model: torch.nn.Module, tokenizer: Callable, prompts: list[str]) -> torch.Tensor:
     """(N, 512) unit-norm text embeddings."""
     import torch
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        feats = model.encode_text(tokenizer(prompts).to(device)).float()
+        tokens = tokenizer(prompts).to(device)
+        feats = (model.encode_text(tokens) if hasattr(model, "encode_text") else model(tokens)).float()
     return (feats / feats.norm(p=2, dim=-1, keepdim=True)).cpu()
 
 
@@ -133,9 +161,10 @@ def encode_prompts(prompts: list[str], encoder: str = "clip", clip_path: Path = 
         LOG.warning(RANDOM_WARNING)
         return random_embed(prompts), {"encoder": "random", "weights": None, "weights_sha256": None,
                                        "cache": None, "cache_hits": 0}
+    load = load_mobileclip if encoder == "mobileclip" else load_clip
     clip_path = Path(clip_path)
     if not clip_path.is_file():
-        load_clip(clip_path)  # raises the error that says how to get the file
+        load(clip_path)  # raises the error that says how to get the file
     sha = file_sha256(clip_path)
     table: dict[str, torch.Tensor] = {}
     cpath = cache_path(cache_dir, encoder, sha) if cache_dir else None
@@ -143,13 +172,13 @@ def encode_prompts(prompts: list[str], encoder: str = "clip", clip_path: Path = 
         table = _read_cache(cpath, sha)
     missing = sorted({p for p in prompts if p not in table})
     if missing:
-        LOG.info("encoding %d prompt(s) with CLIP ViT-B-32 from %s", len(missing), clip_path)
-        model, tokenizer = load_clip(clip_path, device)
+        LOG.info("encoding %d prompt(s) with %s from %s", len(missing), encoder, clip_path)
+        model, tokenizer = load(clip_path, device)
         table.update(zip(missing, clip_embed(model, tokenizer, missing)))
         del model
         if cpath:
             _write_cache(cpath, encoder, sha, table)
     emb = torch.stack([table[p].float() for p in prompts]) if prompts else torch.zeros(0, EMBED_DIM)
-    info = {"encoder": "clip:ViT-B-32", "weights": str(clip_path), "weights_sha256": sha,
+    info = {"encoder": "mobileclip" if encoder == "mobileclip" else "clip:ViT-B-32", "weights": str(clip_path), "weights_sha256": sha,
             "cache": str(cpath) if cpath else None, "cache_hits": len(set(prompts)) - len(missing)}
     return emb, info

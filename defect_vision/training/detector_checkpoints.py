@@ -168,7 +168,7 @@ def save_final(ckpt: dict, out: Path, meta: dict) -> None:
     """<out>/best.pt (ultralytics checkpoint + our metadata) and <out>/best.json, each written atomically."""
     ckpt = dict(ckpt)
     keys = ("classes", "category_ids", "prompts", "text_encoder", "weights", "data_hash", "phrasings",
-            "prompt_template", "category", "prompt_tuning")
+            "prompt_template", "category", "prompt_tuning", "family", "segment")
     ckpt["defect_vision"] = {k: meta[k] for k in keys if k in meta}
     torch_save(ckpt, out / "best.pt")
     atomic_write_text(out / "best.json", json.dumps(meta, indent=2) + "\n")

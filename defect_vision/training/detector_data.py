@@ -12,12 +12,15 @@ import yaml
 
 from defect_vision.data.images import IMAGE_SUFFIXES
 from defect_vision.errors import DatasetError
+from defect_vision.io import complete_pending
 
 LOG = logging.getLogger("defect_vision.yolo_world")
 SPLITS = ("train", "val", "test")  # the data.yaml keys naming image folders
 
 
 def read_data_yaml(path: Path) -> dict:
+    """The export's data.yaml (a convert commit in progress on it is completed or refused first)."""
+    complete_pending(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file (run converters/mvtec_to_yolo.py for the category first)")
     try:

@@ -17,24 +17,35 @@ def box_metrics(validator, names: list[str]) -> dict:
     return {"map50": round(float(box.map50), 4), "map50_95": round(float(box.map), 4), "per_class": per_class}
 
 
-def evaluate_start_model(model_spec: str, config: DetectorTrainConfig, names: list[str], embeddings, device: str,
-                         save_dir: Path) -> dict:
-    """Zero-shot baseline: the start model with the defect prompts' embeddings, on the val split."""
-    import torch
+def validator_class(segment: bool):
+    """ultralytics' validator of a detector (a YOLOE -seg one: masks too; never the YOLOE validators, which encode
+    the names with MobileCLIP)."""
     from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.nn.tasks import WorldModel, load_checkpoint
+    from ultralytics.models.yolo.segment import SegmentationValidator
+
+    return SegmentationValidator if segment else DetectionValidator
+
+
+def evaluate_start_model(start, config: DetectorTrainConfig, names: list[str], embeddings, device: str,
+                         save_dir: Path) -> dict:
+    """Zero-shot baseline: the start model (detector_model.StartModel) with the defect prompts' embeddings, on the
+    val split."""
+    import torch
+    from ultralytics.nn.tasks import WorldModel, YOLOEModel, YOLOESegModel, load_checkpoint
     from ultralytics.utils.torch_utils import init_seeds
 
+    from defect_vision.models.detector import YOLOE
     from defect_vision.training.world_trainer import set_class_embeddings
 
     init_seeds(config.seed)
     if config.from_scratch:
-        model = WorldModel(model_spec, nc=len(names), verbose=False)
+        build = (YOLOESegModel if start.segment else YOLOEModel) if start.family == YOLOE else WorldModel
+        model = build(start.spec, nc=len(names), verbose=False)
     else:
-        model = load_checkpoint(model_spec, device="cpu")[0]
+        model = load_checkpoint(start.spec, device="cpu")[0]
     model = model.float().eval()
     set_class_embeddings(model, names, embeddings)
-    validator = DetectionValidator(save_dir=save_dir, args=dict(
+    validator = validator_class(start.segment)(save_dir=save_dir, args=dict(
         data=str(config.data), split="val", imgsz=config.imgsz, batch=config.batch, device=device, plots=False,
         save_json=False, half=False, workers=min(config.workers, 2), verbose=False, seed=config.seed))
     strip_network_callbacks(validator)
@@ -44,12 +55,10 @@ def evaluate_start_model(model_spec: str, config: DetectorTrainConfig, names: li
 
 
 def validate_checkpoint(path: Path, data: Path, names: list[str], imgsz: int, batch: int, device: str, workers: int,
-                        seed: int, plots: bool, save_dir: Path) -> dict:
+                        seed: int, plots: bool, save_dir: Path, segment: bool = False) -> dict:
     """Box metrics of a saved checkpoint on the val split, as ultralytics' final validation computes them (used
     when that validation did not run in this process: an interrupted final step, or DDP workers)."""
-    from ultralytics.models.yolo.detect import DetectionValidator
-
-    validator = DetectionValidator(save_dir=save_dir, args=dict(
+    validator = validator_class(segment)(save_dir=save_dir, args=dict(
         model=str(path), data=str(data), split="val", imgsz=imgsz, batch=batch * 2, device=device, plots=plots,
         save_json=False, half=False, workers=min(workers, 2), verbose=False, seed=seed,
         rect=True))  # the trainer's val loader: rectangular batches (batch x 2), which change the letterbox

@@ -49,6 +49,15 @@ def prompts_file(config: DetectorTrainConfig) -> Path | None:
     return default if default.is_file() else None
 
 
+def check_prompt_classes(table: dict, names: list[str], path: Path | None) -> None:
+    """DatasetError naming `path` when its prompts name a class the data does not have (a typo would otherwise
+    silently keep the class's default prompt)."""
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise DatasetError(f"{path}: classes {', '.join(unknown)} are not in the training data "
+                           f"(its classes: {', '.join(names)})")
+
+
 def class_phrasings(names: list[str], coco_dir: Path, template: str, category: str,
                     prompts_path: Path | None = None) -> tuple[list[list[str]], list[int]]:
     """(phrasings, COCO category ids) per YOLO class: prompts.yaml's phrasings when given (classes it does not list
@@ -58,21 +67,35 @@ def class_phrasings(names: list[str], coco_dir: Path, template: str, category: s
 
     prompts, ids = class_prompts(names, coco_dir, "{name}", category)
     table = load_phrasings(prompts_path, "prompts") if prompts_path is not None else {}
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise DatasetError(f"{prompts_path}: classes {', '.join(unknown)} are not in the training data "
-                           f"(its classes: {', '.join(names)})")
+    check_prompt_classes(table, names, prompts_path)
     return templated([table.get(n) or [p] for n, p in zip(names, prompts)], template, category), ids
 
 
-def class_embeddings(config: DetectorTrainConfig, phrasings: list[list[str]], device: str):
+def family_encoder(config: DetectorTrainConfig, family: str, text_model: str | None = None) -> tuple[str, Path]:
+    """(text encoder, its weights file) for the start model's family: YOLOE's text model is MobileCLIP, so
+    --text-encoder clip means MobileCLIP there (its file: --clip when given, else weights/<YOLOE's text model>.ts);
+    MobileCLIP vectors are of no use to YOLO-World."""
+    from defect_vision.models.detector import YOLOE
+    from defect_vision.models.text_embeddings import DEFAULT_CLIP, default_mobileclip
+
+    if family == YOLOE and config.text_encoder in ("clip", "mobileclip"):
+        return "mobileclip", config.clip if config.clip != DEFAULT_CLIP else default_mobileclip(text_model)
+    if family != YOLOE and config.text_encoder == "mobileclip":
+        raise DatasetError(f"--text-encoder mobileclip: {config.model_cfg if config.from_scratch else config.model} "
+                           "is a YOLO-World model, whose text model is CLIP ViT-B-32 (--text-encoder clip)")
+    return config.text_encoder, config.clip
+
+
+def class_embeddings(config: DetectorTrainConfig, phrasings: list[list[str]], device: str, family: str = "yolo_world",
+                     text_model: str | None = None):
     """((K, 512) class embeddings = normalised mean of each class's phrasings, encoder description)."""
     from defect_vision.models.prompts import ensemble, make_encoder
 
     if config.encoder is not None:
         info = {"encoder": "custom", "weights_sha256": None}
         return ensemble(config.encoder, phrasings), info
-    encode, info = make_encoder(config.text_encoder, config.clip, config.embedding_cache, text_encoder_device(device))
+    name, weights = family_encoder(config, family, text_model)
+    encode, info = make_encoder(name, weights, config.embedding_cache, text_encoder_device(device))
     emb = ensemble(encode, phrasings)
     info.setdefault("weights_sha256", None)
     return emb, info

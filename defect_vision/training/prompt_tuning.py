@@ -2,7 +2,8 @@
 become a learnable (K, 512) parameter initialised from their CLIP embeddings, used as unit vectors, trained
 without weight decay and pulled towards the initialisation by `reg * mean_k ||e_k - e0_k||^2`.
 
-The table is a plain `torch.nn.Module` attached to the WorldModel as `prompt_table` (weight: parameter, init:
+The same applies to YOLOE (the table holds the text-model vectors; YOLOE's head projects them).
+The table is a plain `torch.nn.Module` attached to the WorldModel / YOLOEModel as `prompt_table` (weight: parameter, init:
 buffer), so ultralytics' optimizer, EMA, gradient clipping and checkpoints carry it, and any ultralytics install
 can unpickle the checkpoint. What the model predicts with is `txt_feats`, baked from the table."""
 from __future__ import annotations
@@ -34,11 +35,14 @@ def tuned(model: torch.nn.Module) -> torch.Tensor | None:
 
 
 def bake(model: torch.nn.Module) -> bool:
-    """Copy the table's current embeddings into `txt_feats` (what validation and saved checkpoints predict with)."""
+    """Copy the table's current embeddings into the class embeddings validation and saved checkpoints predict with
+    (YOLO-World's `txt_feats`; YOLOE's `pe`, through its head's projection)."""
+    from defect_vision.models.detector import bake_text
+
     emb = tuned(model)
     if emb is None:
         return False
-    model.txt_feats = emb.detach().clone().reshape(1, *emb.shape)
+    bake_text(model, list(getattr(model, ATTR).names), emb.detach().clone())
     return True
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 
 from defect_vision.errors import DatasetError
 from defect_vision.io import remove_stale_temps
-from defect_vision.training.sam_checkpoints import Checkpointer, Progress, Start, load_start, resume_training_state
+from defect_vision.training.sam_checkpoints import Checkpointer, EpochHistory, Start, load_start, resume_training_state
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import PromptSet, load_prompts
 from defect_vision.training.sam_dist import Dist, init_distributed
@@ -106,7 +106,7 @@ class Session:
                                         self.d.device))
         return total / max(n, 1)
 
-    def summary(self, progress: Progress) -> dict:
+    def summary(self, progress: EpochHistory) -> dict:
         """What best.json holds."""
         c = self.config
         return {
@@ -120,7 +120,7 @@ class Session:
             "multimask": c.multimask, "lr": c.lr, "seed": c.seed, "world_size": self.d.world,
         }
 
-    def commit(self, progress: Progress, improved: bool) -> None:
+    def commit(self, progress: EpochHistory, improved: bool) -> None:
         """Write the epoch's checkpoints, best.json and (last) resume.pt."""
         self.run.save(self.start.sam, progress, self.summary(progress), improved, {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -172,7 +172,7 @@ def finetune_sam(config: SamTrainConfig, on_step: StepHook | None = None) -> dic
         if resume is not None:
             progress = resume_training_state(s.optimizer, s.scheduler, s.scaler, resume)
         else:  # epoch 0: the start model on val; the best checkpoint can only get better than this
-            t0, progress = time.perf_counter(), Progress()
+            t0, progress = time.perf_counter(), EpochHistory()
             progress.add(0, None, s.validate(), time.perf_counter() - t0)
             s.commit(progress, improved=True)
             log(d, f"epoch 0/{config.epochs}: val mask IoU of the start model {progress.best_iou:.4f}")

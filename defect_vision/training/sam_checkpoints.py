@@ -35,7 +35,7 @@ def warn(msg: str) -> None:
 
 
 @dataclass
-class Progress:
+class EpochHistory:
     """Val IoU per epoch and the best so far (epoch 0 = the start model, always the first best)."""
 
     history: list[dict] = field(default_factory=list)
@@ -124,7 +124,7 @@ class Checkpointer:
                 self.resume_path.unlink(missing_ok=True)
         self.d.barrier()
 
-    def save(self, sam: Sam, progress: Progress, summary: dict, improved: bool, training: dict) -> None:
+    def save(self, sam: Sam, progress: EpochHistory, summary: dict, improved: bool, training: dict) -> None:
         """Commit the epoch `progress` ends with: best.pth (when improved), last.pth, best.json, then resume.pt
         (with `training`: optimizer, scheduler, scaler states and what the resumed run needs)."""
         if self.d.main:
@@ -158,7 +158,7 @@ def load_start(config: SamTrainConfig, resume: dict | None, main: bool = True) -
     return Start(load_sam(ckpt, config.model_type), inherited_weights(Path(ckpt)), str(ckpt))
 
 
-def resume_training_state(optimizer, scheduler, scaler, resume: dict) -> Progress:
+def resume_training_state(optimizer, scheduler, scaler, resume: dict) -> EpochHistory:
     """Load the optimizer/scheduler/scaler states of resume.pt; the progress it recorded. A run started on the CPU
     saved its disabled GradScaler as {}: resumed on a GPU, the enabled scaler starts from its initial scale (its
     load_state_dict({}) would raise)."""
@@ -166,4 +166,4 @@ def resume_training_state(optimizer, scheduler, scaler, resume: dict) -> Progres
     scheduler.load_state_dict(resume["scheduler"])
     if resume.get("scaler"):
         scaler.load_state_dict(resume["scaler"])
-    return Progress(resume["history"], resume["best_iou"], resume["best_epoch"])
+    return EpochHistory(resume["history"], resume["best_iou"], resume["best_epoch"])

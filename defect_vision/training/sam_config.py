@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.sam import MODEL_TYPES
+from defect_vision.models.checkpoints import MODEL_TYPES
 
 RESUME_KEYS = ("model_type", "epochs", "seed", "batch_images", "train_prompt_encoder")  # must match to --resume
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from defect_vision.io import atomic_path, replace_durably, temp_name, torch_save
+from defect_vision.models.detector import YOLOE, bake_text, model_family
 from defect_vision.offline import go_offline, strip_network_callbacks
 from defect_vision.training import prompt_tuning
 from defect_vision.training.detector_errors import relayed
@@ -27,12 +28,11 @@ from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zer
 
 
 def set_class_embeddings(model: torch.nn.Module, names: Sequence[str], embeddings: torch.Tensor) -> None:
-    """Bake class names and their (N, 512) text embeddings into a WorldModel (what `set_classes` does, minus CLIP)."""
+    """Bake class names and their (N, 512) text embeddings into a WorldModel or a YOLOE model (what `set_classes`
+    does, minus the text model; YOLOE's go through its head's current projection)."""
     if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
         raise ValueError(f"need one embedding row per class name: got {tuple(embeddings.shape)} for {len(names)} names")
-    model.txt_feats = embeddings.detach().float().reshape(1, len(names), -1).clone()
-    model.model[-1].nc = len(names)
-    model.names = dict(enumerate(names))
+    bake_text(model, list(names), embeddings)
 
 
 def repeat_factors(labels: Sequence[np.ndarray], nc: int, threshold: float | None = None) -> np.ndarray:
@@ -178,8 +178,12 @@ class DefectWorldTrainer(WorldTrainer):
             raise KeyError(f"no text embedding for {missing}; class names must not contain '/'")
         return {t: self.class_embeddings[t].to(self.device) for t in texts}
 
+    def build_model(self, cfg=None, weights=None, verbose: bool = True):
+        """The family's model (here YOLO-World's WorldModel), with `weights` loaded."""
+        return super().get_model(cfg, weights, verbose)
+
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
-        model = super().get_model(cfg, weights, verbose)
+        model = self.build_model(cfg, weights, verbose)
         # ultralytics' callback calls ema.set_classes(names) -> get_text_pe -> CLIP download; ours (ClassEmbeddings,
         # added in __init__) bakes the supplied embeddings instead
         hooks = self.callbacks["on_pretrain_routine_end"]
@@ -220,8 +224,11 @@ class DefectWorldTrainer(WorldTrainer):
         return optimizer
 
     def validate(self):
-        if self.tune and self.ema is not None:
-            prompt_tuning.bake(unwrap_model(self.ema.ema))  # validate (and then save) the tuned embeddings
+        if self.ema is not None:  # validate (and then save) the current class embeddings
+            ema = unwrap_model(self.ema.ema)
+            baked = bool(self.tune) and prompt_tuning.bake(ema)  # the tuned ones
+            if not baked and model_family(ema) == YOLOE:  # YOLOE's projection (reprta) trains: project again
+                set_class_embeddings(ema, self._names(), self._embedding_matrix())
         return super().validate()
 
     # --- checkpoints: atomic writes, a truncated best.pt never reaches the final validation ---

@@ -31,7 +31,8 @@ from defect_vision.training.detector_config import DetectorTrainConfig, check_ov
 from defect_vision.training.detector_data import check_splits, data_hash, read_data_yaml, small_data_settings
 from defect_vision.training.detector_metrics import (box_metrics, evaluate_start_model, read_history,
                                                      validate_checkpoint)
-from defect_vision.training.detector_model import start_model
+from defect_vision.models.detector import YOLOE
+from defect_vision.training.detector_model import StartModel, start_model
 from defect_vision.training.detector_text import class_embeddings, class_phrasings, prompts_file
 
 # importable from here, as before the split (CLI, experiments, tests)
@@ -47,10 +48,10 @@ def tuning_summary(config: DetectorTrainConfig, ckpt: dict, names: list[str], in
     """best.json's prompt_tuning block: on/off, settings and, when tuned, each class's drift (1 - cos) from CLIP."""
     if not config.tune_prompts:
         return {"tuned": False}
-    from defect_vision.training.prompt_tuning import drift
+    from defect_vision.training.prompt_tuning import drift, tuned as tuned_table
 
     model = ckpt.get("ema") or ckpt.get("model")
-    tuned = model.txt_feats.reshape(len(names), -1).float()
+    tuned = tuned_table(model)  # the text-model vectors (YOLOE's pe is their projection)
     return {"tuned": True, "reg": config.prompt_reg, "prompt_only": config.prompt_only,
             "drift": drift(tuned, init, names)}
 
@@ -80,8 +81,13 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
     plan = plan_resume(out) if config.resume else None
     if plan is None:
         check_run_folder(config, data)
-    model_spec, weights_tag = start_model(config)
-    embeddings, enc = class_embeddings(config, phrasings, device)
+    start = start_model(config)
+    model_spec, weights_tag = start.spec, start.weights
+    if start.segment:
+        from defect_vision.training.yoloe_data import check_polygon_labels
+
+        check_polygon_labels(config.data, data, model_spec)
+    embeddings, enc = class_embeddings(config, phrasings, device, start.family, start.text_model)
     if config.text_encoder == "random" and config.encoder is None:
         print(f"WARNING: {RANDOM_WARNING}", file=sys.stderr)
 
@@ -90,7 +96,7 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
     zero_shot = None
     if config.eval_zero_shot:
         LOG.info("zero-shot baseline of %s on the val split", model_spec)
-        zero_shot = evaluate_start_model(model_spec, config, names, embeddings, device, out / "zero_shot")
+        zero_shot = evaluate_start_model(start, config, names, embeddings, device, out / "zero_shot")
 
     metrics = None
     if plan is not None and plan.action == "finalize":
@@ -101,7 +107,7 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
 
             plot_results(file=out / "results.csv")  # results.png, as at the end of training
     else:
-        trainer = train(config, out, model_spec, data, names, embeddings, device, overrides, plan, callbacks)
+        trainer = train(config, out, start, data, names, embeddings, device, overrides, plan, callbacks)
         if not trainer.ddp and trainer.validator is not None and trainer.validator.metrics is not None:
             metrics = box_metrics(trainer.validator, names)  # ultralytics' final validation of best.pt
     best_ckpt = finished_checkpoint(out)
@@ -110,7 +116,7 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
         metrics = validate_checkpoint(out / "weights" / "best.pt", config.data.resolve(), names,
                                       int(train_args.get("imgsz", config.imgsz)),
                                       max(1, int(train_args.get("batch", config.batch))),  # -1/0.x: AutoBatch
-                                      device, config.workers, config.seed, config.plots, out)
+                                      device, config.workers, config.seed, config.plots, out, start.segment)
     meta = {
         "classes": names,
         "category_ids": category_ids,
@@ -125,6 +131,8 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
         "data_hash": dhash,
         "metrics": {"zero_shot": zero_shot, "fine_tuned": metrics},
         "weights": weights_tag,
+        "family": start.family,
+        "segment": start.segment,
         "start_model": model_spec,
         "epochs": int(train_args.get("epochs", config.epochs)),
         "imgsz": int(train_args.get("imgsz", config.imgsz)),
@@ -141,13 +149,17 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
     return meta
 
 
-def train(config: DetectorTrainConfig, out: Path, model_spec: str, data: dict, names: list[str], embeddings,
+def train(config: DetectorTrainConfig, out: Path, start: StartModel, data: dict, names: list[str], embeddings,
           device: str, overrides: dict, plan: ResumePlan | None, callbacks: dict | None):
-    """ultralytics training (new or resumed) with DefectWorldTrainer; returns the finished trainer."""
-    from defect_vision.training.world_trainer import DefectWorldTrainer
+    """ultralytics training (new or resumed) with DefectWorldTrainer (DefectYOLOETrainer for YOLOE); returns the
+    finished trainer."""
+    if start.family == YOLOE:
+        from defect_vision.training.yoloe_trainer import DefectYOLOETrainer as Trainer
+    else:
+        from defect_vision.training.world_trainer import DefectWorldTrainer as Trainer
 
     train_args = dict(
-        model=model_spec, data=str(config.data.resolve()), epochs=config.epochs, imgsz=config.imgsz,
+        model=start.spec, task="segment" if start.segment else "detect", data=str(config.data.resolve()), epochs=config.epochs, imgsz=config.imgsz,
         batch=config.batch, device=device, workers=config.workers, optimizer=config.optimizer, lr0=config.lr0,
         cos_lr=config.cos_lr, seed=config.seed, deterministic=True, project=str(out.parent), name=out.name,
         exist_ok=True, plots=config.plots, val=True, pretrained=not config.from_scratch, verbose=True,
@@ -159,7 +171,7 @@ def train(config: DetectorTrainConfig, out: Path, model_spec: str, data: dict, n
     if plan is not None:
         train_args["resume"] = str(out / "weights" / "last.pt")
     tune = {"reg": config.prompt_reg, "only": config.prompt_only} if config.tune_prompts else None
-    trainer = DefectWorldTrainer(overrides=train_args, class_embeddings=dict(zip(names, embeddings)),
+    trainer = Trainer(overrides=train_args, class_embeddings=dict(zip(names, embeddings)),
                                  balanced=config.balanced, tune_prompts=tune)
     for event, fns in (callbacks or {}).items():
         for fn in fns:
@@ -174,7 +186,7 @@ def summary(meta: dict, best_pt: Path) -> str:
     """The one line a finished run prints."""
     ft, zs = meta["metrics"]["fine_tuned"], meta["metrics"]["zero_shot"]
     zs_txt = f" (zero-shot {zs['map50']:.3f})" if zs else ""
-    return (f"yolo_world: {best_pt}: {len(meta['classes'])} classes, {meta['epochs']} epochs, "
+    return (f"{meta.get('family', 'yolo_world')}: {best_pt}: {len(meta['classes'])} classes, {meta['epochs']} epochs, "
             f"val box mAP50 {ft['map50']:.3f}{zs_txt}, mAP50-95 {ft['map50_95']:.3f}, "
             f"text encoder {meta['text_encoder']}, {meta['weights']} weights, {meta['seconds']:.0f} s")
 
