@@ -230,8 +230,8 @@ class Commit:
         check_output_dir(target, kind, inputs, force)
         place = output_place(target)
         tmp = _make_temp_dir(place)
+        self.moves.append((tmp, place))  # registered first: a failed marker write is cleaned up by abort()
         _write_marker(tmp, kind)
-        self.moves.append((tmp, place))
         return tmp
 
     def file(self, target: Path) -> Path:
@@ -273,10 +273,15 @@ class Commit:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            if not self.journal.exists():  # the journal was never written: no rename happened, nothing to complete
+                self.abort()
+            raise
 
 
 def _link_or_copy(journal: Path, mirror: Path) -> None:

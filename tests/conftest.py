@@ -69,3 +69,26 @@ def no_clip_download(monkeypatch):
         raise AssertionError("WorldModel.get_text_pe reached (it downloads CLIP)")
 
     monkeypatch.setattr(WorldModel, "get_text_pe", refuse)
+
+
+def write_instances(category, picks: list[str], path: Path) -> Path:
+    """instances_test.json (the converters' format, RLE masks) of the category's images `picks`, at `path`."""
+    import json
+
+    from defect_vision.formats.coco import (
+        annotations,
+        categories,
+        first_annotation_ids,
+        image_entry,
+    )
+
+    ids = {r.file_name: i for i, r in enumerate(category.images, 1)}
+    first = first_annotation_ids(category)
+    recs = [r for r in category.images if r.file_name in picks]
+    assert len(recs) == len(picks)
+    coco = {"info": {"category": category.name, "image_root": str(category.root), "split": "test", "seed": 0},
+            "images": [image_entry(r, ids[r.file_name]) for r in recs],
+            "annotations": [a for r in recs for a in annotations(r, ids[r.file_name], first[r.file_name], category, rle=True)],
+            "categories": categories(category)}
+    path.write_text(json.dumps(coco))
+    return path

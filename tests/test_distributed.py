@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import write_instances
 
 from defect_vision.cli.predict import main
 from defect_vision.data.mvtec import read_category
@@ -27,7 +28,6 @@ from defect_vision.distributed.merge import merge_shards
 from defect_vision.distributed.pipeline import plan_resources
 from defect_vision.distributed.progress import ShardProgress, duration
 from defect_vision.errors import DatasetError
-from defect_vision.formats.coco import annotations, categories, first_annotation_ids, image_entry
 from defect_vision.inference.predictor import PredictConfig
 from defect_vision.inference.sources import resolve_source
 from defect_vision.models.random_init import save_random_detector, save_random_sam
@@ -77,16 +77,7 @@ def manifest(category, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def gt_json(category, tmp_path_factory) -> Path:
     """instances_test.json of the 7 readable images (the converters' format)."""
-    ids = {r.file_name: i for i, r in enumerate(category.images, 1)}
-    first = first_annotation_ids(category)
-    recs = [r for r in category.images if r.file_name in PICKS]
-    coco = {"info": {"category": "toy_wood", "image_root": str(category.root), "split": "test"},
-            "images": [image_entry(r, ids[r.file_name]) for r in recs],
-            "annotations": [a for r in recs for a in annotations(r, ids[r.file_name], first[r.file_name], category, rle=True)],
-            "categories": categories(category)}
-    path = tmp_path_factory.mktemp("gt") / "instances_test.json"
-    path.write_text(json.dumps(coco))
-    return path
+    return write_instances(category, PICKS, tmp_path_factory.mktemp("gt") / "instances_test.json")
 
 
 def argv(manifest: Path, models: dict, out: Path, *extra: str) -> list[str]:

@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import write_instances
 from pycocotools.coco import COCO
 from segment_anything.modeling import ImageEncoderViT, PromptEncoder
 
-from defect_vision.formats.coco import annotations, categories, first_annotation_ids, image_entry
-from defect_vision.masks import decode_rle
-from defect_vision.data.mvtec import read_category
 from defect_vision.cli.predict import main
+from defect_vision.data.mvtec import read_category
+from defect_vision.masks import decode_rle
 from defect_vision.models.random_init import save_random_detector, save_random_sam
 
 IMGSZ = 64  # detector input: tiny on purpose, the tests check plumbing, not accuracy
@@ -29,20 +29,7 @@ def category(synthetic_root):
 @pytest.fixture(scope="module")
 def gt_json(category, tmp_path_factory) -> Path:
     """instances_test.json (converters' format, RLE) for 5 test images: 3 defect, 2 good, one of them grayscale."""
-    ids = {r.file_name: i for i, r in enumerate(category.images, 1)}
-    first = first_annotation_ids(category)
-    picks = ["test/combined/000.png", "test/good/000.png", "test/good/001.png", "test/hole/000.png", "test/stain/002.png"]
-    recs = [r for r in category.images if r.file_name in picks]
-    assert len(recs) == len(picks)
-    coco = {
-        "info": {"category": "toy_wood", "image_root": str(category.root), "split": "test", "seed": 0},
-        "images": [image_entry(r, ids[r.file_name]) for r in recs],
-        "annotations": [a for r in recs for a in annotations(r, ids[r.file_name], first[r.file_name], category, rle=True)],
-        "categories": categories(category),
-    }
-    path = tmp_path_factory.mktemp("gt") / "instances_test.json"
-    path.write_text(json.dumps(coco))
-    return path
+    return write_instances(category, ["test/combined/000.png", "test/good/000.png", "test/good/001.png", "test/hole/000.png", "test/stain/002.png"], tmp_path_factory.mktemp("gt") / "instances_test.json")
 
 
 @pytest.fixture(scope="module")
@@ -691,8 +678,8 @@ def test_default_workers_and_threads_per_device_and_backend():
 
 
 def test_a_failing_worker_stops_the_run_in_one_line_with_nothing_written(odd_folder, models, tmp_path, capsys, monkeypatch):
-    from defect_vision.errors import DatasetError
     import defect_vision.inference.run as run_mod
+    from defect_vision.errors import DatasetError
 
     src = _many(odd_folder, tmp_path / "src", 8)
     real, seen = run_mod.DefectPredictor.segment_batch, []

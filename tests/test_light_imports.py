@@ -128,3 +128,155 @@ def test_devices_imports_torch_only_when_a_device_is_asked_for(tmp_path):
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_convert_help_imports_no_opencv_or_numpy(tmp_path):
+    for argv in (["convert", "--help"], ["convert", "--formats", "nope"]):  # --help, and a flag error
+        r, modules = run_fresh(tmp_path, *argv)
+        assert r.returncode in (0, 2) and "--formats" in r.stdout + r.stderr
+        assert {"cv2", "numpy", "PIL", "tqdm"}.isdisjoint(modules), f"{argv} imported {modules & {'cv2', 'numpy'}}"
+
+
+def test_a_coco_conversion_imports_only_what_it_uses(tmp_path, synthetic_root):
+    """No progress bars, PNG images and plain class names: no tqdm (nor its multiprocessing lock), PIL, yaml, nor
+    the other formats' writers."""
+    out = tmp_path / "datasets"
+    r, modules = run_fresh(tmp_path, "convert", "--category", "toy_wood", "--root", str(synthetic_root),
+                           "--out", str(out), "--formats", "coco", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (out / "coco" / "toy_wood" / "prompts.yaml").read_text().count("\n- ") >= 4
+    assert {"tqdm", "multiprocessing", "PIL", "yaml", "ultralytics", "torch"}.isdisjoint(modules), \
+        sorted({"tqdm", "multiprocessing", "PIL", "yaml"} & modules)
+    listing = json.loads((tmp_path / "modules.json").read_text())
+    assert not {"defect_vision.formats.yolo", "defect_vision.formats.voc", "defect_vision.formats.sam_prompts",
+                "defect_vision.detections"} & set(listing)
+
+
+def test_shapely_is_imported_only_for_a_component_with_holes(tmp_path):
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from defect_vision.masks import component_polygons\n"
+            "m = np.zeros((12, 12), bool); m[2:9, 2:10] = True\n"
+            "assert component_polygons(m) == [[2.0, 2.0, 2.0, 9.0, 10.0, 9.0, 10.0, 2.0]], component_polygons(m)\n"
+            "assert 'shapely' not in sys.modules\n"
+            "m[4:6, 5:7] = False\n"
+            "assert len(component_polygons(m)) == 2 and 'shapely' in sys.modules\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def _png_chunk(cid: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + cid + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(cid)))
+
+
+def _png_variants(tmp_path: Path) -> dict[str, Path]:
+    """PNG files the header reader meets: plain ones (OpenCV's, with the usual ancillary chunks) and ones PIL must
+    read (EXIF orientation, unusual chunks) or refuse (bad checksum, cut short, a JPEG named .png)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = {"gray": rng.integers(0, 255, (30, 50), np.uint8), "color": rng.integers(0, 255, (40, 20, 3), np.uint8),
+            "deep": rng.integers(0, 65535, (7, 9), np.uint16)}
+    exif_turned = (b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+                   b"\x00\x00\x00\x00")  # big-endian TIFF header, one IFD entry: Orientation = 6 (90 degrees)
+    files = {}
+    for name, img in base.items():
+        data = cv2.imencode(".png", img)[1].tobytes()
+        head, rest = data[:33], data[33:]  # signature + IHDR, then the rest
+        variants = {
+            "": data,
+            "_gama_phys_text": head + _png_chunk(b"gAMA", b"\x00\x00\xb1\x8f") + _png_chunk(b"pHYs", bytes(9))
+            + _png_chunk(b"tEXt", b"Comment\x00made by a test") + rest,
+            "_exif_chunk": head + _png_chunk(b"eXIf", exif_turned) + rest,
+            "_exif_text": head + _png_chunk(b"tEXt", b"exif\x00" + exif_turned) + rest,
+            "_short_gama": head + _png_chunk(b"gAMA", b"\x00") + rest,
+            "_unknown_chunk": head + _png_chunk(b"zzZz", b"private") + rest,
+            "_bad_crc": data[:29] + b"\x00\x00\x00\x00" + rest,
+            "_no_iend": data[:-12],
+            "_cut_in_header": data[:20],
+            "_bad_filter": head[:28] + b"\x01" + head[29:] + rest,
+        }
+        for suffix, content in variants.items():
+            files[name + suffix] = tmp_path / f"{name}{suffix}.png"
+            files[name + suffix].write_bytes(content)
+    files["jpeg_named_png"] = tmp_path / "jpeg_named_png.png"
+    files["jpeg_named_png"].write_bytes(cv2.imencode(".jpg", base["color"])[1].tobytes())
+    return files
+
+
+def test_png_sizes_read_without_pil_match_pil(tmp_path):
+    """image_size reads plain PNG headers itself (no PIL import) and leaves everything else to PIL: per file the
+    same size, or the same error, as PIL's reading gives."""
+    import warnings
+
+    from defect_vision.data import images
+    from defect_vision.errors import DatasetError
+
+    def outcome(read):
+        try:
+            return read()
+        except DatasetError as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - what PIL raises beyond the errors image_size names
+            return exc.__class__.__name__
+
+    def by_pil(path: Path):
+        def read():
+            try:
+                width, height, cut = images._pil_size(path)
+            except (OSError, SyntaxError) as exc:
+                raise DatasetError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+            if cut:
+                raise DatasetError(f"{path}: not a readable image (truncated PNG: no IEND chunk)")
+            return height, width
+        return read
+
+    plain = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, path in _png_variants(tmp_path).items():
+            with open(path, "rb") as f:
+                if images._plain_png_size(f) is not None:
+                    plain.add(name)
+            assert outcome(lambda: images.image_size(path)) == outcome(by_pil(path)), name
+    # read here: the plain ones, and those cut short after their header (refused by the IEND check, as with PIL)
+    assert plain == {f"{name}{suffix}" for name in ("gray", "color", "deep") for suffix in ("", "_gama_phys_text", "_no_iend")}
+    assert images.image_size(tmp_path / "color_exif_chunk.png") == (20, 40)  # turned by its EXIF, through PIL
+    assert images.image_size(tmp_path / "gray.png") == (30, 50)
+
+
+def test_plain_prompts_yaml_is_what_yaml_writes():
+    import random
+    import string
+
+    import yaml
+
+    from defect_vision.formats.coco import plain_yaml
+
+    rng = random.Random(0)
+    letters = string.ascii_letters + string.digits + "_"
+    tricky = ["yes", "No", "TRUE", "off", "On", "null", "NULL", "y", "n", "~", "", "1a", "_a", " a", "a ", "a  b",
+              "x" * 61, "e1", "inf", ".nan", "a: b", "a #b", "-a", "é", "Yes please", "on_off", "metal contamination"]
+
+    def word():
+        if rng.random() < 0.2:
+            return rng.choice(tricky)
+        return " ".join("".join(rng.choice(letters) for _ in range(rng.randint(1, 10))) for _ in range(rng.randint(1, 5)))
+
+    plain = 0
+    for _ in range(3000):
+        phrasings = {word(): [word() for _ in range(rng.randint(0, 3))] for _ in range(rng.randint(1, 4))}
+        text = plain_yaml(phrasings)
+        if text is not None:
+            plain += 1
+            assert text == yaml.safe_dump(phrasings, sort_keys=False, allow_unicode=True), phrasings
+    assert plain > 200
+    assert plain_yaml({"crack": ["crack"], "yes": ["yes"]}) is None
+    assert plain_yaml({"metal_contamination": ["metal contamination", "metal bits"]}) == (
+        "metal_contamination:\n- metal contamination\n- metal bits\n")

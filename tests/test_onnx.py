@@ -4,6 +4,7 @@ Tiny random-init checkpoints in the real formats (YOLO-World yolov8n-worldv2 at 
 onnx/onnxruntime (the `[export]` extra) are skipped when they are absent."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -302,9 +303,38 @@ def test_torch_backend_ignores_onnx(exported, images, tmp_path):
 
 # ---------------------------------------------------------------- bad input for predict --backend onnxruntime
 
-def _copy_export(exported, dest: Path) -> Path:
+def _copy_export(exported, dest: Path, file_hashes: bool = True) -> Path:
+    """A copy of the export; without `file_hashes`, as an export that lists no sha256 of its ONNX files (so a test
+    can reach the checks behind that one with files it altered)."""
     shutil.copytree(exported["dir"], dest)
+    if not file_hashes:
+        manifest = json.loads((dest / "manifest.json").read_text())
+        del manifest["files_sha256"]
+        (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
+
+
+def test_an_onnx_file_of_another_export_is_refused_in_one_line(exported, images, tmp_path, capsys):
+    """Issue 18, item 9: a detector.onnx copied in from another checkpoint's export was used silently."""
+    import onnx
+    from onnx import numpy_helper
+
+    d = _copy_export(exported, tmp_path / "mixed")
+    model = onnx.load(str(d / "detector.onnx"))
+    weight = next(t for t in model.graph.initializer if numpy_helper.to_array(t).size > 100)
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))  # other weights
+    onnx.save(model, str(d / "detector.onnx"))
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert set(manifest["files_sha256"]) == {"detector.onnx", "sam_image_encoder.onnx", "sam_decoder.onnx"}
+    for backend in ("onnxruntime", "openvino"):
+        if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+            continue
+        out = tmp_path / f"out_{backend}"
+        assert main(["predict", "--source", str(images), "--backend", backend, "--onnx", str(d), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {d / 'detector.onnx'}: not the file this export wrote (sha256 differs from "
+                       f"{d / 'manifest.json'}); an ONNX file copied from another export? re-run defect-vision export")
+        assert not out.exists()
 
 
 def test_onnx_folder_of_another_run_is_refused(exported, category, images, tmp_path, capsys):
@@ -341,11 +371,11 @@ def test_missing_file_bad_opset_and_foreign_folder_are_one_line_errors(exported,
 
     missing = _copy_export(exported, tmp_path / "missing")
     (missing / "sam_decoder.onnx").unlink()
-    too_new = _copy_export(exported, tmp_path / "too_new")
+    too_new = _copy_export(exported, tmp_path / "too_new", file_hashes=False)
     model = onnx.load(str(too_new / "detector.onnx"))
     model.opset_import[0].version = 40
     onnx.save(model, str(too_new / "detector.onnx"))
-    swapped = _copy_export(exported, tmp_path / "swapped")
+    swapped = _copy_export(exported, tmp_path / "swapped", file_hashes=False)
     shutil.copy(swapped / "sam_image_encoder.onnx", swapped / "sam_decoder.onnx")
     cases = [
         (missing, f"{missing / 'sam_decoder.onnx'}: missing (listed in the export's manifest.json"),
@@ -436,9 +466,9 @@ def test_openvino_sam_on_ground_truth_boxes_and_fp32_unless_bf16_is_asked(export
 
 def test_openvino_bad_input_and_missing_package_are_one_line_errors(exported, images, tmp_path, capsys, monkeypatch):
     needs_openvino()
-    broken = _copy_export(exported, tmp_path / "broken")
+    broken = _copy_export(exported, tmp_path / "broken", file_hashes=False)
     (broken / "sam_image_encoder.onnx").write_bytes(b"not a model at all")
-    swapped = _copy_export(exported, tmp_path / "swapped")
+    swapped = _copy_export(exported, tmp_path / "swapped", file_hashes=False)
     shutil.copy(swapped / "sam_image_encoder.onnx", swapped / "sam_decoder.onnx")
     cases = [
         (broken, f"{broken / 'sam_image_encoder.onnx'}: openvino "),

@@ -404,3 +404,26 @@ def test_experiments_refuse_prompts_naming_a_class_the_data_lacks(export, tmp_pa
     err = last_error(capsys)
     assert err.startswith(f"error: {prompts}: classes scratchh are not in the training data (its classes: ") and "\n" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fail_at", ["_write_marker", "atomic_write_text"])
+def test_a_full_disk_at_the_marker_or_journal_leaves_nothing_beside_the_output(tmp_path, monkeypatch, fail_at):
+    """ENOSPC while writing the marker (Commit.folder) or the journal (Commit.commit): the temporary folder is
+    removed, the previous output stays as it was (issue 18, item 18's "nothing was written")."""
+    import errno
+
+    import defect_vision.io as io_mod
+
+    out = tmp_path / "out"
+    with io_mod.atomic_dir(out, "predict") as tmp:
+        (tmp / "old.txt").write_text("previous run")
+    before = snapshot(tmp_path)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_mod, fail_at, full)
+    with pytest.raises(OSError, match="No space left"):
+        with io_mod.atomic_dir(out, "predict") as tmp:
+            (tmp / "new.txt").write_text("this run")
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

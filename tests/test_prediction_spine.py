@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_instances
 
 from defect_vision.cli.predict import main
 from defect_vision.data.images import read_image
 from defect_vision.data.mvtec import read_category
 from defect_vision.detections import ImageInfo
 from defect_vision.errors import ConfigError, DatasetError
-from defect_vision.formats.coco import annotations, categories, first_annotation_ids, image_entry
 from defect_vision.inference.config import PredictConfig
 from defect_vision.inference.predictor import DefectPredictor
 from defect_vision.models.random_init import save_random_detector, save_random_sam
@@ -48,16 +48,8 @@ def images(category, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gt_json(category, tmp_path_factory) -> Path:
-    ids = {r.file_name: i for i, r in enumerate(category.images, 1)}
-    first = first_annotation_ids(category)
-    recs = [r for r in category.images if r.file_name in PICKS]
-    coco = {"info": {"category": "toy_wood", "image_root": str(category.root), "split": "test"},
-            "images": [image_entry(r, ids[r.file_name]) for r in recs],
-            "annotations": [a for r in recs for a in annotations(r, ids[r.file_name], first[r.file_name], category, rle=True)],
-            "categories": categories(category)}
-    path = tmp_path_factory.mktemp("gt") / "instances_test.json"
-    path.write_text(json.dumps(coco))
-    return path
+    """instances_test.json of PICKS (the converters' format)."""
+    return write_instances(category, PICKS, tmp_path_factory.mktemp("gt") / "instances_test.json")
 
 
 def predict(args: list[str], out: Path) -> tuple[list, dict]:

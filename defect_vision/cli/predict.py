@@ -25,6 +25,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--detector", type=Path, help="YOLO-World checkpoint (runs/<C>/yolo_world/best.pt); "
                                                  "not needed with --gt-boxes")
     p.add_argument("--sam", type=Path, help="SAM state_dict (runs/<C>/sam/best.pth); not needed with --box-only")
+    p.add_argument("--masks", choices=("sam", "detector", "refine"), default="sam",
+                   help="mask of each box: sam (SAM on the box), detector (a YOLOE -seg detector's own mask, no SAM), "
+                        "refine (SAM on the box with the detector's mask as its mask prompt)")
     p.add_argument("--model-type", default=None,
                    help="SAM model type (vit_b|vit_l|vit_h|vit_tiny); default: model_type of best.json beside --sam, "
                         "else vit_b")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
         config = PredictConfig(conf=a.conf, iou=a.iou, max_det=a.max_det, classes=a.classes, imgsz=a.imgsz,
                                text_encoder=a.text_encoder, clip=a.clip, prompts=a.prompts,
                                thresholds=a.thresholds, run_thresholds=implied, mask_threshold=a.mask_threshold,
-                               model_type=a.model_type, box_only=a.box_only, device=a.device, precision=a.precision,
+                               model_type=a.model_type, box_only=a.box_only, masks=a.masks, device=a.device, precision=a.precision,
                                seed=a.seed, sam_batch=a.sam_batch, threads=a.threads, workers=workers,
                                backend=a.backend, onnx=onnx if a.backend != "torch" else None)
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,

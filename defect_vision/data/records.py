@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from defect_vision.detections import Detections, ImageInfo
+if TYPE_CHECKING:  # imported by to_detections: the converters do not need it
+    from defect_vision.detections import Detections
 
 GOOD = "good"
 
@@ -80,6 +82,8 @@ class ImageRecord:
 
     def to_detections(self, defect_types: list[str], image_id: int = 0) -> Detections:
         """This image's ground truth as the one record: a box, class and exact RLE mask per instance."""
+        from defect_vision.detections import Detections, ImageInfo
+
         return Detections([inst.xyxy for inst in self.instances], [defect_types.index(i.category) for i in self.instances],
                           np.ones(len(self.instances)), rle=[_bytes_rle(i.rle) for i in self.instances],
                           image=ImageInfo(image_id, self.file_name, self.height, self.width, self.path, self.is_good,

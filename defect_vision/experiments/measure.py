@@ -42,7 +42,12 @@ def base_checkpoint(path: Path, start, from_scratch: bool, vocab: Vocabulary, em
     """The start model (training.detector_model.StartModel; zero-shot: no fine-tuning) with the vocabulary baked in,
     saved as an ultralytics checkpoint."""
     from ultralytics import __version__
-    from ultralytics.nn.tasks import WorldModel, YOLOEModel, YOLOESegModel, load_checkpoint
+    from ultralytics.nn.tasks import (
+        WorldModel,
+        YOLOEModel,
+        YOLOESegModel,
+        load_checkpoint,
+    )
     from ultralytics.utils.torch_utils import init_seeds
 
     from defect_vision.offline import go_offline
@@ -130,9 +135,8 @@ class SamMasks:
     all runs that share the same frozen encoder)."""
 
     def __init__(self, sam, model_type: str, cache_dir: Path, device: str = "cpu", mask_threshold: float = 0.0):
-        from segment_anything.utils.transforms import ResizeLongestSide
-
         from defect_vision.devices import resolve_device
+        from defect_vision.models.sam import ResizeLongestSide
         from defect_vision.training.sam_embeddings import EmbeddingCache
         from defect_vision.training.sam_steps import PromptedDecoder
 

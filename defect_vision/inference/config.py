@@ -9,6 +9,7 @@ from defect_vision.devices import cpu_threads
 from defect_vision.errors import ConfigError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")  # the checkpoints, or the ONNX files of a `defect-vision export`
+MASK_SOURCES = ("sam", "detector", "refine")  # where a detection's mask comes from (detector/refine: a YOLOE -seg)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class PredictConfig:
     mask_threshold: float = 0.0  # SAM mask logit threshold
     model_type: str | None = None  # SAM model type (default: best.json beside the checkpoint, else vit_b)
     box_only: bool = False  # no SAM: a detection's mask is its box
+    masks: str = "sam"  # sam (SAM on the box) | detector (a YOLOE -seg detector's own mask) | refine (SAM, box + that mask)
     device: str = "auto"
     precision: str = "auto"  # autocast dtype on CUDA: auto (fp16) | fp32 | fp16 | bf16
     sam_batch: int | None = None  # images per SAM encoder forward (default: 4 on CUDA, 1 on CPU)
@@ -53,6 +55,8 @@ class PredictConfig:
         for name in ("sam_batch", "threads", "workers", "imgsz"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{{{name}}} {getattr(self, name)}: must be >= 1", name)
+        if self.masks not in MASK_SOURCES:
+            raise ConfigError(f"{{masks}} {self.masks}: expected one of {', '.join(MASK_SOURCES)}", "masks")
         if self.backend not in BACKENDS:
             raise ConfigError(f"{{backend}} {self.backend}: expected one of {', '.join(BACKENDS)}", "backend")
 

@@ -1,4 +1,6 @@
-"""YOLO-World detector: load an ultralytics checkpoint (class names + text embeddings baked in), predict in batches."""
+"""Open-vocabulary detector (YOLO-World or YOLOE, read from the checkpoint): load an ultralytics checkpoint (class
+names + text embeddings baked in), predict in batches. A YOLOE -seg detector also gives each box its mask when
+`keep_masks` is set (predict --masks detector|refine), handed to the segmenter through `handoff`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +11,8 @@ import torch
 from defect_vision.detections import Detections
 from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
 from defect_vision.inference.interfaces import BoxDetector
-from defect_vision.models.detector import load_detector_model
+from defect_vision.masks import MaskCrop
+from defect_vision.models.detector import is_segmentation, load_detector_model, model_family
 
 
 def decode_head_in_fp32(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -31,8 +34,22 @@ def decode_head_in_fp32(model: torch.nn.Module) -> torch.nn.Module | None:
     return head
 
 
+def dense_crops(masks: torch.Tensor) -> list[MaskCrop]:
+    """(N, H, W) masks (nonzero = inside) -> N MaskCrops cropped to each mask's extent."""
+    out = []
+    for m in masks.bool().cpu().numpy():
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if len(rows) == 0:
+            out.append(MaskCrop(0, 0, np.zeros((0, 0), bool), *m.shape))
+            continue
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append(MaskCrop(int(r0), int(c0), m[r0:r1, c0:c1].copy(), *m.shape))
+    return out
+
+
 class Detector(BoxDetector):
-    """Batched YOLO-World prediction: letterbox -> forward (autocast on CUDA) -> NMS -> boxes in original pixels."""
+    """Batched YOLO-World / YOLOE prediction: letterbox -> forward (autocast on CUDA) -> NMS -> boxes in original
+    pixels (and, for a -seg YOLOE with `keep_masks`, each box's mask)."""
 
     memory_format = torch.contiguous_format  # of the input batch (and of the convolutions' weights)
 
@@ -43,6 +60,10 @@ class Detector(BoxDetector):
         self.path = Path(path)
         model, meta = load_detector_model(self.path, with_meta=True)
         self.meta: dict = meta  # the checkpoint's defect_vision metadata (prompts, text encoder, ...)
+        self.family = model_family(model)  # models.detector.YOLO_WORLD | YOLOE
+        self.segment = is_segmentation(model)  # a YOLOE -seg model: masks available
+        self.keep_masks = False  # compute the -seg masks and hand them over (set by inference.backends)
+        self.handoff = None  # detector_masks.MaskHandoff the masks go to
         names = model.names
         self.class_names: list[str] = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
         ids = meta.get("category_ids")
@@ -82,14 +103,31 @@ class Detector(BoxDetector):
             with autocast(self.device, self.dtype):
                 preds = self.model(x)
             preds = preds[0] if isinstance(preds, (list, tuple)) else preds
-            out = nms.non_max_suppression(preds.float(), conf, iou, classes, max_det=max_det, nc=0, end2end=self.end2end)
+            protos = None
+            if isinstance(preds, (list, tuple)):  # -seg: (boxes + scores + mask coefficients, prototypes)
+                preds, protos = preds
+            nc = len(self.class_names) if protos is not None else 0  # -seg: the channels after the classes are masks
+            out = nms.non_max_suppression(preds.float(), conf, iou, classes, max_det=max_det, nc=nc, end2end=self.end2end)
             host = torch.cat([det[:, :6] for det in out]).cpu().split([len(det) for det in out])  # one copy per batch
             results = []
-            for det, im in zip(host, images):
+            for k, (det, im) in enumerate(zip(host, images)):
                 boxes = ops.scale_boxes(x.shape[2:], det[:, :4].clone(), im.shape)
                 results.append(Detections(boxes.numpy().astype(np.float32), det[:, 5].numpy().astype(np.int64),
                                           det[:, 4].numpy().astype(np.float32), class_names=self.class_names,
                                           category_ids=self.category_ids))
+                if self.keep_masks and protos is not None and self.handoff is not None:
+                    self.handoff.put(im, results[-1].xyxy, self.masks(protos[k], out[k], boxes, im.shape[:2]))
         with COUNT:
             self.calls += 1
         return results
+
+    @staticmethod
+    def masks(protos: torch.Tensor, det: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> list[MaskCrop]:
+        """The -seg masks of one image's detections (NMS rows: box, score, class, mask coefficients) at its original
+        size, as ultralytics' predictor makes them with retina_masks (each cropped to its box)."""
+        from ultralytics.utils import ops
+
+        if len(det) == 0:
+            return []
+        masks = ops.process_mask_native(protos.float(), det[:, 6:].float(), boxes.to(protos.device).float(), size)
+        return dense_crops(masks > 0)

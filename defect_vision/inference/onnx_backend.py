@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from defect_vision.devices import COUNT, Timings, timed
 from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.inference.detector import Detector
-from defect_vision.inference.openvino_runtime import openvino_session
 from defect_vision.inference.interfaces import BoxSegmenter
+from defect_vision.inference.openvino_runtime import openvino_session
 from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size, crop_masks
 from defect_vision.io import read_json
 from defect_vision.models.onnx_export import FORMAT, MANIFEST, VERSION, require, sha256
@@ -79,6 +79,11 @@ def load_manifest(folder: Path) -> dict:
         missing = [f for f in fields if f not in (data.get(key) or {})]
         if missing:
             raise DatasetError(f"{path}: '{key}' lacks {', '.join(missing)}")
+    for name, digest in (data.get("files_sha256") or {}).items():  # each network is the one exported with it
+        file = Path(folder) / name
+        if file.is_file() and sha256(file) != digest:
+            raise DatasetError(f"{file}: not the file this export wrote (sha256 differs from {path}); an ONNX file "
+                               "copied from another export? re-run defect-vision export")
     return data
 
 
@@ -135,7 +140,7 @@ class OnnxSegmenter(BoxSegmenter):
 
     def __init__(self, folder: Path, manifest: dict, mask_threshold: float = 0.0, budget: int = MASK_BUDGET_BYTES,
                  runtime: str = "onnxruntime", bf16: bool = False, split: tuple[int, int] = (1, 1)):
-        from segment_anything.utils.transforms import ResizeLongestSide
+        from defect_vision.models.sam import ResizeLongestSide
 
         m = manifest["sam"]
         self.encoder = session(Path(folder) / m["encoder"], INPUTS["encoder"], runtime, bf16, split)

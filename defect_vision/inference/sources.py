@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from defect_vision.coco import CocoDataset, load_coco
+from defect_vision.data.images import IMAGE_SUFFIXES, read_image
 from defect_vision.detections import ImageInfo
 from defect_vision.errors import DatasetError
-from defect_vision.data.images import IMAGE_SUFFIXES, read_image
 
 
 @dataclass
@@ -87,12 +87,15 @@ def _numbered(paths: list[Path], base: Path, kind: str, origin: str) -> Source:
     return Source(images, kind, _unique_names(images), None, origin)
 
 
-def _no_images(where: str, files: list[Path], what: str) -> DatasetError:
-    """'<where>: no images (.bmp, ...) <what>', plus the suffixes of the files that are there when there are some."""
-    known = ", ".join(sorted(IMAGE_SUFFIXES))
+def _known() -> str:
+    return ", ".join(sorted(IMAGE_SUFFIXES))
+
+
+def _no_images(message: str, files: list[Path]) -> DatasetError:
+    """`message`, plus the suffixes of the files that are there instead of images, when there are some."""
     suffixes = sorted({p.suffix.lower() or "no suffix" for p in files})
     found = f"; found {len(files)} file(s) of other kinds ({', '.join(suffixes[:10])}{', ...' if len(suffixes) > 10 else ''})"
-    return DatasetError(f"{where}: no images ({known}) {what}{found if files else ''}")
+    return DatasetError(message + (found if files else ""))
 
 
 def resolve_source(source: str | Path) -> Source:
@@ -108,17 +111,17 @@ def resolve_source(source: str | Path) -> Source:
         files = [p for p in base.rglob("*") if p.is_file()]
         found = [p for p in files if _is_image(p)]
         if not found:
-            raise _no_images(str(path), files, "in this folder")
+            raise _no_images(f"{path}: no images ({_known()}) in this folder", files)
         return _numbered(found, base, "folder", text)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DatasetError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))}) or a COCO .json")
+            raise DatasetError(f"{path}: not an image file (expected {_known()}) or a COCO .json")
         return _numbered([path], _absolute(path).parent, "file", text)
     if glob.has_magic(text):
         files = [_absolute(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
         found = [p for p in files if _is_image(p)]
         if not found:
-            raise _no_images(text, files, "match this pattern")
+            raise _no_images(f"{text}: no images match this pattern ({_known()})", files)
         base = Path(os.path.commonpath([p.parent for p in found]))
         return _numbered(found, base, "glob", text)
     raise DatasetError(f"{text}: no such file or folder")

@@ -19,11 +19,17 @@ def vocabulary_prompts(names: Sequence[str], meta: dict, phrasings: dict[str, li
     return templated(raw, str(meta.get("prompt_template") or "{name}"), str(meta.get("category") or ""))
 
 
-def encoder_for(meta: dict, text_encoder: str | None, clip: Path, cache_dir: Path | None, device: str = "cpu"):
-    """The encoder new names go through: --text-encoder when given, else the one the checkpoint was trained with."""
+def encoder_for(meta: dict, text_encoder: str | None, clip: Path, cache_dir: Path | None, device: str = "cpu",
+                text_model: str | None = None):
+    """The encoder new names go through: --text-encoder when given, else the one the checkpoint was trained with.
+    A YOLOE checkpoint's "clip" is its MobileCLIP (`clip`: that file, else weights/<text_model>.ts)."""
     from defect_vision.models.prompts import make_encoder
+    from defect_vision.models.text_embeddings import DEFAULT_CLIP, default_mobileclip
 
     recorded = meta.get("text_encoder")
+    if recorded == "mobileclip" and text_encoder in (None, "clip", "mobileclip"):
+        path = clip if clip is not None and Path(clip) != DEFAULT_CLIP else default_mobileclip(text_model)
+        return make_encoder("mobileclip", path, cache_dir, device)[0]
     if text_encoder is None and recorded not in (None, "clip:ViT-B-32", "random"):
         raise DatasetError(f"--classes: the detector was trained with the text encoder {recorded!r}; pass "
                            "--text-encoder clip (with --clip PATH) to embed new class names")
@@ -51,7 +57,8 @@ def open_vocabulary(detector, classes: Sequence[str], meta: dict, encode: Callab
     feats = class_feats(model)
     new = [c for c in classes if c not in known]
     if new and encode is None:
-        encode = encoder_for(meta, text_encoder, clip or DEFAULT_CLIP, cache_dir or DEFAULT_CACHE_DIR)
+        encode = encoder_for(meta, text_encoder, clip or DEFAULT_CLIP, cache_dir or DEFAULT_CACHE_DIR,
+                             text_model=getattr(model, "text_model", None))
     raw = ensemble(encode, vocabulary_prompts(new, meta, phrasings)) if new else None
     fresh = dict(zip(new, project_text(model, raw))) if new else {}  # YOLOE: through its fine-tuned projection
     rows = torch.stack([feats[known.index(c)] if c in known else fresh[c] for c in classes])

@@ -95,7 +95,7 @@ def load_detector_model(path: Path, with_meta: bool = False):
         raise DatasetError(f"{path}: detector checkpoint not found (expected a YOLO-World or YOLOE best.pt)")
     kind = sniff_checkpoint(path)
     if kind == SAM:
-        raise DatasetError(f"{path}: this is a SAM checkpoint, not a detector (give it as --sam)")
+        raise DatasetError(f"{path}: this is a SAM checkpoint, not a YOLO-World detector (nor a YOLOE one; give it as --sam)")
     if kind != ULTRALYTICS:
         raise DatasetError(f"{path}: not an ultralytics YOLO-World or YOLOE checkpoint ({kind} file)")
     try:

@@ -223,7 +223,8 @@ def export_onnx(config: ExportConfig) -> dict:
             manifest = {"format": FORMAT, "version": VERSION, "opset": config.opset, "detector": detector, "sam": sam,
                         "thresholds": THRESHOLDS if thresholds is not None else None,
                         "thresholds_source": str(config.thresholds) if thresholds is not None else None,
-                        "exported_with": _versions()}
+                        "exported_with": _versions(),
+                        "files_sha256": {f.name: sha256(f) for f in sorted(tmp.glob("*.onnx"))}}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except OSError as exc:  # every input was read above: a failed write is the output's (full disk, read-only, ...)
         code = f" [errno {exc.errno}]" if exc.errno else ""

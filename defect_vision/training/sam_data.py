@@ -6,12 +6,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from defect_vision.coco import Categories, to_rle
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
 from defect_vision.io import complete_pending, read_json
+from defect_vision.models.sam import ResizeLongestSide
 
 CONVERT_HINT = "write it with `defect-vision convert --category C` or converters/mvtec_to_sam.py"
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
+from defect_vision.data.images import read_image
 from defect_vision.devices import HALF
 from defect_vision.io import atomic_path
-from defect_vision.data.images import read_image
+from defect_vision.models.sam import ResizeLongestSide
 
 
 def image_hash(rgb: np.ndarray) -> str:

@@ -7,13 +7,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
 from defect_vision.detections import Detections
 from defect_vision.devices import HALF, autocast, full_precision, to_device
+from defect_vision.models.sam import ResizeLongestSide
 from defect_vision.training.sam_config import SamTrainConfig
-from defect_vision.training.sam_data import PromptSet, jitter_boxes, lowres_target, padded_points
+from defect_vision.training.sam_data import (
+    PromptSet,
+    jitter_boxes,
+    lowres_target,
+    padded_points,
+)
 from defect_vision.training.sam_losses import mask_iou, sam_loss
 
 EmbedFn = Callable[[Path], torch.Tensor]
