@@ -7,7 +7,7 @@ Names are imported on first use, so `import defect_vision` stays light (no torch
 """
 from __future__ import annotations
 
-import importlib
+from defect_vision.lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -24,8 +24,8 @@ _EXPORTS = {
     "DetectorTrainConfig": "defect_vision.training.yolo_world", "finetune_detector": "defect_vision.training.yolo_world",
     "SamTrainConfig": "defect_vision.training.sam_config", "finetune_sam": "defect_vision.training.sam",
     # inference
-    "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.predictor",
-    "Result": "defect_vision.inference.predictor", "predict_run": "defect_vision.inference.run",
+    "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.config",
+    "Result": "defect_vision.inference.result", "predict_run": "defect_vision.inference.run",
     "RunOptions": "defect_vision.inference.run",
     # deployment
     "export_onnx": "defect_vision.models.onnx_export", "OnnxExportConfig": "defect_vision.models.onnx_export",
@@ -41,17 +41,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        value = getattr(module, {"OnnxExportConfig": "ExportConfig"}.get(name, name))
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'defect_vision' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {"OnnxExportConfig": "ExportConfig"})
 
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "defect_vision"
-CORE = {"errors", "io", "masks", "detections", "coco", "devices", "offline", "thresholds", "run_folder"}  # shared by every stage
+CORE = {"errors", "io", "masks", "detections", "coco", "devices", "offline", "thresholds", "run_folder", "lazy"}  # shared by every stage
 # part -> the parts it may import (besides itself and the core modules)
 ALLOWED = {
     "core": set(),

@@ -5,25 +5,12 @@ HTML page of a run folder). Inputs are defect_vision.coco datasets and {image id
 Names are imported on first use: `calibrate` alone does not pay for scikit-learn, OpenCV or matplotlib."""
 from __future__ import annotations
 
-import importlib
+from defect_vision.lazy import lazy_exports
 
 _EXPORTS = {
-    "RunReport": "html_report", "write_report": "html_report", "load_predictions": "inputs",
-    "EvalConfig": "metrics", "Metrics": "metrics", "evaluate": "metrics",
-    "ClassCalibration": "thresholds", "Thresholds": "thresholds", "calibrate": "thresholds",
+    "RunReport": ".html_report", "write_report": ".html_report", "load_predictions": ".inputs",
+    "EvalConfig": ".metrics", "Metrics": ".metrics", "evaluate": ".metrics",
+    "ClassCalibration": ".thresholds", "Thresholds": ".thresholds", "calibrate": ".thresholds",
 }
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

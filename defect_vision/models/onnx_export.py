@@ -22,10 +22,11 @@ from segment_anything.utils.onnx import SamOnnxModel
 
 from defect_vision.devices import intra_op_threads
 from defect_vision.errors import DatasetError, OutputError
-from defect_vision.io import atomic_dir, read_json
+from defect_vision.io import atomic_dir
 from defect_vision.models.detector import load_detector_model
 from defect_vision.models.sam import load_sam, model_type_for
 from defect_vision.offline import go_offline, strip_network_callbacks
+from defect_vision.thresholds import ThresholdsFile
 
 KIND = "export"  # the output folder's marker kind
 FORMAT, VERSION = "defect-vision-onnx", 1
@@ -189,14 +190,6 @@ def export_sam(sam, path: Path, model_type: str, folder: Path, opset: int) -> di
             "pixel_std": sam.pixel_std.flatten().tolist(), "box_labels": [2, 3]}
 
 
-def check_thresholds(path: Path) -> dict:
-    """The thresholds file as calibrate writes it ({"thresholds": {name: t}, "default": t}); DatasetError otherwise."""
-    data = read_json(path, "thresholds")
-    if not isinstance(data, dict) or not isinstance(data.get("thresholds"), dict):
-        raise DatasetError(f"{path}: expected {{\"thresholds\": {{\"<class name>\": 0.3, ...}}, \"default\": 0.25}}")
-    return data
-
-
 def export_onnx(config: ExportConfig) -> dict:
     """Write the export folder (detector.onnx, sam_image_encoder.onnx, sam_decoder.onnx, manifest.json and, with
     thresholds, thresholds.json) all at once: bad input fails before anything is written, and a write that fails
@@ -208,7 +201,7 @@ def export_onnx(config: ExportConfig) -> dict:
                        (config.sam, "SAM checkpoint (a SAM best.pth state_dict)")):
         if not Path(path).is_file():
             raise DatasetError(f"{path}: missing (no such {what})")
-    thresholds = check_thresholds(config.thresholds) if config.thresholds is not None else None
+    thresholds = ThresholdsFile.load(config.thresholds) if config.thresholds is not None else None
     model_type = model_type_for(Path(config.sam), config.model_type)
     # wrong checkpoints or model type fail here, before any export (one-line errors naming the file)
     detector_model, meta = load_detector_model(Path(config.detector), with_meta=True)
