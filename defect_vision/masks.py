@@ -1,5 +1,6 @@
 """Mask -> instances: connected components, tight boxes, RLE (pycocotools), polygons (OpenCV; shapely, imported
-only for the rare component with holes)."""
+only for the rare component with holes). pycocotools and shapely are imported where used: a polygon conversion
+needs neither."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 if TYPE_CHECKING:
     from shapely.geometry import Polygon
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 def encode_rle(mask: np.ndarray) -> dict:
     """Compressed COCO RLE of a 2-D mask, counts as str (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -22,6 +24,8 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 def decode_rle(rle: dict) -> np.ndarray:
     """Bool HxW mask of a compressed (str or bytes counts) or uncompressed COCO RLE."""
+    from pycocotools import mask as mask_utils
+
     if isinstance(rle.get("counts"), list):
         rle = mask_utils.frPyObjects(rle, *rle["size"])
     elif isinstance(rle["counts"], str):
@@ -54,6 +58,8 @@ class MaskCrop:
     def rle(self) -> dict:
         """Compressed COCO RLE (bytes counts) of the full mask, byte-identical to encoding `full()`, computed from a
         strip of the crop's columns only (COCO RLE runs down columns)."""
+        from pycocotools import mask as mask_utils
+
         h, w = self.crop.shape
         size = self.height * self.width
         if h == 0 or w == 0:
@@ -77,6 +83,8 @@ class MaskCrop:
 
 def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
     """Rasterise COCO polygons the way pycocotools does."""
+    from pycocotools import mask as mask_utils
+
     if not polygons:
         return np.zeros((height, width), bool)
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
@@ -116,7 +124,11 @@ def _edge_rings(component: np.ndarray) -> tuple[list[np.ndarray], bool]:
     """Pixel-edge outlines of a component, traced by OpenCV on the mask upscaled 2x (nearest): there every boundary
     pixel of the original has an inner and an outer half, and the half on the boundary maps to the pixel's edge
     ((x2 + 1) // 2 - 1), so the rings follow the pixel edges exactly. Returns (outer rings, has holes)."""
-    up = cv2.resize(np.pad(component.astype(np.uint8), 1), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    if component.size == 0:
+        return [], False
+    pixels = component.view(np.uint8) if component.dtype == bool else component.astype(np.uint8)
+    padded = cv2.copyMakeBorder(pixels, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # one pass (np.pad takes several)
+    up = cv2.resize(padded, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return [], False
@@ -181,13 +193,18 @@ def label_components(mask: np.ndarray, few: int = 16) -> tuple[int, np.ndarray, 
     """cv2.connectedComponentsWithStats (8-connectivity): (n labels incl. background, labels, stats).
 
     OpenCV's stats pass costs several times the labelling itself, so for a few components the stats
-    come from cv2.boundingRect / cv2.countNonZero per label instead (same numbers)."""
+    come from cv2.boundingRect / cv2.countNonZero per label instead (same numbers); a single component's are
+    the mask's own."""
     ltype = cv2.CV_16U if mask.size < 4 * 65000 else cv2.CV_32S  # an 8-connected component takes >= 4 px of area
     n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=ltype)
     if n - 1 > few:
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=ltype)
         return n, labels, stats
     stats = np.zeros((n, 5), np.int64)
+    if n == 2:  # every set pixel is label 1
+        stats[1, :4] = cv2.boundingRect(mask)
+        stats[1, 4] = cv2.countNonZero(mask)
+        return n, labels, stats
     for k in range(1, n):
         comp = (labels == k).view(np.uint8)
         stats[k, :4] = cv2.boundingRect(comp)

@@ -80,10 +80,9 @@ def _predict(tmp_path, name, source, detector, *extra) -> tuple[list[dict], dict
     sam = tmp_path / "weights" / "sam.pth"
     if not sam.is_file():
         save_random_sam(sam, "vit_tiny")
-    # --sam is given with --masks detector too: inference/run.py's required_models still asks for it (not loaded)
+    sam_args = [] if "detector" in extra else ["--sam", str(sam), "--model-type", "vit_tiny"]  # masks detector: no SAM
     argv = ["--source", str(source), "--detector", str(detector), "--out", str(out), "--conf", "0.0",
-            "--max-det", "5", "--quiet", "--workers", "1", "--imgsz", "64", "--sam", str(sam), "--model-type",
-            "vit_tiny", *extra]
+            "--max-det", "5", "--quiet", "--workers", "1", "--imgsz", "64", *sam_args, *extra]
     assert predict_main(argv) == 0
     return (json.loads((out / "predictions.json").read_text()), json.loads((out / "summary.json").read_text()))
 
@@ -133,14 +132,15 @@ def test_masks_detector_sam_and_refine_through_the_same_writer(yoloe_run, seg_da
     # --masks detector: ultralytics' own -seg masks at the image's size (retina_masks), box for box
     result = YOLOE(str(yoloe_run / "best.pt")).predict(str(image), imgsz=64, conf=0.0, max_det=5, iou=0.5,
                                                        retina_masks=True, device="cpu", verbose=False)[0]
-    theirs = {tuple(np.round([x0, y0, x1 - x0, y1 - y0], 2)): m.numpy().astype(bool)
-              for (x0, y0, x1, y1), m in zip(result.boxes.xyxy.tolist(), result.masks.data)}
-    ours = _mask_by_box(det_preds)
+    # matched by box AND score: a random model gives several detections with the same box
+    theirs = [([x0, y0, x1 - x0, y1 - y0], float(score), m.numpy().astype(bool)) for (x0, y0, x1, y1), score, m
+              in zip(result.boxes.xyxy.tolist(), result.boxes.conf.tolist(), result.masks.data)]
     matched = 0
-    for key, mask in ours.items():
-        near = min(theirs, key=lambda k: max(abs(a - b) for a, b in zip(k, key)))
-        if max(abs(a - b) for a, b in zip(near, key)) < 0.05:
-            assert (mask == theirs[near]).mean() > 0.999
+    for p in det_preds:
+        same = [m for box, score, m in theirs
+                if max(abs(a - b) for a, b in zip(box, p["bbox"])) < 0.05 and abs(score - p["score"]) <= 5.1e-6]  # scores: 5 decimals
+        if same:
+            assert (mask_utils.decode(p["segmentation"]).astype(bool) == same[0]).mean() > 0.999
             matched += 1
     assert matched >= 1
     # refine: SAM got the detector's mask as a prompt, so its masks differ from SAM on the box alone

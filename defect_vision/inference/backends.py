@@ -35,29 +35,43 @@ def load_models(config: PredictConfig, detector: Path | None, sam: Path | None, 
         det = Detector(Path(detector), device, dtype, config.imgsz)
     if config.box_only:
         return Models(det, BoxMasks())
-    handoff = detector_masks_handoff(config, det, detector)
+    keep_detector_masks(config, det, detector)
     if config.masks == "detector":
         from defect_vision.inference.detector_masks import DetectorMasks
 
-        return Models(det, DetectorMasks(handoff))
+        return Models(det, DetectorMasks())
     if sam is None:
-        raise ConfigError("{sam}: required unless {box_only}", "sam", "box_only")
-    from defect_vision.inference.segmenter import Segmenter
+        raise ConfigError("{sam}: required unless {box_only} or {masks} detector", "sam", "box_only", "masks")
     from defect_vision.models.sam import load_sam, model_type_for
 
     model = load_sam(Path(sam), model_type_for(Path(sam), config.model_type))
     if config.masks == "refine":
-        from defect_vision.inference.detector_masks import refine_segmenter
+        from defect_vision.models.sam2 import is_sam2
 
-        return Models(det, refine_segmenter(model, device, dtype, config.mask_threshold, config.sam_batch, handoff))
-    return Models(det, Segmenter(model, device, dtype, config.mask_threshold, batch=config.sam_batch))
+        if is_sam2(model):
+            raise ConfigError(f"{{masks}} refine: a SAM or MobileSAM {{sam}} only (not SAM 2: {sam})", "masks", "sam")
+    return Models(det, segmenter_for(model, device, dtype, config.mask_threshold, config.sam_batch))
 
 
-def detector_masks_handoff(config: PredictConfig, det, path: Path | None):
-    """--masks detector|refine: the detector set to hand its masks over (a MaskHandoff); ConfigError/DatasetError
-    naming the field or the file when the detector has none. None for --masks sam."""
+def segmenter_for(model, device, dtype=None, mask_threshold: float = 0.0, batch: int | None = None) -> BoxSegmenter:
+    """The torch BoxSegmenter of a built SAM model, by family: Segmenter (segment_anything's Sam: ViT, MobileSAM) or
+    Sam2Segmenter (SAM 2 / 2.1)."""
+    from defect_vision.models.sam2 import is_sam2
+
+    if is_sam2(model):
+        from defect_vision.inference.sam2_segmenter import Sam2Segmenter
+
+        return Sam2Segmenter(model, device, dtype, mask_threshold, batch=batch)
+    from defect_vision.inference.segmenter import Segmenter
+
+    return Segmenter(model, device, dtype, mask_threshold, batch=batch)
+
+
+def keep_detector_masks(config: PredictConfig, det, path: Path | None) -> None:
+    """--masks detector|refine: the detector computes its -seg masks into each detection; ConfigError/DatasetError
+    naming the field or the file when it has none."""
     if config.masks == "sam":
-        return None
+        return
     if det is None:
         raise ConfigError(f"{{masks}} {config.masks}: needs a YOLOE -seg {{detector}} (not ground-truth boxes)",
                           "masks", "detector")
@@ -65,7 +79,4 @@ def detector_masks_handoff(config: PredictConfig, det, path: Path | None):
         from defect_vision.errors import DatasetError
 
         raise DatasetError(f"{path}: a detector without masks; --masks {config.masks} needs a YOLOE -seg checkpoint")
-    from defect_vision.inference.detector_masks import MaskHandoff
-
-    det.handoff, det.keep_masks = MaskHandoff(), True
-    return det.handoff
+    det.keep_masks = True

@@ -1,6 +1,6 @@
 """Open-vocabulary detector (YOLO-World or YOLOE, read from the checkpoint): load an ultralytics checkpoint (class
 names + text embeddings baked in), predict in batches. A YOLOE -seg detector also gives each box its mask when
-`keep_masks` is set (predict --masks detector|refine), handed to the segmenter through `handoff`."""
+`keep_masks` is set (predict --masks detector|refine), kept in each Detections' data["detector_masks"]."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +9,23 @@ import numpy as np
 import torch
 
 from defect_vision.detections import Detections
-from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
+from defect_vision.devices import (
+    COUNT,
+    Timings,
+    autocast,
+    full_precision,
+    timed,
+    to_device,
+)
 from defect_vision.inference.interfaces import BoxDetector
 from defect_vision.masks import MaskCrop
-from defect_vision.models.detector import is_segmentation, load_detector_model, model_family
+
+MASKS_KEY = "detector_masks"  # inference.detector_masks.KEY (that module imports torch-free parts only)
+from defect_vision.models.detector import (
+    is_segmentation,
+    load_detector_model,
+    model_family,
+)
 
 
 def decode_head_in_fp32(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -62,8 +75,7 @@ class Detector(BoxDetector):
         self.meta: dict = meta  # the checkpoint's defect_vision metadata (prompts, text encoder, ...)
         self.family = model_family(model)  # models.detector.YOLO_WORLD | YOLOE
         self.segment = is_segmentation(model)  # a YOLOE -seg model: masks available
-        self.keep_masks = False  # compute the -seg masks and hand them over (set by inference.backends)
-        self.handoff = None  # detector_masks.MaskHandoff the masks go to
+        self.keep_masks = False  # compute the -seg masks into data["detector_masks"] (set by inference.backends)
         names = model.names
         self.class_names: list[str] = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
         ids = meta.get("category_ids")
@@ -115,8 +127,8 @@ class Detector(BoxDetector):
                 results.append(Detections(boxes.numpy().astype(np.float32), det[:, 5].numpy().astype(np.int64),
                                           det[:, 4].numpy().astype(np.float32), class_names=self.class_names,
                                           category_ids=self.category_ids))
-                if self.keep_masks and protos is not None and self.handoff is not None:
-                    self.handoff.put(im, results[-1].xyxy, self.masks(protos[k], out[k], boxes, im.shape[:2]))
+                if self.keep_masks and protos is not None:  # follow the detections through every filter
+                    results[-1].data[MASKS_KEY] = self.masks(protos[k], out[k], boxes, im.shape[:2])
         with COUNT:
             self.calls += 1
         return results

@@ -44,10 +44,10 @@ class BoxSegmenter:
     decoder_calls: int = 0  # batched mask-decoder calls (one per image with at least one box)
     uses_sam: bool = True  # False: the masks are the boxes (no model)
 
-    def segment_batch(self, images: list[np.ndarray], boxes: list[np.ndarray], timings: Timings | None = None
-                      ) -> list[tuple[list[MaskCrop], np.ndarray]]:
+    def segment_batch(self, images: list[np.ndarray], boxes: list[np.ndarray], timings: Timings | None = None,
+                      mask_prompts: list[list[MaskCrop] | None] | None = None) -> list[tuple[list[MaskCrop], np.ndarray]]:
         """Per image (one MaskCrop per xyxy box, the model's predicted IoU of each mask); no model call for an
-        image without boxes."""
+        image without boxes. `mask_prompts` (only passed when a detector gave masks): per image a mask per box."""
         raise NotImplementedError
 
     def segment(self, image: np.ndarray, boxes: np.ndarray, timings: Timings | None = None) -> tuple[list[dict], np.ndarray]:
@@ -65,7 +65,7 @@ class BoxMasks(BoxSegmenter):
 
     uses_sam = False
 
-    def segment_batch(self, images, boxes, timings=None):
+    def segment_batch(self, images, boxes, timings=None, mask_prompts=None):
         out = []
         for image, xyxy in zip(images, boxes):
             h, w = image.shape[:2]

@@ -19,7 +19,12 @@ from defect_vision.detections import Detections, ImageInfo
 from defect_vision.devices import Timings, autocast_dtype, resolve_device
 from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.inference.backends import load_models
-from defect_vision.inference.config import BACKENDS, PredictConfig, default_workers, predict_workers  # noqa: F401
+from defect_vision.inference.config import (  # noqa: F401
+    BACKENDS,
+    PredictConfig,
+    default_workers,
+    predict_workers,
+)
 from defect_vision.inference.interfaces import BoxDetector
 from defect_vision.inference.result import Result
 from defect_vision.run_folder import run_models
@@ -134,7 +139,10 @@ class DefectPredictor:
         writers.finish_masks does, later, in a writer thread)."""
         from defect_vision.inference.writers import finish_masks
 
-        for det, (crops, iou) in zip(dets, self.segmenter.segment_batch(list(images), [d.xyxy for d in dets], self.timings)):
+        prompts = [d.data.pop("detector_masks", None) for d in dets]  # a -seg detector's masks (--masks detector|refine)
+        extra = {"mask_prompts": prompts} if any(p is not None for p in prompts) else {}
+        found = self.segmenter.segment_batch(list(images), [d.xyxy for d in dets], self.timings, **extra)
+        for det, (crops, iou) in zip(dets, found):
             det.rle, det.mask = None, None
             det.data["mask_crops"] = crops
             if self.segmenter.uses_sam:

@@ -68,9 +68,14 @@ def required_models(detector: Path | None, sam: Path | None, config: PredictConf
     else:
         if options.gt_boxes is None and detector is None:
             raise ConfigError("{detector}: required unless {gt_boxes} gives the boxes", "detector", "gt_boxes")
-        if not config.box_only and sam is None:
+        if needs_sam(config) and sam is None:
             raise ConfigError("{sam}: required unless {box_only}", "sam", "box_only")
-    return None if options.gt_boxes is not None else detector, None if config.box_only else sam
+    return None if options.gt_boxes is not None else detector, sam if needs_sam(config) else None
+
+
+def needs_sam(config: PredictConfig) -> bool:
+    """A SAM checkpoint is read unless the masks are the boxes (box_only) or the detector's own (masks detector)."""
+    return not config.box_only and config.masks != "detector"
 
 
 def category_mismatch(source: Source, names: list[str], category_ids: list[int] | None) -> list[str]:

@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from defect_vision.devices import COUNT, Timings, autocast, full_precision, timed, to_device
+from defect_vision.devices import (
+    COUNT,
+    Timings,
+    autocast,
+    full_precision,
+    timed,
+    to_device,
+)
+from defect_vision.inference.detector_masks import mask_logits
 from defect_vision.inference.interfaces import BoxSegmenter
 from defect_vision.masks import MaskCrop
 from defect_vision.models.sam import ResizeLongestSide
@@ -95,14 +103,18 @@ class Segmenter(BoxSegmenter):
 
     @torch.inference_mode()
     def decode(self, embedding: torch.Tensor, boxes: np.ndarray, size: tuple[int, int],
-               timings: Timings | None = None) -> tuple[list[MaskCrop], np.ndarray]:
-        """(N MaskCrops, SAM's predicted IoU (N,)) of xyxy boxes on an image of `size` (h, w) with this embedding."""
+               timings: Timings | None = None, mask_prompt: list[MaskCrop] | None = None) -> tuple[list[MaskCrop], np.ndarray]:
+        """(N MaskCrops, SAM's predicted IoU (N,)) of xyxy boxes on an image of `size` (h, w) with this embedding;
+        `mask_prompt`: a mask per box given to SAM with it (SamPredictor's mask_input; predict --masks refine)."""
         timings = timings if timings is not None else Timings()
         h, w = size
         with timed(timings, "sam_decoder", self.device):
             with full_precision(self.device):  # box coordinates and their sin/cos encoding in fp32
                 prompts = self.transform.apply_boxes_torch(to_device(np.asarray(boxes, np.float32), self.device), size)
-                sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompts, masks=None)
+                masks = None if mask_prompt is None else mask_logits(
+                    mask_prompt, self.transform, self.sam.image_encoder.img_size,
+                    self.sam.prompt_encoder.mask_input_size, self.device)
+                sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompts, masks=masks)
             with autocast(self.device, self.dtype):
                 low_res, iou = self.sam.mask_decoder(image_embeddings=embedding, image_pe=self.dense_pe(),
                                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -121,19 +133,15 @@ class Segmenter(BoxSegmenter):
             self.decoder_calls += 1
         return crops, iou
 
-    def segment_batch(self, images: list[np.ndarray], boxes: list[np.ndarray], timings: Timings | None = None
-                      ) -> list[tuple[list[MaskCrop], np.ndarray]]:
-        """Per image (MaskCrops, predicted IoU) of its xyxy boxes: the encoder batched over the images that have
-        boxes, never run on the others."""
+    def segment_batch(self, images: list[np.ndarray], boxes: list[np.ndarray], timings: Timings | None = None,
+                      mask_prompts: list[list[MaskCrop] | None] | None = None) -> list[tuple[list[MaskCrop], np.ndarray]]:
+        """Per image (MaskCrops, predicted IoU) of its xyxy boxes (with `mask_prompts`, each box's mask prompt): the
+        encoder batched over the images that have boxes, never run on the others."""
         todo = [i for i, b in enumerate(boxes) if len(b)]
         embeddings = dict(zip(todo, self.embed([images[i] for i in todo], timings)))
+        prompts = mask_prompts or [None] * len(images)
         out = []
         for i, (image, b) in enumerate(zip(images, boxes)):
-            out.append(self.decode(embeddings.pop(i), b, image.shape[:2], timings) if i in embeddings
+            out.append(self.decode(embeddings.pop(i), b, image.shape[:2], timings, prompts[i]) if i in embeddings
                        else ([], np.zeros(0, np.float32)))
         return out
-
-    def segment(self, image: np.ndarray, boxes: np.ndarray, timings: Timings | None = None) -> tuple[list[dict], np.ndarray]:
-        """(N compressed RLEs, SAM's predicted IoU (N,)) for xyxy boxes of an RGB HxWx3 image; no SAM call for N = 0."""
-        crops, iou = self.segment_batch([image], [np.asarray(boxes, np.float32).reshape(-1, 4)], timings)[0]
-        return [c.rle() for c in crops], iou

@@ -45,7 +45,12 @@ def open_vocabulary(detector, classes: Sequence[str], meta: dict, encode: Callab
     else the known ones' own and new ones numbered after the largest."""
     import torch
 
-    from defect_vision.models.detector import bake_classes, class_feats, model_family, project_text
+    from defect_vision.models.detector import (
+        bake_classes,
+        class_feats,
+        model_family,
+        project_text,
+    )
     from defect_vision.models.prompts import ensemble
     from defect_vision.models.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP
 

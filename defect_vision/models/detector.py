@@ -9,12 +9,14 @@ The family is read from the model's class (checkpoint) or its head module (yaml)
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from defect_vision.errors import DatasetError
 from defect_vision.models.checkpoints import SAM, ULTRALYTICS, sniff_checkpoint
 from defect_vision.offline import go_offline
+
+if TYPE_CHECKING:
+    import torch
 
 YOLO_WORLD, YOLOE = "yolo_world", "yoloe"
 FAMILY_NAMES = {YOLO_WORLD: "YOLO-World", YOLOE: "YOLOE"}
@@ -52,15 +54,17 @@ def class_feats(model) -> torch.Tensor:
     return feats.reshape(len(model.names), -1).detach().float().cpu()
 
 
-@torch.no_grad()
 def project_text(model, raw: torch.Tensor) -> torch.Tensor:
     """(K, D) text-model vectors -> the class embeddings `model` predicts with: YOLOE's head projection (reprta,
     then L2 norm), identity for YOLO-World."""
+    import torch
+
     if model_family(model) != YOLOE:
         return raw.detach().float()
     head = model.model[-1]
     param = next(head.parameters())
-    out = head.get_tpe(raw.detach().reshape(1, len(raw), -1).to(param.device, param.dtype))
+    with torch.no_grad():
+        out = head.get_tpe(raw.detach().reshape(1, len(raw), -1).to(param.device, param.dtype))
     return out.reshape(len(raw), -1).float().cpu()
 
 

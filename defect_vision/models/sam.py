@@ -1,4 +1,6 @@
-"""Build a Segment Anything model: the official vit_b/l/h from weights/, or the project's small `vit_tiny`.
+"""Build a Segment Anything model: the official vit_b/l/h from weights/, the project's small `vit_tiny`, MobileSAM
+(`mobile_sam`: TinyViT encoder + SAM's prompt encoder and decoder, `mobile_sam_test` its small config) and, through
+defect_vision.models.sam2, SAM 2 / 2.1 (`sam2.1_t` ... `sam2_l`, `sam2.1_test`).
 
 `vit_tiny` (for tests and the demo) is built with segment_anything's own classes: a small ViT image
 encoder (256 px input, patch 8: a 32x32 embedding grid) and the REAL prompt encoder and mask decoder
@@ -14,6 +16,7 @@ Training (defect_vision.training.sam) and inference (defect_vision.inference.seg
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,12 +26,13 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide as SamResizeLongestSide
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.checkpoints import MODEL_TYPES, ULTRALYTICS, sniff_checkpoint
+from defect_vision.models.checkpoints import MODEL_TYPES, SAM, SAM2, ULTRALYTICS, family, sniff_checkpoint
 
-OFFICIAL_CHECKPOINTS = {  # file names of Meta's released checkpoints
+OFFICIAL_CHECKPOINTS = {  # file names of the released checkpoints (Meta's; MobileSAM's; Meta's SAM 2 in models/sam2.py)
     "vit_b": "sam_vit_b_01ec64.pth",
     "vit_l": "sam_vit_l_0b3195.pth",
     "vit_h": "sam_vit_h_4b8939.pth",
+    "mobile_sam": "mobile_sam.pt",
 }
 WEIGHTS_DIR = Path("weights")
 DOWNLOAD_HINT = "get it with scripts/download_weights.sh (or https://github.com/facebookresearch/segment-anything#model-checkpoints)"
@@ -50,11 +54,20 @@ class CheckpointError(FileNotFoundError):
 
 
 def default_checkpoint(model_type: str) -> Path:
-    """weights/<official file name> for vit_b/l/h; DatasetError for a type without one (vit_tiny)."""
-    if model_type not in OFFICIAL_CHECKPOINTS:
+    """weights/<official file name> for vit_b/l/h, mobile_sam and sam2*; DatasetError for a type without one
+    (vit_tiny and the other test configs)."""
+    official = official_checkpoints()
+    if model_type not in official:
         raise DatasetError(f"--model-type {model_type}: {model_type} has no official checkpoint; pass --checkpoint PATH "
                            "or --from-scratch")
-    return WEIGHTS_DIR / OFFICIAL_CHECKPOINTS[model_type]
+    return WEIGHTS_DIR / official[model_type]
+
+
+def official_checkpoints() -> dict[str, str]:
+    """model type -> the released checkpoint's file name, every family."""
+    from defect_vision.models.sam2 import OFFICIAL_CHECKPOINTS as SAM2_OFFICIAL
+
+    return {**OFFICIAL_CHECKPOINTS, **SAM2_OFFICIAL}
 
 
 TINY_IMAGE_SIZE, TINY_PATCH = 256, 8
@@ -105,6 +118,49 @@ def build_sam_vit_tiny(checkpoint: str | Path | None = None) -> Sam:
 sam_model_registry.setdefault("vit_tiny", build_sam_vit_tiny)
 
 
+@dataclass(frozen=True)
+class TinyVitSpec:
+    """MobileSAM's TinyViT image encoder (ultralytics' TinyViT, the module names of MobileSAM's mobile_sam.pt)."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)  # the last must be 320: TinyViT's last stage keeps its stride
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    img_size: int = 1024
+
+
+MOBILE_SAM = TinyVitSpec()
+MOBILE_SAM_TEST = TinyVitSpec((16, 32, 64, 320), (1, 1, 1, 1), (1, 1, 2, 5), 512)  # a 32x32 grid, as vit_tiny
+
+
+def build_mobile_sam(spec: TinyVitSpec = MOBILE_SAM, checkpoint: str | Path | None = None) -> Sam:
+    """MobileSAM: segment_anything's Sam with ultralytics' TinyViT image encoder (MobileSAM's settings) and SAM's
+    prompt encoder and mask decoder; 16x downsampling (64x64 embeddings at 1024 px)."""
+    from ultralytics.models.sam.modules.tiny_encoder import TinyViT
+
+    grid = spec.img_size // 16
+    encoder = TinyViT(img_size=spec.img_size, in_chans=3, num_classes=1000, embed_dims=list(spec.embed_dims),
+                      depths=list(spec.depths), num_heads=list(spec.num_heads), window_sizes=[7, 7, 14, 7],
+                      mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0,
+                      local_conv_size=3, layer_lr_decay=0.8)
+    sam = Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
+                                     input_image_size=(spec.img_size, spec.img_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    if checkpoint is not None:
+        sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.eval()  # eval() also refreshes TinyViT's cached attention biases from the loaded weights
+
+
+sam_model_registry.setdefault("mobile_sam", partial(build_mobile_sam, MOBILE_SAM))
+sam_model_registry.setdefault("mobile_sam_test", partial(build_mobile_sam, MOBILE_SAM_TEST))
+
+
 def load_state_dict(path: Path) -> dict:
     """A plain state_dict from a .pth file (CPU); CheckpointError naming the file when missing or unreadable."""
     path = Path(path)
@@ -119,13 +175,37 @@ def load_state_dict(path: Path) -> dict:
     return state
 
 
-def build_sam(model_type: str, checkpoint: str | Path | None) -> Sam:
-    """A SAM of `model_type` on CPU in eval mode; `checkpoint=None` gives random init (from scratch)."""
+def load_sam2_state(path: Path) -> dict:
+    """The state_dict of a SAM 2 file ({"model": state_dict}); CheckpointError naming the file and what it is."""
+    from defect_vision.models.sam2 import state_of
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: SAM 2 checkpoint not found; {DOWNLOAD_HINT}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})") from None
+    try:
+        return state_of(obj, path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def build_sam(model_type: str, checkpoint: str | Path | None):
+    """A SAM of `model_type` on CPU in eval mode (segment_anything's Sam; ultralytics' SAM2Model for sam2*);
+    `checkpoint=None` gives random init (from scratch)."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown SAM model type '{model_type}' (choose from {', '.join(MODEL_TYPES)})")
-    sam = sam_model_registry[model_type](checkpoint=None)
-    if checkpoint is not None:
-        state = load_state_dict(Path(checkpoint))
+    if family(model_type) == SAM2:
+        from defect_vision.models.sam2 import build_sam2
+
+        sam = build_sam2(model_type)
+        state = load_sam2_state(Path(checkpoint)) if checkpoint is not None else None
+    else:
+        sam = sam_model_registry[model_type](checkpoint=None)
+        state = load_state_dict(Path(checkpoint)) if checkpoint is not None else None
+    if state is not None:
         try:
             sam.load_state_dict(state)
         except RuntimeError as exc:
@@ -159,12 +239,18 @@ def load_sam(checkpoint: Path, model_type: str) -> Sam:
     """build_sam(model_type, checkpoint) with one-line errors naming the file (a detector given as --sam included)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        if checkpoint.name in OFFICIAL_CHECKPOINTS.values():
+        if checkpoint.name in official_checkpoints().values():
             raise DatasetError(f"{checkpoint}: SAM checkpoint not found; {DOWNLOAD_HINT}")
         raise DatasetError(f"{checkpoint}: SAM checkpoint not found (expected a SAM best.pth state_dict)")
-    if sniff_checkpoint(checkpoint) == ULTRALYTICS:
+    kind = sniff_checkpoint(checkpoint)
+    if kind == ULTRALYTICS:
         raise DatasetError(f"{checkpoint}: this is an ultralytics (YOLO-World) checkpoint, not a SAM state_dict "
                            f"(give it as --detector)")
+    if kind in (SAM, SAM2) and kind != family(model_type):
+        guess = guess_model_type(checkpoint)
+        what = f"a {guess} checkpoint" if guess else ("a SAM 2 checkpoint" if kind == SAM2 else "a SAM state_dict")
+        raise DatasetError(f"{checkpoint}: {what}, not of the {family(model_type)} family of --model-type {model_type}"
+                           + (f"; try --model-type {guess}" if guess else ""))
     try:
         return build_sam(model_type, checkpoint)
     except (CheckpointError, ValueError) as exc:
@@ -180,6 +266,13 @@ def guess_model_type(checkpoint: Path) -> str | None:
     """The SAM model type whose encoder depth and width fit a state_dict (None if unreadable or unknown)."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(state.get("model"), dict):
+            from defect_vision.models.sam2 import guess_sam2_type
+
+            return guess_sam2_type(state["model"])
+        if "image_encoder.layers.0.blocks.0.conv1.c.weight" in state:  # TinyViT
+            first = state["image_encoder.patch_embed.seq.2.c.weight"].shape[0]
+            return {MOBILE_SAM.embed_dims[0]: "mobile_sam", MOBILE_SAM_TEST.embed_dims[0]: "mobile_sam_test"}.get(first)
         width = state["image_encoder.patch_embed.proj.weight"].shape[0]
         depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
     except Exception:  # noqa: BLE001 - only a hint

@@ -19,6 +19,7 @@ from torch.utils.data import DistributedSampler
 
 from defect_vision.errors import DatasetError
 from defect_vision.io import remove_stale_temps
+from defect_vision.models.sam_family import ops_for
 from defect_vision.training.sam_checkpoints import Checkpointer, EpochHistory, Start, load_start, resume_training_state
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import PromptSet, load_prompts
@@ -39,10 +40,11 @@ def load_data(config: SamTrainConfig) -> tuple[PromptSet, PromptSet]:
 
 
 def trainable_parameters(sam: torch.nn.Module, train_prompt_encoder: bool) -> list[torch.nn.Parameter]:
-    """Freeze everything but the mask decoder (and the prompt encoder when asked); the parameters that train."""
+    """Freeze everything but the mask decoder (and the prompt encoder when asked; SAM 2: less the decoder's
+    high-resolution projections, whose outputs are cached); the parameters that train."""
     for prm in sam.parameters():
         prm.requires_grad_(False)
-    params = list(sam.mask_decoder.parameters()) + (list(sam.prompt_encoder.parameters()) if train_prompt_encoder else [])
+    params = ops_for(sam).trainable(train_prompt_encoder)
     for prm in params:
         prm.requires_grad_(True)
     return params
@@ -116,7 +118,8 @@ class Session:
                      "val_images": len(self.val), "val_instances": self.val_set.num_instances},
             "epochs": progress.epoch, "val_iou_start": progress.history[0]["val_iou"], "val_iou_best": progress.best_iou,
             "best_epoch": progress.best_epoch, "history": progress.history, "encoder_calls": self.encoder_calls,
-            "cache_dir": str(self.cache.dir), "train_prompt_encoder": c.train_prompt_encoder, "points": c.points,
+            "cache_dir": str(self.cache.dir), "cache_maps": list(self.cache.ops.names),
+            "cache_mb_per_image": round(self.cache.megabytes_per_image(), 3), "train_prompt_encoder": c.train_prompt_encoder, "points": c.points,
             "multimask": c.multimask, "lr": c.lr, "seed": c.seed, "world_size": self.d.world,
         }
 
@@ -156,7 +159,7 @@ def set_up(config: SamTrainConfig, d: Dist) -> tuple[Session, dict | None]:
     decoder = PromptedDecoder(sam)
     model = decoder if d.world == 1 else torch.nn.parallel.DistributedDataParallel(
         decoder, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=config.train_prompt_encoder)
+        find_unused_parameters=config.train_prompt_encoder or decoder.ops.family == "sam2")  # SAM 2: object-score head
     sampler = DistributedSampler(range(len(train)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=config.seed)
     optimizer, scheduler, scaler = build_optimizer(params, config, math.ceil(len(sampler) / config.batch_images), device)
     session = Session(config, d, run, start, train_set, val_set, train, val, cache, resident, encoder_calls, decoder,

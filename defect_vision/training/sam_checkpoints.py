@@ -18,12 +18,13 @@ from segment_anything.modeling import Sam
 from defect_vision.errors import DatasetError
 from defect_vision.io import MARKER, atomic_write_text, check_output_dir, marker_kind, remove_stale_temps, torch_save
 from defect_vision.models.sam import build_random_sam, default_checkpoint, load_sam
+from defect_vision.models.sam_family import ops_for
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_dist import Dist
 
 KIND = "train-sam"  # the marker kind of a run folder
 RESUME_FILE = "resume.pt"
-TRAINED = ("mask_decoder", "prompt_encoder")  # the modules resume.pt carries (the image encoder stays frozen)
+TRAINED = ("mask_decoder", "prompt_encoder")  # SAM's modules resume.pt carries (each family's: SamOps.trained)
 
 
 def cpu_state(module: torch.nn.Module) -> dict:
@@ -128,14 +129,15 @@ class Checkpointer:
         """Commit the epoch `progress` ends with: best.pth (when improved), last.pth, best.json, then resume.pt
         (with `training`: optimizer, scheduler, scaler states and what the resumed run needs)."""
         if self.d.main:
-            weights = cpu_state(sam)
+            ops = ops_for(sam)
+            weights = ops.save_format(cpu_state(sam))  # the family's file format (SAM 2: {"model": state_dict})
             if improved:
                 torch_save(weights, self.out / "best.pth")
             torch_save(weights, self.out / "last.pth")
             atomic_write_text(self.out / "best.json", json.dumps(summary, indent=2) + "\n")
             torch_save({"epoch": progress.epoch, **training, "best_iou": progress.best_iou,
                                "best_epoch": progress.best_epoch, "history": progress.history,
-                               **{name: cpu_state(getattr(sam, name)) for name in TRAINED}},
+                               **{name: cpu_state(getattr(sam, name)) for name in ops.trained}},
                               self.resume_path)  # written last: the commit point of the epoch
         self.d.barrier()
 
@@ -145,7 +147,7 @@ def load_start(config: SamTrainConfig, resume: dict | None, main: bool = True) -
     random init (--from-scratch), or --checkpoint / the official weights of --model-type."""
     if resume is not None:
         sam = load_sam(config.out / "last.pth", config.model_type)
-        for name in TRAINED:
+        for name in ops_for(sam).trained:
             if name in resume:  # resume.pt is the commit point: last.pth may already hold the next, unfinished epoch
                 getattr(sam, name).load_state_dict(resume[name])
         return Start(sam, resume["weights"], resume["checkpoint"], resume)

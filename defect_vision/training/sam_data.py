@@ -4,14 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from defect_vision.coco import Categories, to_rle
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
 from defect_vision.io import complete_pending, read_json
-from defect_vision.models.sam import ResizeLongestSide
+from defect_vision.models.sam_family import padded_target
 
 CONVERT_HINT = "write it with `defect-vision convert --category C` or converters/mvtec_to_sam.py"
 
@@ -111,14 +110,8 @@ def jitter_boxes(boxes: np.ndarray, height: int, width: int, rng: np.random.Gene
 
 
 def lowres_target(mask: np.ndarray, img_size: int, low: int) -> np.ndarray:
-    """A full-size mask in the frame of SAM's low-res logits (low x low, 4x the embedding grid): resized as
-    ResizeLongestSide does, padded bottom/right to img_size like Sam.preprocess, then area-averaged to
-    low x low (soft values in [0, 1])."""
-    h, w = mask.shape
-    newh, neww = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
-    frame = np.zeros((img_size, img_size), np.float32)
-    frame[:newh, :neww] = cv2.resize(mask.astype(np.float32), (neww, newh), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(frame, (low, low), interpolation=cv2.INTER_AREA)
+    """A full-size mask in the frame of SAM's low-res logits (defect_vision.models.sam_family.padded_target)."""
+    return padded_target(mask, img_size, low)
 
 
 def padded_points(det: Detections) -> tuple[np.ndarray, np.ndarray]:

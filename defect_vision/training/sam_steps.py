@@ -11,12 +11,11 @@ from tqdm import tqdm
 
 from defect_vision.detections import Detections
 from defect_vision.devices import HALF, autocast, full_precision, to_device
-from defect_vision.models.sam import ResizeLongestSide
+from defect_vision.models.sam_family import ops_for
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import (
     PromptSet,
     jitter_boxes,
-    lowres_target,
     padded_points,
 )
 from defect_vision.training.sam_losses import mask_iou, sam_loss
@@ -30,25 +29,25 @@ def step_dtype(device: torch.device) -> torch.dtype | None:
 
 
 class PromptedDecoder(torch.nn.Module):
-    """SAM's prompt encoder + mask decoder on a precomputed image embedding (the part that trains)."""
+    """The prompt encoder + mask decoder of a SAM family on precomputed image features (the part that trains)."""
 
     def __init__(self, sam: Sam):
         super().__init__()
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
+        self.ops = ops_for(sam)
+        self.prompt_encoder = self.ops.prompt_encoder()
+        self.mask_decoder = self.ops.mask_decoder()
 
-    def forward(self, embeddings: list[torch.Tensor], boxes: list[torch.Tensor],
+    def forward(self, embeddings: list, boxes: list[torch.Tensor],
                 points: list[tuple[torch.Tensor, torch.Tensor] | None], multimask: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per image (one forward call for a whole step, as DDP wants): embedding 1xCxgxg, boxes Nx4 in the
-        input frame, optional points -> (low-res logits NxMx4gx4g, IoU predictions NxM)."""
+        """Per image (one forward call for a whole step, as DDP wants): embedding 1xCxgxg (SAM 2: its three maps),
+        boxes Nx4 in the input frame, optional points -> (low-res logits NxMx4gx4g, IoU predictions NxM)."""
         out = []
         for emb, box, pts in zip(embeddings, boxes, points):
-            with full_precision(emb.device):  # coordinates and their sin/cos encodings in fp32, as at inference
-                sparse, dense = self.prompt_encoder(points=pts, boxes=box, masks=None)
+            feats = emb if isinstance(emb, tuple) else (emb,)
+            with full_precision(box.device):  # coordinates and their sin/cos encodings in fp32, as at inference
+                sparse, dense = self.ops.prompts(box, pts)
                 image_pe = self.prompt_encoder.get_dense_pe()
-            out.append(self.mask_decoder(image_embeddings=emb, image_pe=image_pe,
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=multimask))
+            out.append(self.ops.decode(feats, sparse, dense, image_pe, multimask))
         return out
 
 
@@ -57,9 +56,8 @@ class Samples:
 
     def __init__(self, prompts: PromptSet, sam: Sam):
         self.images: list[Detections] = prompts.with_instances
-        self.img_size = int(sam.image_encoder.img_size)
-        self.low_res = int(sam.prompt_encoder.mask_input_size[0])
-        self.transform = ResizeLongestSide(self.img_size)
+        self.ops = ops_for(sam)
+        self.img_size, self.low_res = self.ops.img_size, self.ops.low_res
         self._targets: dict[tuple[int, str], torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -74,7 +72,7 @@ class Samples:
         key = (det.image.id, str(device))
         if key not in self._targets:
             self._targets[key] = torch.from_numpy(
-                np.stack([lowres_target(m, self.img_size, self.low_res) for m in det.masks])).to(device)
+                np.stack([self.ops.lowres_target(m) for m in det.masks])).to(device)
         return self._targets[key]
 
     @staticmethod
@@ -89,12 +87,11 @@ class Samples:
         boxes = det.xyxy
         if rng is not None:
             boxes = jitter_boxes(boxes, *size, rng, config.jitter, config.jitter_max)
-        boxes_t = to_device(np.asarray(self.transform.apply_boxes(boxes, size), np.float32), device)
+        boxes_t = to_device(self.ops.boxes(boxes, size), device)
         points = None
         if config.points:
             coords, labels = padded_points(det)
-            points = (to_device(np.asarray(self.transform.apply_coords(coords, size), np.float32), device),
-                      to_device(labels, device))
+            points = (to_device(self.ops.coords(coords, size), device), to_device(labels, device))
         return boxes_t, points
 
 
@@ -144,9 +141,7 @@ def evaluate(sam: Sam, decoder: PromptedDecoder, samples: Samples, indices: list
             logits, iou = decoder([embed(det.image.path)], [boxes], [points], config.multimask)[0]
         if config.multimask:  # what SamPredictor users take: the mask with the highest predicted IoU
             logits = logits[torch.arange(len(logits)), iou.argmax(1)][:, None]
-        size = (det.image.height, det.image.width)
-        input_size = samples.transform.get_preprocess_shape(*size, samples.img_size)
-        masks = sam.postprocess_masks(logits.float(), input_size, size)[:, 0]
+        masks = samples.ops.postprocess(logits.float(), (det.image.height, det.image.width))[:, 0]
         total += mask_iou(masks, samples.full_masks(det).to(device).float(), config.mask_threshold).sum()
         n += len(det)
     return float(total), n

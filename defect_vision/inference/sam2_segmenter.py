@@ -1,0 +1,89 @@
+"""SAM 2 / 2.1 box refinement behind the BoxSegmenter interface, as Meta's `SAM2ImagePredictor` computes it: the
+image encoder once per image with boxes (batched over `batch` images), its embedding and two high-resolution maps,
+all the boxes of an image decoded in one batched decoder call (corner points labelled 2 and 3, single-mask output),
+the low-res logits upsampled straight to the image size in chunks and handed over as MaskCrops."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from defect_vision.errors import ConfigError
+from defect_vision.devices import (
+    COUNT,
+    Timings,
+    autocast,
+    full_precision,
+    timed,
+    to_device,
+)
+from defect_vision.inference.segmenter import (
+    MASK_BUDGET_BYTES,
+    Segmenter,
+    chunk_size,
+    crop_masks,
+)
+from defect_vision.masks import MaskCrop
+from defect_vision.models.sam_family import Features, Sam2Ops
+
+
+class Sam2Segmenter(Segmenter):
+    """Segmenter's batching over images and its counters, with SAM 2's input transform, features and decoder."""
+
+    def __init__(self, sam2, device: torch.device, dtype: torch.dtype | None = None, mask_threshold: float = 0.0,
+                 budget: int = MASK_BUDGET_BYTES, batch: int | None = None):
+        super().__init__(sam2, device, dtype, mask_threshold, budget, batch)
+        self.ops = Sam2Ops(self.sam)
+        self.transform = None  # no ResizeLongestSide: SAM 2 resizes to a square
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        return self.ops.prepare(image, self.device)
+
+    @torch.inference_mode()
+    def embed(self, images: list[np.ndarray], timings: Timings | None = None) -> list[Features]:
+        """The feature maps (embedding, high_res_0, high_res_1; each 1xCxhxw) of these images."""
+        timings = timings if timings is not None else Timings()
+        out: list[Features] = []
+        for start in range(0, len(images), self.batch):
+            chunk = images[start : start + self.batch]
+            with timed(timings, "sam_encoder", self.device):
+                x = torch.cat([self.prepare(im) for im in chunk])
+                with autocast(self.device, self.dtype):
+                    out += self.ops.encode(x)
+            with COUNT:
+                self.encoder_calls += len(chunk)
+                self.encoder_batches += 1
+        return out
+
+    def dense_pe(self) -> torch.Tensor:
+        if self._dense_pe is None:
+            with full_precision(self.device):
+                self._dense_pe = self.sam.sam_prompt_encoder.get_dense_pe()
+        return self._dense_pe
+
+    @torch.inference_mode()
+    def decode(self, embedding: Features, boxes: np.ndarray, size: tuple[int, int], timings: Timings | None = None,
+               mask_prompt: list[MaskCrop] | None = None) -> tuple[list[MaskCrop], np.ndarray]:
+        """(N MaskCrops, predicted IoU (N,)) of xyxy boxes on an image of `size` (h, w) with these features (no mask
+        prompts: `--masks refine` is SAM's and MobileSAM's)."""
+        if mask_prompt is not None:
+            raise ConfigError("{masks} refine: a SAM or MobileSAM model only, not SAM 2", "masks")
+        timings = timings if timings is not None else Timings()
+        h, w = size
+        with timed(timings, "sam_decoder", self.device):
+            with full_precision(self.device):
+                prompts = to_device(self.ops.boxes(boxes, size), self.device)
+                sparse, dense = self.ops.prompts(prompts, None)
+            with autocast(self.device, self.dtype):
+                low_res, iou = self.ops.decode(embedding, sparse, dense, self.dense_pe(), multimask=False)
+            crops: list[MaskCrop] = []
+            step = chunk_size(h, w, self.budget)
+            for start in range(0, len(low_res), step):
+                logits = self.ops.postprocess(low_res[start : start + step].float(), (h, w))
+                crops += crop_masks(logits[:, 0] > self.mask_threshold)
+                del logits
+                with COUNT:
+                    self.upsample_chunks += 1
+            iou = iou[:, 0].float().cpu().numpy()
+        with COUNT:
+            self.decoder_calls += 1
+        return crops, iou
