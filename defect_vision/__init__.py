@@ -17,7 +17,7 @@ _EXPORTS = {
     "CocoDataset": "defect_vision.coco", "load_coco": "defect_vision.coco", "save_coco": "defect_vision.coco",
     "load_results": "defect_vision.coco", "save_results": "defect_vision.coco",
     # data -> formats
-    "MvtecSource": "defect_vision.formats.export", "ExportConfig": "defect_vision.formats.export",
+    "DatasetSource": "defect_vision.data.source", "ConvertConfig": "defect_vision.formats.export",
     "convert": "defect_vision.formats.export", "export": "defect_vision.formats.export",
     "SplitConfig": "defect_vision.data.splits", "read_category": "defect_vision.data.mvtec",
     # fine-tuning

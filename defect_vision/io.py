@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -95,7 +94,7 @@ def temp_name(path: Path) -> Path:
     """A fresh temporary name beside `path`, `.<name>.<pid>.<random>.tmp` (nothing is created): for writers that
     must be handed a path (ultralytics' checkpoint saves); remove_stale_temps cleans it once this process is dead."""
     path = Path(path)
-    return path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(4)}{_TMP}")
+    return path.with_name(f"{_temp_prefix(path)}{os.urandom(4).hex()}{_TMP}")
 
 
 def replace_durably(tmp: Path, target: Path) -> None:

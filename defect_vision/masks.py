@@ -138,7 +138,10 @@ def _edge_rings(component: np.ndarray) -> tuple[list[np.ndarray], bool]:
             continue
         holes |= child != -1
         pts = (contour.reshape(-1, 2) + 1) // 2 - 1
-        pts = pts[np.any(pts != np.roll(pts, 1, axis=0), axis=1)]  # the 2x trace repeats corner points
+        moved = np.empty(len(pts), bool)  # the 2x trace repeats corner points: keep each that differs from the last
+        moved[0] = (pts[0] != pts[-1]).any()
+        moved[1:] = (pts[1:] != pts[:-1]).any(axis=1)
+        pts = pts[moved]
         if len(pts) >= 3:
             rings.append(pts)
     return rings, holes

@@ -12,7 +12,7 @@ import defect_vision as dv
 @pytest.mark.slow
 def test_every_stage_from_python(easy_root, tmp_path, one_thread):
     ds, run = tmp_path / "datasets", tmp_path / "runs" / "toy_easy"
-    exported = dv.convert(dv.MvtecSource(easy_root, "toy_easy"), ds, config=dv.ExportConfig(progress=False))
+    exported = dv.convert(dv.DatasetSource(easy_root, "toy_easy"), ds, config=dv.ConvertConfig(progress=False))
     assert set(exported.outputs) == {"coco", "yolo", "voc", "sam"} and exported.split_created
     det = dv.finetune_detector(dv.DetectorTrainConfig(
         "toy_easy", ds / "yolo/toy_easy/data.yaml", ds / "coco/toy_easy", run / "yolo_world", from_scratch=True,

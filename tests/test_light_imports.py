@@ -148,8 +148,7 @@ def test_a_coco_conversion_imports_only_what_it_uses(tmp_path, synthetic_root):
     assert {"tqdm", "multiprocessing", "PIL", "yaml", "ultralytics", "torch"}.isdisjoint(modules), \
         sorted({"tqdm", "multiprocessing", "PIL", "yaml"} & modules)
     listing = json.loads((tmp_path / "modules.json").read_text())
-    assert not {"defect_vision.formats.yolo", "defect_vision.formats.voc", "defect_vision.formats.sam_prompts",
-                "defect_vision.detections"} & set(listing)
+    assert not {"defect_vision.formats.yolo", "defect_vision.formats.voc", "defect_vision.formats.sam_prompts"} & set(listing)
 
 
 def test_shapely_is_imported_only_for_a_component_with_holes(tmp_path):

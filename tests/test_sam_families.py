@@ -204,12 +204,17 @@ def _val_iou(predict, prompts: Path) -> float:
 def test_train_sam_mobile_sam(easy_prompts, tmp_path):
     from segment_anything import SamPredictor
 
-    result = _train(easy_prompts, tmp_path, "mobile_sam_test")
+    result = _train(easy_prompts, tmp_path, "mobile_sam_test", epochs=2)
     saved = json.loads((tmp_path / "sam" / "best.json").read_text())
     assert saved["model_type"] == "mobile_sam_test" and saved["cache_maps"] == ["embedding"]
+    # the image encoder ran once per distinct image over the whole fine-tune (3 val passes, 2 epochs)
     assert saved["encoder_calls"] == _distinct_images(easy_prompts) == len(list((tmp_path / "cache").glob("*/*.npy")))
     assert saved["cache_mb_per_image"] == pytest.approx(256 * 32 * 32 * 2 / 2**20, rel=0.01)
-    assert saved["val_iou_best"] > saved["val_iou_start"]
+    # (a random TinyViT's features hardly depend on the image, so this smoke run does not learn masks: the
+    # decoder trains, the encoder stays as it started)
+    start, last = build_random_sam("mobile_sam_test", 0).state_dict(), torch.load(tmp_path / "sam" / "last.pth")
+    assert all(torch.equal(last[k], start[k]) for k in start if k.startswith("image_encoder."))
+    assert not torch.equal(last["mask_decoder.iou_token.weight"], start["mask_decoder.iou_token.weight"])
     # best.pth: a plain state_dict that segment_anything's Sam (+ TinyViT) loads strictly; SamPredictor reproduces
     # the val IoU the run measured (fp32 vs the cached fp16 features)
     predictor = SamPredictor(build_sam("mobile_sam_test", tmp_path / "sam" / "best.pth"))
@@ -250,3 +255,58 @@ def test_train_sam_sam2_caches_three_maps_and_its_best_pth_loads_in_meta_sam2(ea
         return masks.reshape(len(boxes), -1, *image.shape[:2])[:, 0] > 0
 
     assert _val_iou(predict, easy_prompts) == pytest.approx(result["val_iou_best"], abs=0.02)
+
+
+# --- predict and export on the new families ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_type", ["mobile_sam_test", "sam2.1_test"])
+def test_predict_on_ground_truth_boxes_takes_the_model_type_from_best_json(model_type, synthetic_root, tmp_path, capsys):
+    """A trained run's best.pth (best.json beside it names the type): predict refines every box, the encoder once per
+    image with boxes."""
+    from conftest import write_instances
+
+    from defect_vision.cli.predict import main as predict
+    from defect_vision.data.mvtec import read_category
+
+    category = read_category(synthetic_root, "toy_wood")
+    gt = write_instances(category, ["test/hole/000.png", "test/good/000.png", "test/stain/002.png"],
+                         tmp_path / "instances_test.json")
+    sam = save_random_sam(tmp_path / "sam" / "best.pth", model_type)
+    (tmp_path / "sam" / "best.json").write_text(json.dumps({"model_type": model_type}))
+    out = tmp_path / "predict"
+    assert predict(["--source", str(gt), "--gt-boxes", str(gt), "--sam", str(sam), "--out", str(out), "--quiet"]) == 0
+    preds = json.loads((out / "predictions.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    annotations = json.loads(gt.read_text())["annotations"]
+    assert len(preds) == len(annotations) and all(p["segmentation"]["size"] == [256, 256] for p in preds)
+    assert summary["sam_encoder_calls"] == summary["sam_decoder_calls"] == 2  # the good image: no SAM call
+
+
+def test_export_mobile_sam_runs_in_onnxruntime_with_the_torch_masks(tmp_path, images):
+    pytest.importorskip("onnxruntime")
+    from defect_vision.inference.onnx_backend import OnnxSegmenter
+    from defect_vision.models.onnx_export import OPSET, export_sam
+
+    path = save_random_sam(tmp_path / "mobile.pt", "mobile_sam_test", seed=2)
+    sam = load_sam(path, "mobile_sam_test")
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    manifest = export_sam(sam, path, "mobile_sam_test", folder, OPSET)
+    assert manifest["image_size"] == 512 and manifest["embedding_shape"] == [256, 32, 32]
+    onnx_seg, torch_seg = OnnxSegmenter(folder, {"sam": manifest}), segmenter_for(sam, torch.device("cpu"))
+    for (crops, iou), (ref, ref_iou) in zip(onnx_seg.segment_batch(images, BOXES), torch_seg.segment_batch(images, BOXES)):
+        assert len(crops) == len(ref)
+        assert all(mask_iou(a.full(), b.full()) >= 0.99 for a, b in zip(crops, ref))
+        np.testing.assert_allclose(iou, ref_iou, atol=1e-3)
+
+
+def test_export_of_a_sam2_model_is_refused_in_one_line_before_writing(tmp_path):
+    from defect_vision.models.onnx_export import ExportConfig, export_onnx
+
+    pytest.importorskip("onnx")
+    sam = save_random_sam(tmp_path / "sam2.pt", "sam2.1_test")
+    det = tmp_path / "det.pt"
+    det.write_bytes(b"not read")  # refused before the detector is read
+    with pytest.raises(DatasetError, match=r"sam2.pt: ONNX export of a sam2.1_test \(SAM 2\) model is not supported yet"):
+        export_onnx(ExportConfig(det, sam, tmp_path / "onnx", model_type="sam2.1_test"))
+    assert not (tmp_path / "onnx").exists()

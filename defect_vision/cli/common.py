@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from defect_vision.run_folder import RunFolder
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -52,8 +51,10 @@ class CategoryPaths:
         return self.runs / self.category
 
     @property
-    def run_folder(self) -> RunFolder:
+    def run_folder(self):
         """The places inside runs/<category> (defect_vision.run_folder: the one layout of a run)."""
+        from defect_vision.run_folder import RunFolder
+
         return RunFolder(self.run)
 
     @property

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
     a = p.parse_args(argv)  # before the imports below (OpenCV, numpy): --help and flag errors stay cheap
     from defect_vision.data.source import DatasetSource
     from defect_vision.data.splits import SplitConfig
-    from defect_vision.formats.export import ExportConfig, export
+    from defect_vision.formats.export import ConvertConfig, export
 
     if any(r < 0 for r in a.split) or sum(a.split) <= 0:
         p.error(f"--split: ratios must be >= 0 with a positive sum, got {a.split}")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
     else:
         outputs = {fmt: a.out or paths.format_dir(fmt)}
         splits = a.splits or paths.splits
-    config = ExportConfig(
+    config = ConvertConfig(
         split=SplitConfig(tuple(a.split), a.seed, a.good_ratio,
                           tuple(a.good_per_split) if a.good_per_split is not None else None, a.benchmark_split),
         splits_path=splits, resplit=a.resplit, rle=getattr(a, "rle", False), task=getattr(a, "task", "detect"),

@@ -10,13 +10,14 @@ from defect_vision.cli.common import parser, run_command
 from defect_vision.cli.experiment_args import add_common, export_of, train_template
 from defect_vision.errors import DatasetError
 
-DESCRIPTION = ("Few-shot learning curve: fine-tune YOLO-World and SAM on k labelled defect images per class (the same "
-               "seeded, nested subsets for both; repeated over --seeds for k <= --repeat-up-to), measure detector box "
+DESCRIPTION = ("Few-shot learning curve: fine-tune the detector (YOLO-World, or YOLOE with a YOLOE --model / "
+               "--model-cfg) and SAM on k labelled defect images per class (the same seeded, nested subsets for both; repeated over --seeds for k <= --repeat-up-to), measure detector box "
                "AP50, SAM mask IoU on ground-truth boxes and end-to-end mask IoU on the test split, plot metric vs k "
                "with the seed spread (k = 0: zero-shot) and state the smallest k within --target of 'all'.")
 EPILOG = ("Writes <out>/results.json, curve.png, data/k<k>_s<seed>/ (manifest.json: the images of each run) and "
           "models/. Runs in minutes on a GPU with the official weights; --fast is the CPU setting for the synthetic "
-          "category (random-init models: the numbers show the mechanics, not model quality).")
+          "category (random-init models: the numbers show the mechanics, not model quality). results.json's "
+          "\"detector\" and the report's table name the family used.")
 
 
 def shot(text: str):

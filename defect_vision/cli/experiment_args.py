@@ -1,6 +1,7 @@
 """The options `defect-vision openvocab` and `defect-vision curve` share: where the converted category is, the
-detector fine-tune every run uses, and `--fast` (the CPU setting for the synthetic category: random-init nano
-YOLO-World with a random text encoder, 64 px, 3 epochs; tiny random-init SAM)."""
+detector fine-tune every run uses (YOLO-World or YOLOE: the family of --model / --model-cfg), and `--fast` (the CPU
+setting for the synthetic category: random-init nano YOLO-World, or --model-cfg's model, with a random text encoder,
+64 px, 3 epochs; tiny random-init SAM)."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--model", type=Path, default=None, help=f"start weights [{D.model}]")
     start.add_argument("--from-scratch", action="store_true", default=None, help="random-init model from --model-cfg")
-    p.add_argument("--model-cfg", default=None, help=f"model yaml of --from-scratch [{D.model_cfg}]")
+    p.add_argument("--model-cfg", default=None,
+                   help=f"model yaml of --from-scratch [{D.model_cfg}; --fast yolov8n-worldv2.yaml]; a YOLOE yaml "
+                        "(yoloe-11s-seg.yaml) runs the experiment on YOLOE (-seg: polygon labels, convert --task segment)")
     p.add_argument("--text-encoder", choices=ENCODERS, default=None, help=f"[{D.text_encoder}]")
     p.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="OpenAI-format CLIP ViT-B-32 weights file")
     p.add_argument("--embedding-cache", type=Path, default=DEFAULT_CACHE_DIR, help="prompt-embedding cache folder")

@@ -8,13 +8,15 @@ from pathlib import Path
 from defect_vision.cli.common import parser, run_command
 from defect_vision.cli.experiment_args import add_common, export_of, train_template
 
-DESCRIPTION = ("Leave-one-defect-out: for each defect class k, fine-tune YOLO-World on every class but k (k's images "
+DESCRIPTION = ("Leave-one-defect-out: for each defect class k, fine-tune the detector (YOLO-World, or YOLOE with a "
+               "YOLOE --model / --model-cfg) on every class but k (k's images "
                "kept out of training entirely), then detect on the test split with the full vocabulary including "
                "k's name. Reports per held-out class box AP50 and mask IoU by name, beside the start model's "
                "zero-shot and the model fine-tuned with k ('seen'). The HTML report shows the seen / unseen table.")
 EPILOG = ("Writes <out>/results.json, seen_unseen.png, data/without_<k>/ (the training set of each run, manifest.json "
           "lists its images) and models/. With the official weights (scripts/download_weights.sh) the numbers "
-          "measure YOLO-World; --fast numbers (random-init) only show the mechanics.")
+          "measure the start model's family (results.json's \"detector\", named in the report's table); --fast "
+          "numbers (random-init) only show the mechanics.")
 
 
 def build_parser(prog: str = "defect-vision openvocab"):

@@ -30,7 +30,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p = parser(prog, DESCRIPTION, EPILOG)
     p.add_argument("--category", required=True, help="MVTec category (names the default paths)")
     p.add_argument("--prompts", type=Path, help="folder with prompts_{train,val}.json (default: datasets/sam/<category>)")
-    p.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES, help="SAM size (vit_tiny: the project's small test config)")
+    p.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES, help="SAM family and size: vit_b|vit_l|vit_h (SAM), mobile_sam (MobileSAM), sam2.1_t|s|b+|l and sam2_* "
+                        "(SAM 2); vit_tiny, mobile_sam_test, sam2.1_test: small test configs")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, help="start weights (default: weights/<official file> of --model-type)")
     src.add_argument("--from-scratch", action="store_true", help="random-init SAM: smoke runs only, masks are meaningless")

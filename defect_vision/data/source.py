@@ -117,11 +117,6 @@ def load_phrasings(path: Path | None, what: str = "names") -> dict[str, list[str
     return out
 
 
-def load_names(path: Path | None) -> dict[str, str]:
-    """names.yaml: {class name: prompt | [prompt, synonym, ...]} -> {class name: prompt}."""
-    return {name: prompts[0] for name, prompts in load_phrasings(path).items()}
-
-
 def read_dataset(source: DatasetSource, progress: bool = False) -> Category:
     """Read a dataset of any supported layout into the record the formats write; what it skipped or could not tell
     is in `Category.warnings` (and on stderr, one `warning:` line each)."""

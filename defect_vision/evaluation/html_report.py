@@ -277,7 +277,7 @@ def openvocab_summary(results: dict | None) -> dict | None:
     if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
         return None
     keep = ("category", "weights", "text_encoder", "held_out_images", "mask_source", "settings", "rows")
-    return {**{k: results.get(k) for k in keep}, "plot": None}
+    return {**{k: results.get(k) for k in keep}, "detector": detector_label(results), "plot": None}
 
 
 def curve_summary(results: dict | None) -> dict | None:
@@ -286,7 +286,13 @@ def curve_summary(results: dict | None) -> dict | None:
         return None
     keep = ("category", "weights", "sam_weights", "shots", "seeds", "target", "subsets", "settings", "summary",
             "smallest_k")
-    return {**{k: results.get(k) for k in keep}, "plot": None}
+    return {**{k: results.get(k) for k in keep}, "detector": detector_label(results), "plot": None}
+
+
+def detector_label(results: dict) -> str:
+    """The detector family an experiment fine-tuned ("YOLOE -seg", "YOLO-World"; results.json's detector.label),
+    YOLO-World for results written before it was recorded (only YOLO-World ran then)."""
+    return str((results.get("detector") or {}).get("label") or "YOLO-World")
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -360,8 +366,9 @@ def openvocab_section(rep: RunReport) -> str:
     plot = (f'<figure><img src="{e(ov["plot"])}" alt="seen / unseen" width="800"><figcaption>box AP50 and mask IoU '
             f"of each held-out class: zero-shot, unseen, seen</figcaption></figure>" if ov["plot"] else "")
     return "".join([
-        "<h2>Open vocabulary: seen / unseen defect names (leave-one-defect-out)</h2>",
-        f"<p>For each class k: fine-tuned on every other class, k's images {e(str(ov.get('held_out_images')))}; "
+        f"<h2>Open vocabulary: seen / unseen defect names (leave-one-defect-out, {e(ov['detector'])})</h2>",
+        f"<p>Detector: <b id=openvocab-detector>{e(ov['detector'])}</b>. For each class k: fine-tuned on every "
+        f"other class, k's images {e(str(ov.get('held_out_images')))}; "
         f"detected on the test split with the full vocabulary, k's name included. Weights: "
         f"{e(str(ov.get('weights')))}; text encoder: {e(str(ov.get('text_encoder')))}; masks: "
         f"{e(str(ov.get('mask_source')))}.</p>",
@@ -390,8 +397,9 @@ def curve_section(rep: RunReport) -> str:
     plot = (f'<figure><img src="{e(cv["plot"])}" alt="learning curve" width="900"><figcaption>metric vs labelled '
             f"images per class, mean and seed range</figcaption></figure>" if cv["plot"] else "")
     return "".join([
-        "<h2>How many labelled images are enough (few-shot learning curve)</h2>",
-        f"<p>k = labelled defect images per class (0: zero-shot). {e(str(cv.get('subsets')))}. Seeds "
+        f"<h2>How many labelled images are enough (few-shot learning curve, {e(cv['detector'])})</h2>",
+        f"<p>Detector: <b id=curve-detector>{e(cv['detector'])}</b>. k = labelled defect images per class "
+        f"(0: zero-shot). {e(str(cv.get('subsets')))}. Seeds "
         f"{e(str(cv.get('seeds')))}; weights: {e(str(cv.get('weights')))}. Cells: mean [min-max over seeds].</p>",
         table(["metric", *(f"k = {k}" for k in ks), f"smallest k within {target:.0%} of all"], rows, "curve"), plot,
     ])

@@ -92,6 +92,16 @@ def eval_split(export: Export) -> tuple[CocoDataset, Vocabulary]:
     return gt, Vocabulary.of(gt, table)
 
 
+def detector_info(start) -> dict:
+    """results.json's "detector": the family every run of the experiment fine-tunes (a StartModel of
+    training.detector_model), so its tables say whether they measure YOLO-World or YOLOE."""
+    from defect_vision.models.detector import FAMILY_NAMES
+
+    name = FAMILY_NAMES[start.family]
+    return {"family": start.family, "name": name, "segment": bool(start.segment),
+            "label": name + (" -seg" if start.segment else ""), "start": start.spec, "weights": start.weights}
+
+
 def zero_shot_model(path: Path, train: DetectorTrainConfig, vocab: Vocabulary, encode: Encoder,
                     encoder_name: str) -> tuple[Path, str]:
     """(the start model with the full vocabulary saved at `path`, its weights tag "official" | "random-init")."""

@@ -1,8 +1,9 @@
 """Few-shot learning curve (`defect-vision curve`): how many labelled defect images per class are enough?
 
 For k in `shots` labelled defect images per class (k = "all": the whole training split), fine-tune the detector
-and SAM on the same seeded subset (subsets.few_shot: nested in k; good images always kept; val stays whole, it
-only picks the best epoch), repeated over `seeds` for k <= `repeat_up_to`. Each run is measured on the test split:
+(YOLO-World or YOLOE: results.json's "detector") and SAM on the same seeded subset (subsets.few_shot: nested in k;
+good images always kept; val stays whole, it only picks the best epoch), repeated over `seeds` for k <=
+`repeat_up_to`. Each run is measured on the test split:
 detector box AP50, SAM mask IoU on ground-truth boxes, and end-to-end mask IoU (detected boxes -> SAM). k = 0 is
 the start models (zero-shot). The summary gives, per metric, the mean and spread over seeds and the smallest k
 whose mean is within `target` (90 %) of "all". Writes <out>/results.json, curve.png, data/ and models/."""
@@ -122,12 +123,12 @@ def run_curve(config: CurveConfig) -> dict:
     shots = check_shots(config.shots)
     classes = classes_of(export.coco)
     encode, encoder_name = common.encoder_of(train)
-    common.start_model(train)
+    detector = common.detector_info(common.start_model(train))
     inputs = common.inputs_of(export, sam_checkpoint(config), None if train.from_scratch else train.model,
                               train.clip)  # a missing SAM checkpoint fails here, before any output is written
     with common.output_folder(config.out, KIND, inputs, config.force) as out:
         results = _run(config, out, shots, classes, encode, encoder_name)
-        results = {**results, "seconds": round(time.time() - t0, 1)}
+        results = {**results, "detector": detector, "seconds": round(time.time() - t0, 1)}
         common.write_results(out, results)
         from defect_vision.evaluation.experiment_plots import learning_curve
 
@@ -178,7 +179,7 @@ def _run(config: CurveConfig, out: Path, shots: list, classes: list[str], encode
                      "seconds": round(time.time() - t1, 1)})
     summary, smallest = summarize(runs, shots, config.target)
     return {
-        "category": config.category, "experiment": KIND, "weights": weights,
+        "category": config.category, "experiment": KIND, "weights": weights, "detector": None,
         "sam_weights": "random-init" if sam_from_scratch else str(sam_start), "text_encoder": encoder_name,
         "shots": shots, "seeds": config.seeds, "repeat_up_to": config.repeat_up_to, "target": config.target,
         "subsets": "per class a seeded order of its training images; k = its first k (nested in k); good images "
@@ -193,4 +194,5 @@ def _run(config: CurveConfig, out: Path, shots: list, classes: list[str], encode
 def summary_line(results: dict, out: Path) -> str:
     best = ", ".join(f"{m} {'n/a' if results['smallest_k'][m] is None else results['smallest_k'][m]}" for m in METRICS)
     return (f"curve: {out / 'results.json'}: {len(results['runs']) - 1} fine-tunes + zero-shot; smallest k within "
-            f"{results['target']:.0%} of all: {best}; {results['weights']} weights, {results['seconds']:.0f} s")
+            f"{results['target']:.0%} of all: {best}; {results['detector']['label']}, {results['weights']} weights, "
+            f"{results['seconds']:.0f} s")

@@ -94,13 +94,17 @@ def detect(checkpoint: Path, gt: CocoDataset, vocab: Vocabulary, encode: Encoder
 @torch.inference_mode()
 def predict_multilabel(detector, images: list[np.ndarray], conf: float, iou: float = 0.7,
                        max_det: int = 300) -> list[Detections]:
-    """inference.Detector's forward with the validator's multi-label NMS; boxes in original pixels."""
+    """inference.Detector's forward with the validator's multi-label NMS; boxes in original pixels (a YOLOE -seg
+    detector's mask coefficients and prototypes are left out: the masks come from SAM or the boxes)."""
     from ultralytics.utils import nms, ops
 
     x = detector.preprocess(images)
     preds = detector.model(x)
     preds = preds[0] if isinstance(preds, (list, tuple)) else preds
-    found = nms.non_max_suppression(preds.float(), conf, iou, multi_label=True, max_det=max_det, nc=0,
+    nc = 0  # every channel after the box is a class
+    if isinstance(preds, (list, tuple)):  # -seg: (boxes + scores + mask coefficients, prototypes)
+        preds, nc = preds[0], len(detector.class_names)
+    found = nms.non_max_suppression(preds.float(), conf, iou, multi_label=True, max_det=max_det, nc=nc,
                                     end2end=detector.end2end)
     out = []
     for det, im in zip(found, images):

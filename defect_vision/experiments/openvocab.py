@@ -1,5 +1,5 @@
 """Leave-one-defect-out (`defect-vision openvocab`): does the fine-tuned detector still find a defect it was never
-trained on, by its name?
+trained on, by its name? (YOLO-World or YOLOE, the family of the start model; results.json's "detector" names it.)
 
 For each held-out class k: fine-tune on every class but k, with k's images kept out of training entirely (out of
 train and val, not even as background: as background they would teach the model that k looks like "nothing"),
@@ -66,12 +66,12 @@ def run_openvocab(config: OpenVocabConfig) -> dict:
     if len(classes) < 2:
         raise DatasetError(f"{export.coco}: leave-one-out needs at least 2 classes (found {', '.join(classes)})")
     encode, encoder_name = common.encoder_of(train)
-    common.start_model(train)  # missing start weights (and a bad --sam) fail before the output folder is touched
+    detector = common.detector_info(common.start_model(train))  # missing start weights fail before any output
     make_masks, mask_source = masker(config, train.device)
     inputs = common.inputs_of(export, config.sam, None if train.from_scratch else train.model, train.clip)
     with common.output_folder(config.out, KIND, inputs, config.force) as out:
         results = _run(config, out, classes, held, encode, encoder_name, make_masks(out / "sam_embeddings"))
-        results = {**results, "mask_source": mask_source, "seconds": round(time.time() - t0, 1)}
+        results = {**results, "detector": detector, "mask_source": mask_source, "seconds": round(time.time() - t0, 1)}
         common.write_results(out, results)
         from defect_vision.evaluation.experiment_plots import seen_unseen_bars
 
@@ -111,7 +111,7 @@ def _run(config: OpenVocabConfig, out: Path, classes: list[str], held: list[str]
                      "train_images": len(kept["train"]), "excluded_train_images": len(manifest["excluded_train_images"])})
     return {
         "category": config.category, "experiment": KIND, "weights": weights, "text_encoder": encoder_name,
-        "held_out_images": HELD_OUT_IMAGES, "mask_source": None, "classes": classes,
+        "detector": None, "held_out_images": HELD_OUT_IMAGES, "mask_source": None, "classes": classes,
         "settings": {"model": str(train.model_cfg if train.from_scratch else train.model), "epochs": train.epochs,
                      "imgsz": train.imgsz, "tune_prompts": train.tune_prompts, "prompt_reg": train.prompt_reg,
                      "prompt_only": train.prompt_only, "conf": config.conf, "score_threshold": config.score_threshold,
@@ -127,4 +127,4 @@ def summary_line(results: dict, out: Path) -> str:
     parts = [f"{r['class']} {f(r['unseen']['ap50'])} (zero-shot {f(r['zero_shot']['ap50'])}, seen "
              f"{f((r['seen'] or {}).get('ap50'))})" for r in results["rows"]]
     return (f"openvocab: {out / 'results.json'}: unseen box AP50 by held-out class: {'; '.join(parts)}; "
-            f"{results['weights']} weights, {results['seconds']:.0f} s")
+            f"{results['detector']['label']}, {results['weights']} weights, {results['seconds']:.0f} s")

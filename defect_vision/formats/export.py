@@ -31,11 +31,10 @@ from defect_vision.io import Commit, check_output_dir, recover
 T = TypeVar("T")
 
 
-MvtecSource = DatasetSource  # an MVTec AD category is DatasetSource's default layout
 
 
 @dataclass
-class ExportConfig:
+class ConvertConfig:
     """How the formats are written (each format reads only its own fields)."""
 
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -100,9 +99,9 @@ def _writer(fmt: str):
     return getattr(importlib.import_module(f"defect_vision.formats.{module}"), name)
 
 
-def export(source: DatasetSource, outputs: dict[str, Path], config: ExportConfig | None = None) -> ExportResult:
+def export(source: DatasetSource, outputs: dict[str, Path], config: ConvertConfig | None = None) -> ExportResult:
     """Read the category, load or make its split, write each format into outputs[fmt] (one commit)."""
-    config = config or ExportConfig()
+    config = config or ConvertConfig()
     unknown = sorted(set(outputs) - set(FORMATS))
     if unknown:
         raise DatasetError(f"unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
@@ -137,8 +136,10 @@ def input_folders(cat: Category) -> list[Path]:
     """The folders holding a dataset's images and masks (what no output folder may hold or lie inside), and for
     images and masks that are symlinks also the folders of their targets."""
     recs = [*cat.images, *cat.unlabelled]
-    files = [r.path for r in recs] + [r.mask_path for r in recs if r.mask_path is not None]
-    return sorted({f.parent for f in files} | {Path(os.path.realpath(f)).parent for f in files if f.is_symlink()})
+    files = [str(r.path) for r in recs] + [str(r.mask_path) for r in recs if r.mask_path is not None]
+    folders = {os.path.dirname(f) for f in files} | {os.path.dirname(os.path.realpath(f)) for f in files
+                                                      if os.path.islink(f)}  # str, not Path: once per image
+    return sorted(Path(f) for f in folders)
 
 
 def input_files(source: DatasetSource) -> list[Path]:
@@ -153,11 +154,11 @@ def input_files(source: DatasetSource) -> list[Path]:
 
 
 def convert(source: DatasetSource, out: Path = Path("datasets"), formats: Sequence[str] = FORMATS,
-            config: ExportConfig | None = None) -> ExportResult:
+            config: ConvertConfig | None = None) -> ExportResult:
     """Every format in `formats` under <out>/<format>/<category>; the split file at config.splits_path, default
     <out>/splits/<category>.json."""
-    config = config or ExportConfig()
+    config = config or ConvertConfig()
     out = Path(out)
     if config.splits_path is None:
-        config = ExportConfig(**{**config.__dict__, "splits_path": out / "splits" / f"{source.category}.json"})
+        config = ConvertConfig(**{**config.__dict__, "splits_path": out / "splits" / f"{source.category}.json"})
     return export(source, {fmt: out / fmt / source.category for fmt in formats}, config)

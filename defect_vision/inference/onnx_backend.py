@@ -99,7 +99,8 @@ class OnnxModel:
 
 class OnnxDetector(Detector):
     """Detector.predict (letterbox -> forward -> ultralytics NMS -> scale_boxes) with the forward in onnxruntime or
-    OpenVINO."""
+    OpenVINO. A YOLO-World or YOLOE export (its family in the manifest); a YOLOE -seg one holds its boxes only, so
+    there are no detector masks here (`--masks detector|refine`: torch only)."""
 
     def __init__(self, folder: Path, manifest: dict, imgsz: int | None = None, runtime: str = "onnxruntime",  # noqa: D107
                  bf16: bool = False, split: tuple[int, int] = (1, 1)):  # no super().__init__: no torch model
@@ -120,6 +121,8 @@ class OnnxDetector(Detector):
         if self.imgsz != m["imgsz"] and not m.get("dynamic", False):
             raise ConfigError(f"{{imgsz}} {self.imgsz}: {self.path} was exported for {m['imgsz']} only", "imgsz")
         self.meta: dict = {}  # a torch checkpoint's defect_vision metadata: none here (the vocabulary is baked in)
+        self.family = m.get("family", "yolo_world")  # exports written before YOLOE held YOLO-World only
+        self.segment = self.keep_masks = False  # boxes only, whatever the checkpoint was
         self.model = OnnxModel(session(self.path, [m["input"]], runtime, bf16, split), m["input"])
         self.device, self.dtype = CPU, None
         self.letterbox = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=False, stride=self.stride)

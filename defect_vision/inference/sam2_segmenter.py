@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from defect_vision.errors import ConfigError
 from defect_vision.devices import (
     COUNT,
     Timings,
@@ -16,6 +15,7 @@ from defect_vision.devices import (
     timed,
     to_device,
 )
+from defect_vision.errors import ConfigError
 from defect_vision.inference.segmenter import (
     MASK_BUDGET_BYTES,
     Segmenter,

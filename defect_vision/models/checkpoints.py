@@ -30,12 +30,13 @@ def sniff_checkpoint(path: Path) -> str:
             data = zf.read(pkl)
     except (zipfile.BadZipFile, OSError):
         return UNREADABLE
-    if b"ultralytics" in data:
-        return ULTRALYTICS
+    # SAM key names first: ultralytics' own SAM 2 files may carry its name in their metadata
     if b"image_encoder.trunk." in data and b"sam_mask_decoder." in data:
         return SAM2
-    if b"image_encoder." in data and b"mask_decoder." in data:
+    if b"image_encoder." in data and b"mask_decoder." in data and b"ultralytics.nn" not in data:
         return SAM
+    if b"ultralytics" in data:
+        return ULTRALYTICS
     if b"collections\nOrderedDict" in data or b"_rebuild_tensor" in data:
         return STATE_DICT
     return UNKNOWN

@@ -1,5 +1,5 @@
-"""Export a run's models to ONNX for CPU deployment: the YOLO-World detector (ultralytics' exporter, class names and
-text embeddings baked in, no NMS), SAM's image encoder, and SAM's prompt encoder + mask decoder on box prompts
+"""Export a run's models to ONNX for CPU deployment: the YOLO-World or YOLOE detector (ultralytics' exporter, class
+names and text embeddings baked in, no NMS; a YOLOE -seg detector as its boxes only), SAM's image encoder, and SAM's prompt encoder + mask decoder on box prompts
 (segment_anything's SamOnnxModel), plus `manifest.json` (files, input sizes, class names, thresholds).
 
 Only the networks are exported: the letterbox, NMS, SAM's resize/normalise/pad and the full-size mask upsampling
@@ -23,6 +23,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 from defect_vision.devices import intra_op_threads
 from defect_vision.errors import DatasetError, OutputError
 from defect_vision.io import atomic_dir
+from defect_vision.models.checkpoints import SAM2_TYPES
 from defect_vision.models.detector import load_detector_model
 from defect_vision.models.sam import load_sam, model_type_for
 from defect_vision.offline import go_offline, strip_network_callbacks
@@ -42,7 +43,7 @@ INSTALL_HINT = "pip install 'defect-vision[export]'"
 class ExportConfig:
     """What `export_onnx` reads and where it writes."""
 
-    detector: Path  # YOLO-World best.pt
+    detector: Path  # YOLO-World or YOLOE best.pt
     sam: Path  # SAM best.pth
     out: Path  # the export folder (replaced as a whole)
     model_type: str | None = None  # SAM model type (default: best.json beside the checkpoint, else vit_b)
@@ -94,14 +95,38 @@ def quiet_export():
         LOGGER.setLevel(level)
 
 
+def boxes_only(model):
+    """A YOLOE -seg model as the detection model it contains (a copy: same weights, the mask head dropped): the
+    exported backends take its boxes to SAM, so the prototypes and mask coefficients stay out of detector.onnx."""
+    import copy
+
+    from ultralytics.nn.modules.head import YOLOEDetect
+    from ultralytics.nn.tasks import YOLOEModel
+
+    det = copy.deepcopy(model)
+    det.__class__, det.task = YOLOEModel, "detect"
+    head = det.model[-1]
+    head.__class__ = YOLOEDetect
+    for name in ("proto", "cv5", "one2one_cv5", "nm", "npr"):
+        if hasattr(head, name):
+            delattr(head, name)
+    return det
+
+
 def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | None, opset: int) -> dict:
     """detector.onnx of the detection model `model` (loaded from `path`) through ultralytics' exporter: input
     `images` (B, 3, S, S) in [0, 1], output `output0` (B, 4 + classes, anchors) before NMS, dynamic batch and
-    size; nothing is pip-installed (no onnxslim)."""
+    size; nothing is pip-installed (no onnxslim). A YOLOE detector's classes are fused into its head (its `pe`);
+    a -seg one is exported as its boxes (`--masks detector|refine` stay torch-only, as the manifest says)."""
     go_offline()
     from ultralytics.engine.exporter import Exporter
     from ultralytics.utils.checks import check_imgsz
 
+    from defect_vision.models.detector import FAMILY_NAMES, is_segmentation, model_family
+
+    family, segment = model_family(model), is_segmentation(model)
+    if segment:
+        model = boxes_only(model)
     names = model.names
     names = [str(n) for n in (names if isinstance(names, list) else [names[k] for k in sorted(names)])]
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
@@ -125,7 +150,9 @@ def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | No
     return {"file": FILES["detector"], "source": str(path), "sha256": sha256(path), "input": "images",
             "output": "output0", "imgsz": size, "stride": stride, "dynamic": True,
             "end2end": bool(getattr(model, "end2end", False)), "class_names": names,
-            "category_ids": [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(names) else None}
+            "category_ids": [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(names) else None,
+            "family": family, "family_name": FAMILY_NAMES.get(family, family), "segment": segment, "mask_sources": ["sam"],
+            "torch_only": ["--masks detector", "--masks refine"] if segment else []}
 
 
 class SamImageEncoder(torch.nn.Module):
@@ -197,12 +224,15 @@ def export_onnx(config: ExportConfig) -> dict:
     require("onnx", "ONNX export")
     if config.opset not in OPSETS:
         raise DatasetError(f"--opset {config.opset}: must be within {OPSETS.start}..{OPSETS.stop - 1}")
-    for path, what in ((config.detector, "detector checkpoint (a YOLO-World best.pt)"),
+    for path, what in ((config.detector, "detector checkpoint (a YOLO-World or YOLOE best.pt)"),
                        (config.sam, "SAM checkpoint (a SAM best.pth state_dict)")):
         if not Path(path).is_file():
             raise DatasetError(f"{path}: missing (no such {what})")
     thresholds = ThresholdsFile.load(config.thresholds) if config.thresholds is not None else None
     model_type = model_type_for(Path(config.sam), config.model_type)
+    if model_type in SAM2_TYPES:  # SAM 2's decoder also reads two high-resolution maps: not exported yet
+        raise DatasetError(f"{config.sam}: ONNX export of a {model_type} (SAM 2) model is not supported yet; predict "
+                           "with it on the torch backend, or export a SAM / MobileSAM model")
     # wrong checkpoints or model type fail here, before any export (one-line errors naming the file)
     detector_model, meta = load_detector_model(Path(config.detector), with_meta=True)
     sam_model = load_sam(Path(config.sam), model_type)

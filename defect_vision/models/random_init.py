@@ -41,10 +41,9 @@ def save_random_detector(path: Path, names: list[str], cfg: str = "yolov8n-world
 def save_random_sam(path: Path, model_type: str = "vit_tiny", seed: int = 0) -> Path:
     """A random-init model built by defect_vision.models.sam, saved in its family's official format: SAM's and
     MobileSAM's plain state_dict, SAM 2's {"model": state_dict}."""
+    from defect_vision.io import torch_save
     from defect_vision.models.sam import build_random_sam
     from defect_vision.models.sam_family import ops_for
-
-    from defect_vision.io import torch_save
 
     sam = build_random_sam(model_type, seed)
     torch_save(ops_for(sam).save_format(sam.state_dict()), Path(path))

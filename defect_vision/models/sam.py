@@ -22,11 +22,24 @@ from pathlib import Path
 
 import torch
 from segment_anything import sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
 from segment_anything.utils.transforms import ResizeLongestSide as SamResizeLongestSide
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.checkpoints import MODEL_TYPES, SAM, SAM2, ULTRALYTICS, family, sniff_checkpoint
+from defect_vision.models.checkpoints import (
+    MODEL_TYPES,
+    SAM,
+    SAM2,
+    ULTRALYTICS,
+    family,
+    sniff_checkpoint,
+)
 
 OFFICIAL_CHECKPOINTS = {  # file names of the released checkpoints (Meta's; MobileSAM's; Meta's SAM 2 in models/sam2.py)
     "vit_b": "sam_vit_b_01ec64.pth",

@@ -66,8 +66,16 @@ def spec_of(model_type: str) -> tuple[HieraSpec, bool]:
 
 def build_sam2(model_type: str):
     """A random-init ultralytics SAM2Model of `model_type` on CPU in eval mode (the 2.1 flags as Meta's 2.1 configs)."""
-    from ultralytics.models.sam.modules.encoders import FpnNeck, Hiera, ImageEncoder, MemoryEncoder
-    from ultralytics.models.sam.modules.memory_attention import MemoryAttention, MemoryAttentionLayer
+    from ultralytics.models.sam.modules.encoders import (
+        FpnNeck,
+        Hiera,
+        ImageEncoder,
+        MemoryEncoder,
+    )
+    from ultralytics.models.sam.modules.memory_attention import (
+        MemoryAttention,
+        MemoryAttentionLayer,
+    )
     from ultralytics.models.sam.modules.sam import SAM2Model
 
     spec, v21 = spec_of(model_type)
@@ -105,7 +113,7 @@ def is_sam2(model) -> bool:
 def state_of(obj, path: Path) -> dict:
     """The state_dict inside a SAM 2 file ({"model": state_dict}); ValueError naming what the file is otherwise."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a SAM 2 checkpoint (a {type(obj).__name__}, expected {{\"model\": state_dict}})")
+        raise ValueError(f"{path}: not a SAM 2 checkpoint (a {type(obj).__name__}, expected {{\"model\": state_dict}})")  # noqa: TRY004
     if "model" not in obj:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             what = "SAM 2" if any(k.startswith("image_encoder.trunk.") for k in obj) else "SAM"

@@ -20,12 +20,24 @@ from torch.utils.data import DistributedSampler
 from defect_vision.errors import DatasetError
 from defect_vision.io import remove_stale_temps
 from defect_vision.models.sam_family import ops_for
-from defect_vision.training.sam_checkpoints import Checkpointer, EpochHistory, Start, load_start, resume_training_state
+from defect_vision.training.sam_checkpoints import (
+    Checkpointer,
+    EpochHistory,
+    Start,
+    load_start,
+    resume_training_state,
+)
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import PromptSet, load_prompts
 from defect_vision.training.sam_dist import Dist, init_distributed
 from defect_vision.training.sam_embeddings import EmbeddingCache, ResidentEmbeddings
-from defect_vision.training.sam_steps import PromptedDecoder, Samples, evaluate, step_dtype, train_epoch
+from defect_vision.training.sam_steps import (
+    PromptedDecoder,
+    Samples,
+    evaluate,
+    step_dtype,
+    train_epoch,
+)
 
 StepHook = Callable[[int, int], None]  # (epoch, step): called after every optimizer step (tests interrupt with it)
 

@@ -16,7 +16,14 @@ import torch
 from segment_anything.modeling import Sam
 
 from defect_vision.errors import DatasetError
-from defect_vision.io import MARKER, atomic_write_text, check_output_dir, marker_kind, remove_stale_temps, torch_save
+from defect_vision.io import (
+    MARKER,
+    atomic_write_text,
+    check_output_dir,
+    marker_kind,
+    remove_stale_temps,
+    torch_save,
+)
 from defect_vision.models.sam import build_random_sam, default_checkpoint, load_sam
 from defect_vision.models.sam_family import ops_for
 from defect_vision.training.sam_config import SamTrainConfig

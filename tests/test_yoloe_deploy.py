@@ -1,0 +1,265 @@
+"""YOLOE beyond predict (issue 19, Detectors): `defect-vision export` of a YOLOE -seg detector (boxes only, classes
+baked in) run by onnxruntime / OpenVINO with torch parity; `openvocab` and `curve` on YOLOE naming the family; the
+pipeline's side-by-side mask sources (sam | detector | refine) in the report.
+
+Random-init YOLOE-11n-seg checkpoints at 64 px (no MobileCLIP: random text vectors), SAM vit_tiny."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from defect_vision.cli import main
+from defect_vision.data.mvtec import read_category
+from defect_vision.masks import decode_rle
+from defect_vision.models.random_init import save_random_sam
+
+IMGSZ = 64
+NAMES = ["crack", "hole", "scratch"]
+
+
+@pytest.fixture(autouse=True)
+def no_mobileclip(monkeypatch):
+    """Any path to YOLOE's own text model (MobileCLIP, a download) fails the test."""
+    from ultralytics.nn.tasks import YOLOEModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("YOLOE's MobileCLIP text model was reached (a download)")
+
+    monkeypatch.setattr(YOLOEModel, "get_text_pe", refuse)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    from defect_vision.devices import intra_op_threads
+
+    with intra_op_threads(1):
+        yield
+
+
+def needs(module: str) -> None:
+    pytest.importorskip(module, reason=f"{module} not installed")
+
+
+def save_random_yoloe(path: Path, names: list[str], cfg: str = "yoloe-11n-seg.yaml", seed: int = 0) -> Path:
+    """A random-init YOLOE checkpoint as ultralytics saves it, `names` baked in from random text vectors through the
+    head's projection, the contrastive heads' bias at 0 (ultralytics' -10 scores ~0 everywhere)."""
+    import torch
+    from ultralytics import YOLOE
+
+    from defect_vision.models.detector import bake_text
+    from defect_vision.models.text_embeddings import random_embed
+
+    torch.manual_seed(seed)
+    model = YOLOE(cfg)
+    for head in model.model.model[-1].cv4:
+        head.bias.data.fill_(0.0)
+    bake_text(model.model, names, random_embed(names))
+    model.model.args = {**getattr(model.model, "args", {}), "imgsz": IMGSZ}
+    task = "segment" if "-seg" in cfg else "detect"
+    model.ckpt = {**(model.ckpt or {}), "train_args": {"imgsz": IMGSZ, "task": task}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def category(synthetic_root):
+    return read_category(synthetic_root, "toy_wood")
+
+
+@pytest.fixture(scope="module")
+def yoloe_export(tmp_path_factory) -> dict:
+    """A run with a random YOLOE-11n-seg detector and SAM vit_tiny, exported by `defect-vision export --run`."""
+    needs("onnx")
+    needs("onnxruntime")
+    run = tmp_path_factory.mktemp("runs") / "toy"
+    save_random_yoloe(run / "yolo_world" / "best.pt", NAMES)
+    save_random_sam(run / "sam" / "best.pth", "vit_tiny")
+    (run / "sam" / "best.json").write_text(json.dumps({"model_type": "vit_tiny"}))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["export", "--run", str(run)]) == 0
+    return {"run": run, "dir": run / "onnx", "stdout": out.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def images(category, tmp_path_factory) -> Path:
+    """3 test images and a 160x96 resize (SAM's resize + padding)."""
+    d = tmp_path_factory.mktemp("images")
+    picks = [r for r in category.images if r.file_name.startswith("test/")][::5][:3]
+    for r in picks:
+        shutil.copy(r.path, d / r.file_name.replace("/", "_"))
+    cv2.imwrite(str(d / "small.png"), cv2.resize(cv2.imread(str(picks[0].path)), (160, 96)))
+    return d
+
+
+def predict(argv: list[str], out: Path) -> tuple[list[dict], dict]:
+    assert main(["predict", *argv, "--out", str(out), "--quiet"]) == 0
+    return json.loads((out / "predictions.json").read_text()), json.loads((out / "summary.json").read_text())
+
+
+def mask_iou(a: dict, b: dict) -> float:
+    ma, mb = decode_rle(a), decode_rle(b)
+    union = (ma | mb).sum()
+    return float((ma & mb).sum() / union) if union else 1.0
+
+
+def match(ref: list[dict], got: list[dict]) -> list[tuple[dict, dict]]:
+    """Each reference entry with the unused entry of the same image and category nearest in box and score (a random
+    model scores many anchors alike: parity per instance, not per position)."""
+    used, pairs = set(), []
+    for a in ref:
+        cands = [(np.abs(np.subtract(a["bbox"], b["bbox"])).max() + abs(a["score"] - b["score"]), j)
+                 for j, b in enumerate(got)
+                 if j not in used and (b["image_id"], b["category_id"]) == (a["image_id"], a["category_id"])]
+        assert cands, f"no counterpart for {a['image_id']} {a['category_id']} {a['bbox']}"
+        used.add(min(cands)[1])
+        pairs.append((a, got[min(cands)[1]]))
+    return pairs
+
+
+# ---------------------------------------------------------------- 1. export + exported backends
+
+def test_export_of_a_yoloe_seg_detector_holds_its_boxes_and_classes(yoloe_export):
+    """The -seg detector is exported as its boxes (output0: 4 + classes channels, no prototypes), its classes fused
+    in; the manifest names the family and says the detector's masks are torch-only."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from defect_vision.inference.detector import Detector
+
+    d, run = yoloe_export["dir"], yoloe_export["run"]
+    m = json.loads((d / "manifest.json").read_text())["detector"]
+    assert m["class_names"] == NAMES and m["imgsz"] == IMGSZ and m["family"] == "yoloe" and m["family_name"] == "YOLOE"
+    assert m["segment"] is True and m["mask_sources"] == ["sam"]
+    assert m["torch_only"] == ["--masks detector", "--masks refine"]
+    assert yoloe_export["stdout"].startswith("exported YOLOE -seg, boxes only detector (3 classes: crack, hole, scratch")
+    model = onnx.load(str(d / "detector.onnx"))
+    assert [o.name for o in model.graph.output] == ["output0"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["task"] == "detect" and all(n in meta["names"] for n in NAMES)
+    # the same raw predictions as the torch -seg model's box + class channels, at another size (dynamic)
+    det = Detector(run / "yolo_world" / "best.pt", torch.device("cpu"), imgsz=128)
+    assert det.segment  # the checkpoint itself is still the -seg model (the export worked on a copy)
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        raw = det.model(x)[0][0].numpy()
+    assert raw.shape == (2, 4 + len(NAMES) + 32, 16 * 16 + 8 * 8 + 4 * 4)  # + 32 mask coefficients in torch
+    got = ort.InferenceSession(str(d / "detector.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+    assert len(got) == 1 and got[0].shape == (2, 4 + len(NAMES), raw.shape[2])
+    assert np.abs(got[0] - raw[:, : 4 + len(NAMES)]).max() < 1e-3
+    assert got[0][:, 4:].max() > 0.01  # the bias at 0: it detects something
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_yoloe_predicts_as_torch(yoloe_export, images, tmp_path, backend):
+    """predict --backend onnxruntime|openvino on the YOLOE export: the torch backend's boxes, classes and scores, and
+    SAM's masks at IoU >= 0.99 per instance."""
+    needs(backend)
+    run = yoloe_export["run"]
+    common = ["--run", str(run), "--source", str(images), "--conf", "0.01", "--max-det", "5", "--batch", "2"]
+    ref, ref_summary = predict(common, tmp_path / "torch")
+    got, summary = predict([*common, "--backend", backend], tmp_path / backend)
+    assert summary["config"]["backend"] == backend and summary["config"]["onnx"] == str(run / "onnx")
+    assert len(got) == len(ref) == 4 * 5 and summary["detections_per_class"] == ref_summary["detections_per_class"]
+    for a, b in match(ref, got):
+        assert abs(a["score"] - b["score"]) < 1e-4 and np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= 1.0
+        assert mask_iou(a["segmentation"], b["segmentation"]) >= 0.99
+    for name in ("images", "images_with_detections", "sam_encoder_calls", "sam_decoder_calls", "detector_calls"):
+        assert summary[name] == ref_summary[name], name
+
+
+def test_exported_yoloe_refuses_detector_masks_in_one_line(yoloe_export, images, tmp_path, capsys):
+    run = yoloe_export["run"]
+    for masks in ("detector", "refine"):
+        out = tmp_path / masks
+        rc = main(["predict", "--run", str(run), "--source", str(images), "--backend", "onnxruntime",
+                   "--masks", masks, "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1 and err[0].startswith(f"error: --masks {masks}: the torch backend only")
+        assert not out.exists()
+
+
+# ---------------------------------------------------------------- 2. openvocab and curve on YOLOE
+
+YOLOE_FAST = ["--fast", "--model-cfg", "yoloe-11n-seg.yaml", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def seg_datasets(easy_root, tmp_path_factory) -> Path:
+    """toy_easy converted into <datasets>/{coco,yolo,sam}/toy_easy with polygon labels (a -seg model trains masks)."""
+    ds = tmp_path_factory.mktemp("seg_datasets")
+    assert main(["convert", "--category", "toy_easy", "--root", str(easy_root), "--out", str(ds), "--task", "segment",
+                 "--no-progress"]) == 0
+    return ds
+
+
+@pytest.fixture(scope="module")
+def experiments(seg_datasets, tmp_path_factory) -> dict:
+    """openvocab (hole held out, no 'seen' run) and curve (k = 1, one seed) on a random-init YOLOE-11n-seg, in one
+    run folder, and its report."""
+    runs = tmp_path_factory.mktemp("exp_runs")
+    common = ["--category", "toy_easy", "--datasets", str(seg_datasets), "--runs", str(runs), *YOLOE_FAST]
+    lines = {}
+    for name, extra in (("openvocab", ["--classes", "hole", "--no-seen"]),
+                        ("curve", ["--shots", "1", "--seeds", "0", "--sam-epochs", "1"])):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            assert main([name, *common, *extra]) == 0
+        lines[name] = out.getvalue().strip().splitlines()[-1]
+    run = runs / "toy_easy"
+    assert main(["report", "--run", str(run)]) == 0
+    return {"run": run, "lines": lines}
+
+
+WANT_DETECTOR = {"family": "yoloe", "name": "YOLOE", "segment": True, "label": "YOLOE -seg",
+                 "start": "yoloe-11n-seg.yaml", "weights": "random-init"}
+
+
+def test_openvocab_runs_on_yoloe_and_says_so(experiments):
+    import torch
+    from ultralytics.nn.tasks import YOLOESegModel
+
+    run = experiments["run"]
+    results = json.loads((run / "openvocab" / "results.json").read_text())
+    assert results["detector"] == WANT_DETECTOR and results["settings"]["model"] == "yoloe-11n-seg.yaml"
+    row = results["rows"][0]
+    assert row["class"] == "hole" and set(row["trained_classes"]) == {"scratch", "stain"}
+    for who in ("zero_shot", "unseen"):  # measured (a number), not skipped
+        assert isinstance(row[who]["ap50"], float) and 0.0 <= row[who]["ap50"] <= 1.0, row
+    # every model of the experiment is a YOLOE -seg one: the start model and the fine-tune without hole
+    for ckpt in (run / "openvocab" / "zero_shot" / "base.pt", run / "openvocab" / "models" / "without_hole" / "best.pt"):
+        assert isinstance(torch.load(ckpt, weights_only=False)["model"], YOLOESegModel), ckpt
+    assert "; YOLOE -seg, random-init weights," in experiments["lines"]["openvocab"]
+    page = (run / "report" / "index.html").read_text()
+    assert "<b id=openvocab-detector>YOLOE -seg</b>" in page
+    assert "(leave-one-defect-out, YOLOE -seg)</h2>" in page
+
+
+def test_curve_runs_on_yoloe_and_says_so(experiments):
+    run = experiments["run"]
+    results = json.loads((run / "curve" / "results.json").read_text())
+    assert results["detector"] == WANT_DETECTOR
+    assert [(r["k"], r["seed"]) for r in results["runs"]] == [(0, None), (1, 0)]
+    assert all(isinstance(r["detector_box_ap50"], float) for r in results["runs"])
+    assert (run / "curve" / "models" / "k1_s0" / "yolo_world" / "best.pt").is_file()
+    assert "; YOLOE -seg, random-init weights," in experiments["lines"]["curve"]
+    page = (run / "report" / "index.html").read_text()
+    assert "<b id=curve-detector>YOLOE -seg</b>" in page and "few-shot learning curve, YOLOE -seg)</h2>" in page
+
+
+def test_report_of_results_without_a_family_says_yolo_world():
+    """results.json written before the family was recorded: only YOLO-World ran then."""
+    from defect_vision.evaluation.html_report import curve_summary, openvocab_summary
+
+    assert openvocab_summary({"rows": []})["detector"] == "YOLO-World"
+    assert curve_summary({"summary": {}})["detector"] == "YOLO-World"
+    assert curve_summary({"summary": {}, "detector": WANT_DETECTOR})["detector"] == "YOLOE -seg"
