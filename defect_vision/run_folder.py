@@ -45,8 +45,20 @@ class RunFolder:
         return self.root / "onnx"
 
     def stage(self, name: str) -> Path:
-        """A stage's output folder: predict, predict_val, predict_gt_boxes, eval, eval_gt_boxes, report."""
+        """A stage's output folder: predict, predict_val, predict_gt_boxes, eval, eval_gt_boxes, report, openvocab,
+        curve."""
         return self.root / name
+
+    def predict_masks(self, source: str) -> Path:
+        """The test split predicted with `predict --masks source` (MASK_SOURCES): sam is the pipeline's predict."""
+        return self.stage("predict" if source == "sam" else f"predict_masks_{source}")
+
+    def eval_masks(self, source: str) -> Path:
+        """The evaluation of predict_masks(source): sam is the pipeline's eval."""
+        return self.stage("eval" if source == "sam" else f"eval_masks_{source}")
+
+
+MASK_SOURCES = ("sam", "detector", "refine")  # predict --masks: SAM on the box, the YOLOE -seg mask, SAM refining it
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,15 @@ def test_a_checkpoint_of_another_family_is_refused_in_one_line(tmp_path):
         load_sam(mobile, "vit_tiny")
 
 
+def test_a_sam2_file_with_extra_metadata_loads(tmp_path):
+    """ultralytics' sam2.1_*.pt: the same {"model": state_dict}, possibly with entries of its own beside it."""
+    model = build_random_sam("sam2.1_test", 4)
+    path = tmp_path / "sam2.1_t.pt"
+    torch.save({"model": model.state_dict(), "license": "AGPL-3.0 https://ultralytics.com/license"}, path)
+    loaded = load_sam(path, "sam2.1_test").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_sam2_file_without_its_model_key_is_refused_in_one_line(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_sam("sam2.1_test", None).state_dict(), plain)

@@ -263,3 +263,77 @@ def test_report_of_results_without_a_family_says_yolo_world():
     assert openvocab_summary({"rows": []})["detector"] == "YOLO-World"
     assert curve_summary({"summary": {}})["detector"] == "YOLO-World"
     assert curve_summary({"summary": {}, "detector": WANT_DETECTOR})["detector"] == "YOLOE -seg"
+
+
+# ---------------------------------------------------------------- 3. mask sources side by side (pipeline + report)
+
+def test_pipeline_with_a_yoloe_seg_detector_compares_the_mask_sources(easy_root, tmp_path):
+    """A -seg YOLOE pipeline converts polygon labels, predicts the test split with --masks sam, detector and refine
+    (the same detections), evaluates each and the report shows them side by side with their seconds per image."""
+    from defect_vision.cli.pipeline import PipelineConfig, run_pipeline
+    from defect_vision.run_folder import RunFolder
+
+    ran = []
+
+    def runner(argv, log):  # each stage in this process (the stage processes would each import torch again)
+        ran.append(argv)
+        return main(argv)
+
+    cfg = PipelineConfig("toy_easy", easy_root, tmp_path / "ds", tmp_path / "runs", tmp_path / "none",
+                         from_scratch=True, yolo_cfg="yoloe-11n-seg.yaml", yolo_epochs=1, sam_epochs=1, imgsz=IMGSZ,
+                         batch=8, device="cpu", calibrate=False, conf=1e-4)
+    summary = run_pipeline(cfg, runner)
+    rf = RunFolder(tmp_path / "runs" / "toy_easy")
+    assert summary["mask_sources"] == ["sam", "detector", "refine"]
+    assert ran[0][ran[0].index("--task") + 1] == "segment"  # a -seg detector trains on polygons
+    assert list(summary["seconds"])[-5:] == ["predict_masks_detector", "evaluate_masks_detector",
+                                             "predict_masks_refine", "evaluate_masks_refine", "report"]
+    preds = {s: json.loads((rf.predict_masks(s) / "predictions.json").read_text()) for s in ("sam", "detector", "refine")}
+    boxes = {s: sorted((p["image_id"], tuple(np.round(p["bbox"], 2))) for p in v) for s, v in preds.items()}
+    assert boxes["sam"] == boxes["detector"] == boxes["refine"] and boxes["sam"]  # the same detections
+    summaries = {s: json.loads((rf.predict_masks(s) / "summary.json").read_text()) for s in ("sam", "detector", "refine")}
+    assert summaries["detector"]["sam_encoder_calls"] == 0 and summaries["refine"]["sam_encoder_calls"] > 0
+    assert summaries["detector"]["config"]["masks"] == "detector" and summaries["refine"]["config"]["masks"] == "refine"
+
+    report = json.loads((rf.stage("report") / "report.json").read_text())
+    rows = {r["source"]: r for r in report["mask_sources"]}
+    assert list(rows) == ["sam", "detector", "refine"]
+    for source, row in rows.items():
+        metrics = json.loads((rf.eval_masks(source) / "metrics.json").read_text())
+        assert row["mask_iou_instance"] == pytest.approx(metrics["mask_iou"]["mean_instance"])
+        assert row["segm_AP"] == pytest.approx(metrics["coco"]["segm"]["AP"])
+        assert row["pixel_auroc"] == pytest.approx(metrics["pixel"]["auroc"])
+        s = summaries[source]
+        assert row["seconds_per_image"] == pytest.approx(s["timings_s"]["wall"] / s["images"]) and row["seconds_per_image"] > 0
+        assert row["sam_encoder_calls"] == s["sam_encoder_calls"]
+    page = (rf.stage("report") / "index.html").read_text()
+    assert '<table id="mask-sources">' in page and "the detector&#x27;s own masks, no SAM (--masks detector)" in page
+
+
+def test_pipeline_plans_mask_sources_only_for_a_seg_detector_and_drops_stale_ones(tmp_path):
+    from defect_vision.cli.pipeline import PipelineConfig, plan, run_pipeline
+
+    (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True)
+    common = dict(root=tmp_path / "mvtec", datasets=tmp_path / "ds", runs=tmp_path / "runs", weights=tmp_path / "none",
+                  from_scratch=True)
+    seg = plan(PipelineConfig("toy", yolo_cfg="yoloe-11n-seg.yaml", **common))
+    assert seg.mask_sources == ["sam", "detector", "refine"]
+    det_only = plan(PipelineConfig("toy", yolo_cfg="yoloe-11n.yaml", **common))
+    world = plan(PipelineConfig("toy", yolo_cfg="yolov8n-worldv2.yaml", **common))
+    for p in (det_only, world):
+        assert p.mask_sources == ["sam"] and not [s for s in p.stages if "masks" in s.name]
+        assert "--task" not in p.stages[0].argv
+    # a YOLO-World run over a folder where a YOLOE -seg run was: its mask-source folders go (the report reads them)
+    run = tmp_path / "runs" / "toy"
+    for name in ("predict_masks_detector", "eval_masks_refine"):
+        (run / name).mkdir(parents=True)
+
+    def runner(argv, log):
+        if argv[0] == "convert":
+            for f in ("coco/toy/instances_val.json", "coco/toy/instances_test.json", "yolo/toy/data.yaml"):
+                (tmp_path / "ds" / f).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / "ds" / f).write_text("{}")
+        return 0
+
+    run_pipeline(PipelineConfig("toy", yolo_cfg="yolov8n-worldv2.yaml", **common), runner)
+    assert not (run / "predict_masks_detector").exists() and not (run / "eval_masks_refine").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from defect_vision.cli.common import CategoryPaths, parser, run_command
 from defect_vision.errors import DatasetError
-from defect_vision.run_folder import RunFolder
+from defect_vision.run_folder import MASK_SOURCES, RunFolder
 
 SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
@@ -79,6 +79,27 @@ class PipelinePlan:
     sam_checkpoint: str | None
     run: Path
     notes: list[str] = field(default_factory=list)
+    mask_sources: list[str] = field(default_factory=lambda: ["sam"])  # predict --masks of the test split
+
+
+def detector_masks(c: PipelineConfig, yolo_model: Path) -> bool:
+    """True when the pipeline's detector is a YOLOE -seg model: convert then writes polygon labels (it trains masks
+    too), and the test split is also predicted with its own masks (--masks detector, refine) for the report's
+    mask-source table. A bad yaml or checkpoint is left to train-detector, which names it in one line."""
+    from defect_vision.models.detector import YOLOE, is_segmentation, load_detector_model, yaml_family
+
+    if c.from_scratch:
+        from ultralytics.nn.tasks import yaml_model_load
+
+        try:
+            cfg = yaml_model_load(c.yolo_cfg)
+        except Exception:  # noqa: BLE001 - ultralytics raises FileNotFoundError/yaml errors/...
+            return False
+        return yaml_family(cfg) == YOLOE and any("YOLOESegment" in str(layer) for layer in cfg.get("head", []))
+    try:
+        return is_segmentation(load_detector_model(yolo_model))
+    except DatasetError:
+        return False
 
 
 def plan(c: PipelineConfig) -> PipelinePlan:
@@ -117,11 +138,13 @@ def plan(c: PipelineConfig) -> PipelinePlan:
                 raise DatasetError(f"{f}: the converters did not write it")
 
     force = ["--force"] if c.force else []
+    sources = list(MASK_SOURCES) if detector_masks(c, yolo_model) else ["sam"]
+    task = ["--task", "segment"] if len(sources) > 1 else []  # a -seg detector trains on polygons
     predict = ["predict", "--detector", str(rf.detector), "--sam", str(rf.sam),
                "--model-type", sam_type, "--conf", str(c.conf), "--device", c.device, *force]
     stages = [
         Stage("convert", ["convert", "--category", cat, "--root", str(c.root), "--out", str(ds), "--splits",
-                          str(paths.splits), "--seed", str(c.seed), "--no-progress", *force, *c.reader_args,
+                          str(paths.splits), "--seed", str(c.seed), "--no-progress", *task, *force, *c.reader_args,
                           *(["--resplit"] if c.resplit else [])]),
         Stage("yolo_world", ["train-detector", "--category", cat, "--data", str(paths.data_yaml),
                              "--coco", str(coco), "--out", str(paths.detector_run), "--epochs", str(c.yolo_epochs),
@@ -146,10 +169,18 @@ def plan(c: PipelineConfig) -> PipelinePlan:
                            str(rf.stage("eval")), *force, *val_eval]),
         Stage("evaluate_gt_boxes", ["evaluate", "--gt", gt_test, "--pred", str(rf.stage("predict_gt_boxes") / "predictions.json"),
                                     "--out", str(rf.stage("eval_gt_boxes")), *force]),
-        Stage("report", ["report", "--run", str(run), *force]),
     ]
+    for source in sources[1:]:  # the same detections, each mask source: does SAM earn its cost?
+        stages += [
+            Stage(f"predict_masks_{source}", [*predict, "--source", gt_test, "--masks", source,
+                                              "--out", str(rf.predict_masks(source))]),
+            Stage(f"evaluate_masks_{source}", ["evaluate", "--gt", gt_test, "--pred",
+                                               str(rf.predict_masks(source) / "predictions.json"), "--out",
+                                               str(rf.eval_masks(source)), *force, *val_eval]),
+        ]
+    stages.append(Stage("report", ["report", "--run", str(run), *force]))
     return PipelinePlan(stages, weights, sam_type, str(yolo_model) if weights == "official" else c.yolo_cfg,
-                str(sam_ckpt) if weights == "official" else None, run)
+                        str(sam_ckpt) if weights == "official" else None, run, mask_sources=sources)
 
 
 def run_stage(argv: list[str], log) -> int:
@@ -178,6 +209,9 @@ def run_pipeline(c: PipelineConfig, runner: Callable[[list[str], object], int] |
     if not c.calibrate:  # a previous run's thresholds must not outlive it: the report draws at runs/<C>/thresholds.json
         rf.thresholds.unlink(missing_ok=True)
         shutil.rmtree(rf.stage("predict_val"), ignore_errors=True)
+    for source in set(MASK_SOURCES) - set(p.mask_sources):  # nor a previous -seg detector's mask-source runs
+        shutil.rmtree(rf.predict_masks(source), ignore_errors=True)
+        shutil.rmtree(rf.eval_masks(source), ignore_errors=True)
     seconds: dict[str, int] = {}
     with open(p.run / "pipeline.log", "w") as log:
         def say(msg: str) -> None:
@@ -187,7 +221,7 @@ def run_pipeline(c: PipelineConfig, runner: Callable[[list[str], object], int] |
         if p.weights == "official":
             say(f"pipeline: {c.category} from {c.root} with OFFICIAL weights ({p.yolo_desc}, {p.sam_checkpoint})")
         else:
-            say(f"pipeline: {c.category} from {c.root} with RANDOM-INIT models (--from-scratch: YOLO-World from "
+            say(f"pipeline: {c.category} from {c.root} with RANDOM-INIT models (--from-scratch: the detector from "
                 f"{c.yolo_cfg}, random text encoder; SAM vit_tiny). SMOKE RUN: the numbers test the plumbing, not "
                 "model quality.")
         summary = {
@@ -195,7 +229,7 @@ def run_pipeline(c: PipelineConfig, runner: Callable[[list[str], object], int] |
             "gt_val": str(Path(c.datasets) / "coco" / c.category / "instances_val.json"),
             "gt_test": str(Path(c.datasets) / "coco" / c.category / "instances_test.json"),
             "weights": p.weights, "yolo_model": p.yolo_desc, "sam_model_type": p.sam_model_type,
-            "sam_checkpoint": p.sam_checkpoint,
+            "sam_checkpoint": p.sam_checkpoint, "mask_sources": p.mask_sources,
             "settings": {"yolo_epochs": c.yolo_epochs, "sam_epochs": c.sam_epochs, "imgsz": c.imgsz, "batch": c.batch,
                          "conf": c.conf, "device": c.device, "seed": c.seed, "calibrate": c.calibrate},
             "seconds": seconds,
@@ -247,7 +281,10 @@ def build_parser(prog: str):
     p.add_argument("--from-scratch", action="store_true",
                    help="smoke run: YOLO-World from --yolo-cfg with a random text encoder and SAM vit_tiny, both "
                         "random-init (no weights needed)")
-    p.add_argument("--yolo-cfg", default=d.yolo_cfg, help="model config of --from-scratch, e.g. yolov8n-worldv2.yaml")
+    p.add_argument("--yolo-cfg", default=d.yolo_cfg,
+                   help="model config of --from-scratch, e.g. yolov8n-worldv2.yaml; a YOLOE -seg one "
+                        "(yoloe-11n-seg.yaml) also predicts the test split with --masks detector and refine, and the "
+                        "report compares the mask sources")
     p.add_argument("--yolo-epochs", type=int, default=d.yolo_epochs, help="YOLO-World fine-tune epochs")
     p.add_argument("--sam-epochs", type=int, default=d.sam_epochs, help="SAM fine-tune epochs")
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="YOLO-World image size")

@@ -29,7 +29,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="mask of each box: sam (SAM on the box), detector (a YOLOE -seg detector's own mask, no SAM), "
                         "refine (SAM on the box with the detector's mask as its mask prompt)")
     p.add_argument("--model-type", default=None,
-                   help="SAM model type (vit_b|vit_l|vit_h|vit_tiny); default: model_type of best.json beside --sam, "
+                   help="SAM model type (vit_b|vit_l|vit_h, mobile_sam, sam2.1_t|s|b+|l, sam2_t|s|b+|l; test configs "
+                        "vit_tiny|mobile_sam_test|sam2.1_test); default: model_type of best.json beside --sam, "
                         "else vit_b")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder (runs/<C>/predict); replaced as a whole, so it must not hold the source and "

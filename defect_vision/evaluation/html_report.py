@@ -30,7 +30,7 @@ from defect_vision.evaluation.overlays import tint_and_outline, union_mask
 from defect_vision.evaluation.report_md import masks_note
 from defect_vision.evaluation.thresholds import apply_thresholds
 from defect_vision.io import atomic_dir, read_json
-from defect_vision.run_folder import RunFolder
+from defect_vision.run_folder import MASK_SOURCES, RunFolder
 from defect_vision.thresholds import ThresholdsFile
 
 THUMB_SIDE = 256
@@ -84,6 +84,7 @@ class RunReport:
     inputs: list[str] = field(default_factory=list)  # the files read
     openvocab: dict | None = None  # openvocab/results.json: seen / unseen per held-out class (experiment_section)
     curve: dict | None = None  # curve/results.json: metric vs labelled images per class
+    mask_sources: list[dict] = field(default_factory=list)  # per predict --masks source (a YOLOE -seg detector)
 
 
 def read_optional_json(path: Path, missing: list[str], read: list[str]) -> dict | list | None:
@@ -268,8 +269,33 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
         images = {"dataset": gt, "gt": gts, "pred": pms}
     rep.openvocab = openvocab_summary(read_optional_json(run / "openvocab" / "results.json", [], read))
     rep.curve = curve_summary(read_optional_json(run / "curve" / "results.json", [], read))
+    rep.mask_sources = mask_source_rows(rf, read)
     rep.missing, rep.inputs = missing, read
     return rep, images
+
+
+MASK_SOURCE_LABELS = {"sam": "SAM on the detected boxes (--masks sam)",
+                      "detector": "the detector's own masks, no SAM (--masks detector)",
+                      "refine": "SAM with the detector's mask as its prompt (--masks refine)"}
+
+
+def mask_source_rows(rf: RunFolder, read: list[str]) -> list[dict]:
+    """One row per mask source evaluated on the test split (eval_masks/metrics.json and the seconds per image of
+    predict_masks/summary.json); [] unless a source besides SAM ran (a YOLOE -seg detector in the pipeline)."""
+    found = [s for s in MASK_SOURCES if (rf.eval_masks(s) / "metrics.json").is_file()]
+    if found == [] or found == ["sam"]:
+        return []
+    rows = []
+    for source in found:
+        metrics = read_optional_json(rf.eval_masks(source) / "metrics.json", [], read)
+        summary = read_optional_json(rf.predict_masks(source) / "summary.json", [], read) or {}
+        wall, images = number(dig(summary, "timings_s", "wall")), summary.get("images")
+        seg = segmentation_row(metrics) or {}
+        rows.append({"source": source, **{k: seg.get(k) for k in ("mask_iou_instance", "mask_iou_calibrated",
+                                                                   "segm_AP", "segm_AP50", "pixel_auroc", "aupro")},
+                     "seconds_per_image": wall / images if wall is not None and isinstance(images, int) and images else None,
+                     "sam_encoder_calls": summary.get("sam_encoder_calls")})
+    return rows
 
 
 def openvocab_summary(results: dict | None) -> dict | None:
@@ -376,6 +402,24 @@ def openvocab_section(rep: RunReport) -> str:
     ])
 
 
+def mask_sources_section(rep: RunReport) -> str:
+    """The mask sources side by side on the test split (the same detections): SAM, the detector's own masks, SAM
+    refining them; mask quality against seconds per image, so a user sees whether SAM earns its cost."""
+    if not rep.mask_sources:
+        return ""
+    e = html.escape
+    cols = [("mask_iou_instance", "mask IoU (instance)"), ("mask_iou_calibrated", "mask IoU at val thresholds"),
+            ("segm_AP", "mask AP"), ("segm_AP50", "mask AP50"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")]
+    rows = [[e(MASK_SOURCE_LABELS.get(r["source"], r["source"])), *(fmt(r[k]) for k, _ in cols),
+             fmt(r["seconds_per_image"], 4), fmt(r["sam_encoder_calls"])] for r in rep.mask_sources]
+    return "".join([
+        "<h2>Mask sources on the test split: does SAM earn its cost?</h2>",
+        "<p>The same detections (a YOLOE -seg detector), each with its masks from another source; seconds per image "
+        "are the whole prediction's (detector included, model loading excluded), from each run's summary.json.</p>",
+        table(["masks", *(h for _, h in cols), "seconds per image", "SAM encoder runs"], rows, "mask-sources"),
+    ])
+
+
 def curve_section(rep: RunReport) -> str:
     """The learning curve: per k (labelled defect images per class) the mean and seed range of each metric, and
     the smallest k within the target of 'all'."""
@@ -459,6 +503,7 @@ def render(rep: RunReport) -> str:
         table(["class", "detector AP50", "mask IoU", "box AP", "mask AP"], pc_rows, "per-class") if pc_rows
         else "<p>no per-class numbers</p>",
         image_type_section(rep),
+        mask_sources_section(rep),
         openvocab_section(rep),
         curve_section(rep),
         "<h2>Best test images</h2><p>Red: predicted masks"

@@ -140,7 +140,7 @@ class SamMasks:
 
     def __init__(self, sam, model_type: str, cache_dir: Path, device: str = "cpu", mask_threshold: float = 0.0):
         from defect_vision.devices import resolve_device
-        from defect_vision.models.sam import ResizeLongestSide
+        from defect_vision.models.sam_family import ops_for
         from defect_vision.training.sam_embeddings import EmbeddingCache
         from defect_vision.training.sam_steps import PromptedDecoder
 
@@ -148,8 +148,7 @@ class SamMasks:
         self.sam = sam.to(self.device).eval()
         self.cache = EmbeddingCache(cache_dir, self.sam, model_type)
         self.decoder = PromptedDecoder(self.sam).eval()
-        self.size = int(self.sam.image_encoder.img_size)
-        self.transform = ResizeLongestSide(self.size)
+        self.ops = ops_for(self.sam)  # the family's box transform and upsampling (SAM, MobileSAM, SAM 2)
         self.threshold = mask_threshold
 
     @torch.no_grad()
@@ -160,10 +159,9 @@ class SamMasks:
                 det.rle = []
                 continue
             emb = self.cache.get(det.image.path, self.device)
-            boxes = torch.as_tensor(self.transform.apply_boxes(det.xyxy, (h, w)), dtype=torch.float32, device=self.device)
+            boxes = torch.as_tensor(self.ops.boxes(det.xyxy, (h, w)), dtype=torch.float32, device=self.device)
             logits, _ = self.decoder([emb], [boxes], [None])[0]
-            masks = self.sam.postprocess_masks(logits.float(), self.transform.get_preprocess_shape(h, w, self.size),
-                                               (h, w))[:, 0] > self.threshold
+            masks = self.ops.postprocess(logits.float(), (h, w))[:, 0] > self.threshold
             det.rle, det.mask = encode_masks(masks.cpu().numpy()), None
         return predictions
 

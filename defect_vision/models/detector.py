@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.checkpoints import SAM, ULTRALYTICS, sniff_checkpoint
+from defect_vision.models.checkpoints import SAM, SAM2, ULTRALYTICS, sniff_checkpoint
 from defect_vision.offline import go_offline
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def load_detector_model(path: Path, with_meta: bool = False):
     if not path.is_file():
         raise DatasetError(f"{path}: detector checkpoint not found (expected a YOLO-World or YOLOE best.pt)")
     kind = sniff_checkpoint(path)
-    if kind == SAM:
+    if kind in (SAM, SAM2):
         raise DatasetError(f"{path}: this is a SAM checkpoint, not a YOLO-World detector (nor a YOLOE one; give it as --sam)")
     if kind != ULTRALYTICS:
         raise DatasetError(f"{path}: not an ultralytics YOLO-World or YOLOE checkpoint ({kind} file)")

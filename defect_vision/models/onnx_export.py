@@ -1,6 +1,6 @@
 """Export a run's models to ONNX for CPU deployment: the YOLO-World or YOLOE detector (ultralytics' exporter, class
-names and text embeddings baked in, no NMS; a YOLOE -seg detector as its boxes only), SAM's image encoder, and SAM's prompt encoder + mask decoder on box prompts
-(segment_anything's SamOnnxModel), plus `manifest.json` (files, input sizes, class names, thresholds).
+names and text embeddings baked in, no NMS; a YOLOE -seg detector as its boxes only), SAM's image encoder, and
+SAM's prompt encoder + mask decoder on box prompts (segment_anything's SamOnnxModel), plus `manifest.json` (files, input sizes, class names, thresholds).
 
 Only the networks are exported: the letterbox, NMS, SAM's resize/normalise/pad and the full-size mask upsampling
 stay the torch path's own code (defect_vision.inference.onnx_backend reuses it), so both backends agree.
@@ -151,8 +151,8 @@ def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | No
             "output": "output0", "imgsz": size, "stride": stride, "dynamic": True,
             "end2end": bool(getattr(model, "end2end", False)), "class_names": names,
             "category_ids": [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(names) else None,
-            "family": family, "family_name": FAMILY_NAMES.get(family, family), "segment": segment, "mask_sources": ["sam"],
-            "torch_only": ["--masks detector", "--masks refine"] if segment else []}
+            "family": family, "family_name": FAMILY_NAMES.get(family, family), "segment": segment,
+            "mask_sources": ["sam"], "torch_only": ["--masks detector", "--masks refine"] if segment else []}
 
 
 class SamImageEncoder(torch.nn.Module):
