@@ -314,8 +314,8 @@ def test_pipeline_plans_mask_sources_only_for_a_seg_detector_and_drops_stale_one
     from defect_vision.cli.pipeline import PipelineConfig, plan, run_pipeline
 
     (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True)
-    common = dict(root=tmp_path / "mvtec", datasets=tmp_path / "ds", runs=tmp_path / "runs", weights=tmp_path / "none",
-                  from_scratch=True)
+    common = {"root": tmp_path / "mvtec", "datasets": tmp_path / "ds", "runs": tmp_path / "runs",
+              "weights": tmp_path / "none", "from_scratch": True}
     seg = plan(PipelineConfig("toy", yolo_cfg="yoloe-11n-seg.yaml", **common))
     assert seg.mask_sources == ["sam", "detector", "refine"]
     det_only = plan(PipelineConfig("toy", yolo_cfg="yoloe-11n.yaml", **common))

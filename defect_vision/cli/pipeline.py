@@ -86,7 +86,12 @@ def detector_masks(c: PipelineConfig, yolo_model: Path) -> bool:
     """True when the pipeline's detector is a YOLOE -seg model: convert then writes polygon labels (it trains masks
     too), and the test split is also predicted with its own masks (--masks detector, refine) for the report's
     mask-source table. A bad yaml or checkpoint is left to train-detector, which names it in one line."""
-    from defect_vision.models.detector import YOLOE, is_segmentation, load_detector_model, yaml_family
+    from defect_vision.models.detector import (
+        YOLOE,
+        is_segmentation,
+        load_detector_model,
+        yaml_family,
+    )
 
     if c.from_scratch:
         from ultralytics.nn.tasks import yaml_model_load

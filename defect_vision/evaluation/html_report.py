@@ -229,6 +229,8 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
     rep.seconds = pipeline.get("seconds") or {}
     rep.weights = {"detector": (det or {}).get("weights", "unknown"), "sam": (sam or {}).get("weights", "unknown")}
     rep.smoke = any(w == "random-init" for w in rep.weights.values())
+    rep.weights["detector_family"] = ({"yoloe": "YOLOE"}.get((det or {}).get("family"), "YOLO-World")
+                                      + (" -seg" if (det or {}).get("segment") else ""))
     rep.detector = {"zero_shot": detector_row(dig(det, "metrics", "zero_shot")),
                     "fine_tuned": detector_row(dig(det, "metrics", "fine_tuned"))}
     if sam is not None:
@@ -490,7 +492,7 @@ def render(rep: RunReport) -> str:
         banner, f"<p>Weights: {details}. Run folder: <code>{e(rep.run)}</code>.</p>",
         (f"<p id=settings>Settings: {e(', '.join(f'{k} {v}' for k, v in rep.settings.items()))}. Stage times (s): "
          f"{e(', '.join(f'{k} {v}' for k, v in rep.seconds.items()))}.</p>" if rep.settings else ""),
-        "<h2>Detector (YOLO-World): zero-shot vs fine-tuned, validation split</h2>",
+        f"<h2>Detector ({e(rep.weights.get('detector_family', 'YOLO-World'))}): zero-shot vs fine-tuned, validation split</h2>",
         table(["detector", "mAP50", "mAP50-95"], det_rows, "detector"),
         "<h2>Segmentation on the test split: SAM on ground-truth boxes vs on detected boxes</h2>",
         table(["boxes"] + [h for _, h in SEG_COLUMNS], seg_rows, "segmentation"),

@@ -1,6 +1,7 @@
 """Export a run's models to ONNX for CPU deployment: the YOLO-World or YOLOE detector (ultralytics' exporter, class
 names and text embeddings baked in, no NMS; a YOLOE -seg detector as its boxes only), SAM's image encoder, and
-SAM's prompt encoder + mask decoder on box prompts (segment_anything's SamOnnxModel), plus `manifest.json` (files, input sizes, class names, thresholds).
+SAM's prompt encoder + mask decoder on box prompts (segment_anything's SamOnnxModel), plus `manifest.json` (files,
+input sizes, class names, thresholds).
 
 Only the networks are exported: the letterbox, NMS, SAM's resize/normalise/pad and the full-size mask upsampling
 stay the torch path's own code (defect_vision.inference.onnx_backend reuses it), so both backends agree.
@@ -122,7 +123,11 @@ def export_detector(model, meta: dict, path: Path, folder: Path, imgsz: int | No
     from ultralytics.engine.exporter import Exporter
     from ultralytics.utils.checks import check_imgsz
 
-    from defect_vision.models.detector import FAMILY_NAMES, is_segmentation, model_family
+    from defect_vision.models.detector import (
+        FAMILY_NAMES,
+        is_segmentation,
+        model_family,
+    )
 
     family, segment = model_family(model), is_segmentation(model)
     if segment:
