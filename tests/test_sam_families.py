@@ -307,15 +307,3 @@ def test_export_mobile_sam_runs_in_onnxruntime_with_the_torch_masks(tmp_path, im
         assert len(crops) == len(ref)
         assert all(mask_iou(a.full(), b.full()) >= 0.99 for a, b in zip(crops, ref))
         np.testing.assert_allclose(iou, ref_iou, atol=1e-3)
-
-
-def test_export_of_a_sam2_model_is_refused_in_one_line_before_writing(tmp_path):
-    from defect_vision.models.onnx_export import ExportConfig, export_onnx
-
-    pytest.importorskip("onnx")
-    sam = save_random_sam(tmp_path / "sam2.pt", "sam2.1_test")
-    det = tmp_path / "det.pt"
-    det.write_bytes(b"not read")  # refused before the detector is read
-    with pytest.raises(DatasetError, match=r"sam2.pt: ONNX export of a sam2.1_test \(SAM 2\) model is not supported yet"):
-        export_onnx(ExportConfig(det, sam, tmp_path / "onnx", model_type="sam2.1_test"))
-    assert not (tmp_path / "onnx").exists()

@@ -265,6 +265,11 @@ def load_onnx_models(config, detector: Path | None, sam: Path | None, device: to
     bf16 = dtype == torch.bfloat16
     split = config.cpu_split(device)  # the sessions are called by that many model workers, each on its threads
     det = OnnxDetector(folder, manifest, config.imgsz, runtime, bf16, split)
-    seg = None if config.box_only else OnnxSegmenter(folder, manifest, config.mask_threshold, runtime=runtime, bf16=bf16,
-                                                     split=split)
+    seg = None
+    if not config.box_only:  # the SAM family the export holds (exports written before SAM 2 hold SAM)
+        if manifest["sam"].get("family", "sam") == "sam2":
+            from defect_vision.inference.onnx_sam2 import OnnxSam2Segmenter as segmenter
+        else:
+            segmenter = OnnxSegmenter
+        seg = segmenter(folder, manifest, config.mask_threshold, runtime=runtime, bf16=bf16, split=split)
     return det, seg, thresholds

@@ -1,7 +1,7 @@
 """Export a run's models to ONNX for CPU deployment: the YOLO-World or YOLOE detector (ultralytics' exporter, class
 names and text embeddings baked in, no NMS; a YOLOE -seg detector as its boxes only), SAM's image encoder, and
-SAM's prompt encoder + mask decoder on box prompts (segment_anything's SamOnnxModel), plus `manifest.json` (files,
-input sizes, class names, thresholds).
+SAM's prompt encoder + mask decoder on box prompts (segment_anything's SamOnnxModel; for SAM 2 / 2.1 the encoder's
+three maps and its box decoder), plus `manifest.json` (files, input sizes, class names, thresholds, SAM's family).
 
 Only the networks are exported: the letterbox, NMS, SAM's resize/normalise/pad and the full-size mask upsampling
 stay the torch path's own code (defect_vision.inference.onnx_backend reuses it), so both backends agree.
@@ -16,17 +16,20 @@ import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from segment_anything.utils.onnx import SamOnnxModel
 
 from defect_vision.devices import intra_op_threads
 from defect_vision.errors import DatasetError, OutputError
 from defect_vision.io import atomic_dir
-from defect_vision.models.checkpoints import SAM2_TYPES
 from defect_vision.models.detector import load_detector_model
 from defect_vision.models.sam import load_sam, model_type_for
+from defect_vision.models.sam2 import is_sam2
+from defect_vision.models.sam_family import Sam2Ops
 from defect_vision.offline import go_offline, strip_network_callbacks
 from defect_vision.thresholds import ThresholdsFile
 
@@ -216,10 +219,120 @@ def export_sam(sam, path: Path, model_type: str, folder: Path, opset: int) -> di
         raise
     except Exception as exc:  # noqa: BLE001 - torch.onnx raises many kinds
         raise DatasetError(f"{path}: ONNX export of SAM failed ({str(exc).splitlines()[0][:200]})") from None
-    return {"encoder": FILES["encoder"], "decoder": FILES["decoder"], "source": str(path), "sha256": sha256(path),
-            "model_type": model_type, "image_size": size, "embedding_shape": [channels, *grid],
+    return {"family": "sam", "encoder": FILES["encoder"], "decoder": FILES["decoder"], "source": str(path),
+            "sha256": sha256(path), "model_type": model_type, "image_size": size, "embedding_shape": [channels, *grid],
             "low_res_size": [4 * g for g in grid], "pixel_mean": sam.pixel_mean.flatten().tolist(),
             "pixel_std": sam.pixel_std.flatten().tolist(), "box_labels": [2, 3]}
+
+
+class Sam2ImageEncoder(torch.nn.Module):
+    """SAM 2's image encoder on a square-resized, normalised image (1, 3, S, S) -> the embedding (1, 256, g, g) with
+    no_mem_embed added and the two high-resolution maps after the decoder's conv_s0 / conv_s1 (1, 32, 4g, 4g) and
+    (1, 64, 2g, 2g): Sam2Ops.encode, as the torch Sam2Segmenter and SAM2ImagePredictor.set_image compute them."""
+
+    def __init__(self, sam2):
+        super().__init__()
+        self.model = sam2
+        self.ops = Sam2Ops(sam2)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.ops.encode(image)[0]
+
+
+class Sam2BoxDecoder(torch.nn.Module):
+    """SAM 2's prompt encoder + mask decoder on box prompts, as Sam2Segmenter decodes them (Sam2Ops.prompts/decode):
+    a box is two corner points (model input coordinates) labelled 2 and 3, plus the padding point SAM 2's prompt
+    encoder appends without a box; no mask prompt; single-mask output (with the decoder's dynamic fallback to the
+    most stable multimask output). The point embedding is written with label masks instead of boolean indexing
+    (the same values), so the box count stays dynamic in the graph."""
+
+    def __init__(self, sam2):
+        super().__init__()
+        self.model = sam2
+        self.ops = Sam2Ops(sam2)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """PromptEncoder._embed_points(coords, labels, pad=True)."""
+        prompt = self.model.sam_prompt_encoder
+        coords = torch.cat([coords + 0.5, torch.zeros_like(coords[:, :1])], 1)
+        labels = torch.cat([labels, -torch.ones_like(labels[:, :1])], 1)[..., None]
+        emb = prompt.pe_layer.forward_with_coords(coords, prompt.input_image_size)
+        emb = emb * (labels != -1).to(emb.dtype) + prompt.not_a_point_embed.weight * (labels == -1).to(emb.dtype)
+        for k, point in enumerate(prompt.point_embeddings):
+            emb = emb + point.weight * (labels == k).to(emb.dtype)
+        return emb
+
+    @torch.no_grad()
+    def forward(self, image_embeddings: torch.Tensor, high_res_feats_0: torch.Tensor, high_res_feats_1: torch.Tensor,
+                point_coords: torch.Tensor, point_labels: torch.Tensor):
+        prompt = self.model.sam_prompt_encoder
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = prompt.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *prompt.image_embedding_size)
+        return self.ops.decode((image_embeddings, high_res_feats_0, high_res_feats_1), sparse, dense,
+                               prompt.get_dense_pe(), multimask=False)
+
+
+@contextmanager
+def traceable_sam2(sam2):
+    """Two spots of ultralytics' SAM 2 that the TorchScript-based exporter cannot make constant, given as the
+    constants they are while exporting (the same ops on the same values): LayerNorm2d's `x.shape[1:2]` once the box
+    count is dynamic, and Hiera's position embedding (interpolated and tiled from the input's shape: an If/Tile
+    subgraph onnxruntime warns about), computed in torch on the first forward for the fixed input size (run one
+    before tracing, as export_sam2 does)."""
+    from ultralytics.nn.modules.transformer import LayerNorm2d
+
+    def layer_norm_2d(norm, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), (len(norm.weight),), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
+
+    trunk, pos_embeds = sam2.image_encoder.trunk, {}
+
+    def pos_embed(hw) -> torch.Tensor:
+        key = tuple(int(v) for v in hw)
+        if key not in pos_embeds:
+            with torch.no_grad():
+                pos_embeds[key] = type(trunk)._get_pos_embed(trunk, key).detach()
+        return pos_embeds[key]
+
+    norms = [m for m in sam2.sam_mask_decoder.modules() if isinstance(m, LayerNorm2d)]
+    for norm in norms:
+        norm.forward = partial(layer_norm_2d, norm)
+    trunk._get_pos_embed = pos_embed
+    try:
+        yield
+    finally:
+        for module, name in [(norm, "forward") for norm in norms] + [(trunk, "_get_pos_embed")]:
+            delattr(module, name)
+
+
+def export_sam2(sam2, path: Path, model_type: str, folder: Path, opset: int) -> dict:
+    """sam_image_encoder.onnx (`image` -> `image_embeddings`, `high_res_feats_0`, `high_res_feats_1`) and
+    sam_decoder.onnx (those three, `point_coords` (N, 2, 2), `point_labels` (N, 2) -> `low_res_masks`
+    (N, 1, 4g, 4g), `iou_predictions` (N, 1)) of the SAM 2 model `sam2` loaded from `path`; the manifest entry
+    names the family and its input transform (Sam2Ops.prepare: a square resize, not SAM's longest side + pad)."""
+    size = int(sam2.image_size)
+    grid = list(sam2.sam_prompt_encoder.image_embedding_size)
+    channels = int(sam2.sam_prompt_encoder.embed_dim)
+    outputs = ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    boxes = {name: {0: "boxes"} for name in ("point_coords", "point_labels", "low_res_masks", "iou_predictions")}
+    corners = torch.tensor([[[0.0, 0.0], [size / 2, size / 2]], [[size / 4, size / 8], [size - 1, size / 2]]])
+    try:
+        with traceable_sam2(sam2):
+            encoder = Sam2ImageEncoder(sam2).eval()
+            with torch.no_grad():  # the decoder's example maps; the position embedding computed outside the trace
+                feats = encoder(torch.zeros(1, 3, size, size))
+            _to_onnx(encoder, (torch.zeros(1, 3, size, size),), folder / FILES["encoder"], opset, ["image"], outputs)
+            _to_onnx(Sam2BoxDecoder(sam2), (*feats, corners, torch.tensor([[2.0, 3.0]] * 2)), folder / FILES["decoder"],
+                     opset, [*outputs, "point_coords", "point_labels"], ["low_res_masks", "iou_predictions"], boxes)
+    except OSError:  # writing the file (a full disk): the output's problem, not the checkpoint's (export_onnx)
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.onnx raises many kinds
+        raise DatasetError(f"{path}: ONNX export of SAM 2 failed ({str(exc).splitlines()[0][:200]})") from None
+    return {"family": "sam2", "encoder": FILES["encoder"], "decoder": FILES["decoder"], "source": str(path),
+            "sha256": sha256(path), "model_type": model_type, "image_size": size,
+            "input_transform": "square resize of [0, 1] pixels (bilinear, antialiased), ImageNet mean/std",
+            "embedding_shape": [channels, *grid], "high_res_shapes": [list(f.shape[1:]) for f in feats[1:]],
+            "low_res_size": [4 * g for g in grid], "pixel_mean": list(Sam2Ops.MEAN), "pixel_std": list(Sam2Ops.STD),
+            "box_labels": [2, 3]}
 
 
 def export_onnx(config: ExportConfig) -> dict:
@@ -235,9 +348,6 @@ def export_onnx(config: ExportConfig) -> dict:
             raise DatasetError(f"{path}: missing (no such {what})")
     thresholds = ThresholdsFile.load(config.thresholds) if config.thresholds is not None else None
     model_type = model_type_for(Path(config.sam), config.model_type)
-    if model_type in SAM2_TYPES:  # SAM 2's decoder also reads two high-resolution maps: not exported yet
-        raise DatasetError(f"{config.sam}: ONNX export of a {model_type} (SAM 2) model is not supported yet; predict "
-                           "with it on the torch backend, or export a SAM / MobileSAM model")
     # wrong checkpoints or model type fail here, before any export (one-line errors naming the file)
     detector_model, meta = load_detector_model(Path(config.detector), with_meta=True)
     sam_model = load_sam(Path(config.sam), model_type)
@@ -245,7 +355,8 @@ def export_onnx(config: ExportConfig) -> dict:
     try:
         with atomic_dir(Path(config.out), KIND, inputs, config.force) as tmp:
             detector = export_detector(detector_model, meta, Path(config.detector), tmp, config.imgsz, config.opset)
-            sam = export_sam(sam_model, Path(config.sam), model_type, tmp, config.opset)
+            sam = (export_sam2 if is_sam2(sam_model) else export_sam)(sam_model, Path(config.sam), model_type, tmp,
+                                                                      config.opset)
             if thresholds is not None:
                 shutil.copyfile(config.thresholds, tmp / THRESHOLDS)
             manifest = {"format": FORMAT, "version": VERSION, "opset": config.opset, "detector": detector, "sam": sam,
