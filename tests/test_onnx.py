@@ -345,14 +345,21 @@ def test_onnx_folder_of_another_run_is_refused(exported, category, images, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {d / 'manifest.json'}: exported from another detector than {other / 'yolo_world' / 'best.pt'}")
     assert f"classes {', '.join(category.defect_types)} vs dent, scratch" in err and "\n" not in err
-    # same models, other thresholds
-    bad = tmp_path / "thresholds.json"
-    bad.write_text(json.dumps({"thresholds": {"hole": 0.5}, "default": 0.2}))
-    assert main([*argv, "--run", str(exported["run"]), "--thresholds", str(bad)]) == 2
+    # same models, the run recalibrated after the export: its export is stale
+    recal = tmp_path / "recal"
+    shutil.copytree(exported["run"], recal)
+    (recal / "thresholds.json").write_text(json.dumps({"thresholds": {"hole": 0.5}, "default": 0.2}))
+    assert main([*argv, "--run", str(recal)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {d / 'thresholds.json'}: thresholds differ from {bad} (an ONNX folder of another run, or "
-                   "older than the calibration: re-run defect-vision export)")
+    assert err == (f"error: {recal / 'onnx' / 'thresholds.json'}: thresholds differ from {recal / 'thresholds.json'} "
+                   "(an ONNX folder of another run, or older than the calibration: re-run defect-vision export)")
     assert not (tmp_path / "out").exists()
+    # a thresholds file the user names just applies, on every backend (defect_vision.thresholds' rule)
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"thresholds": {"hole": 0.5}, "default": 0.2}))
+    assert main([*argv, "--run", str(exported["run"]), "--thresholds", str(mine), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["thresholds"] == {"source": "thresholds", "default": 0.2, "per_class": {"hole": 0.5}}
 
 
 def expect_one_line_errors(cases: list[tuple[Path, str]], backend: str, images: Path, tmp_path: Path, capsys) -> None:

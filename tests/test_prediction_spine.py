@@ -186,3 +186,17 @@ def test_an_empty_array_is_one_line_in_the_api(run):
         with pytest.raises(DatasetError, match=rf"^image 1: an empty {shape[0]}x{shape[1]} array \(no pixels to predict\)$"):
             predictor(np.zeros(shape, np.uint8))
     assert len(predictor(np.zeros((32, 48, 3), np.uint8)).class_names) == len(predictor.class_names)
+
+
+def test_ground_truth_boxes_with_an_unknown_class_name_say_so(gt_json, run, images, tmp_path, capsys):
+    """Ground-truth boxes cannot embed a new name: an unknown --classes name is the class filter's one line."""
+    rc = main(["--source", str(gt_json), "--gt-boxes", str(gt_json), "--box-only", "--classes", "hole", "bogus",
+               "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --classes: unknown class name(s) bogus (known: ") and "\n" not in err
+
+
+def test_predict_refuses_an_empty_array_too(run):
+    predictor = DefectPredictor.from_run(run, box_only=True)
+    with pytest.raises(DatasetError, match=r"^image 1: an empty 0x5 array"):
+        predictor.predict([np.zeros((0, 5, 3), np.uint8)])

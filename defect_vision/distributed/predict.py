@@ -96,7 +96,7 @@ def _round(v: float | None) -> float | None:
 def _settings(detector, sam, config: PredictConfig, options: RunOptions, source: Source) -> dict:
     """What decides the outputs (the run id hashes it with the image list); files by path, size and mtime."""
     return {"config": jsonable(asdict(config)), "detector": fingerprint(detector), "sam": fingerprint(sam),
-            "thresholds": fingerprint(config.thresholds), "gt_boxes": fingerprint(options.gt_boxes),
+            "thresholds": fingerprint(config.thresholds), "run_thresholds": fingerprint(config.run_thresholds), "gt_boxes": fingerprint(options.gt_boxes),
             "onnx": fingerprint(config.onnx) if config.backend != "torch" else None,
             "save_overlays": options.save_overlays, "source": {"kind": source.kind, "origin": source.origin}}
 

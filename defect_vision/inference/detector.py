@@ -64,6 +64,8 @@ class Detector(BoxDetector):
     """Batched YOLO-World / YOLOE prediction: letterbox -> forward (autocast on CUDA) -> NMS -> boxes in original
     pixels (and, for a -seg YOLOE with `keep_masks`, each box's mask)."""
 
+    open_vocabulary = True  # new --classes names are embedded by the local text encoder (inference/vocabulary.py)
+
     memory_format = torch.contiguous_format  # of the input batch (and of the convolutions' weights)
 
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype | None = None, imgsz: int | None = None):

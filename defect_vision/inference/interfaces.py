@@ -25,6 +25,7 @@ class BoxDetector:
     category_ids: list[int] | None = None  # COCO category id of each class (None: index + 1)
     calls: int = 0  # batches predicted
     meta: dict = {}  # a checkpoint's defect_vision metadata (prompts, text encoder); none for the others
+    open_vocabulary: bool = False  # new class names can be embedded (a torch YOLO-World / YOLOE checkpoint)
 
     def predict(self, images: list[np.ndarray], conf: float, iou: float, max_det: int, classes: list[int] | None,
                 timings: Timings, infos: Sequence[ImageInfo] | None = None) -> list[Detections]:

@@ -102,6 +102,8 @@ class OnnxDetector(Detector):
     OpenVINO. A YOLO-World or YOLOE export (its family in the manifest); a YOLOE -seg one holds its boxes only, so
     there are no detector masks here (`--masks detector|refine`: torch only)."""
 
+    open_vocabulary = False  # the vocabulary is baked into the export
+
     def __init__(self, folder: Path, manifest: dict, imgsz: int | None = None, runtime: str = "onnxruntime",  # noqa: D107
                  bf16: bool = False, split: tuple[int, int] = (1, 1)):  # no super().__init__: no torch model
         from defect_vision.offline import go_offline
@@ -260,7 +262,7 @@ def load_onnx_models(config, detector: Path | None, sam: Path | None, device: to
         raise ConfigError(f"{{classes}} {' '.join(new)}: not in the ONNX export's vocabulary, which is baked in "
                           f"({', '.join(manifest['detector']['class_names'])}); new names need {{backend}} torch",
                           "classes", "backend")
-    check_export(folder, manifest, detector, None if config.box_only else sam, config.thresholds or config.run_thresholds)
+    check_export(folder, manifest, detector, None if config.box_only else sam, config.run_thresholds)
     thresholds = folder / manifest["thresholds"] if manifest.get("thresholds") else None
     bf16 = dtype == torch.bfloat16
     split = config.cpu_split(device)  # the sessions are called by that many model workers, each on its threads

@@ -83,7 +83,7 @@ class DefectPredictor:
         """--classes: only known names -> a class filter (as always); any new name -> the detector's vocabulary
         becomes exactly these names, new ones embedded by the local text encoder (inference/vocabulary.py)."""
         names = self.class_names
-        if not config.classes or all(c in names for c in config.classes):
+        if not config.classes or all(c in names for c in config.classes) or not self.detector.open_vocabulary:
             return class_filter(config.classes, names)
         from defect_vision.data.source import load_phrasings
         from defect_vision.inference.vocabulary import open_vocabulary
@@ -164,6 +164,7 @@ class DefectPredictor:
 
     def predict(self, images: Sequence[np.ndarray], infos: Sequence[ImageInfo] | None = None) -> list[Result]:
         """Results of RGB uint8 HxWx3 images (one detector batch, then the segmenter)."""
+        images = [check_array(im, i) for i, im in enumerate(images, 1)]
         infos = infos or [ImageInfo(i, f"image_{i}") for i in range(1, len(images) + 1)]
         return [Result(det, pixels) for pixels, det in zip(images, self.run_batch(images, infos))]
 
