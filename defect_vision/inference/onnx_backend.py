@@ -16,7 +16,10 @@ from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.inference.detector import Detector
 from defect_vision.inference.interfaces import BoxSegmenter
 from defect_vision.inference.openvino_runtime import openvino_session
-from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size, crop_masks
+from defect_vision.inference.segmenter import (
+    MASK_BUDGET_BYTES,
+    upsampled_crops,
+)
 from defect_vision.io import read_json
 from defect_vision.models.onnx_export import FORMAT, MANIFEST, VERSION, require, sha256
 
@@ -184,14 +187,11 @@ class OnnxSegmenter(BoxSegmenter):
             labels = np.tile(self.box_labels, (len(corners), 1))
             low_res, iou = self.decoder.run(None, {"image_embeddings": embeddings, "point_coords": corners,
                                                    "point_labels": labels})
-            crops: list = []
-            step = chunk_size(h, w, self.budget)
-            for start in range(0, len(low_res), step):
-                logits = upsample_masks(torch.from_numpy(low_res[start : start + step]), input_size, (h, w), self.image_size)
-                crops += crop_masks(logits[:, 0] > self.mask_threshold)
-                del logits
-                with COUNT:
-                    self.upsample_chunks += 1
+            crops, chunks = upsampled_crops(
+                low_res, lambda c: upsample_masks(torch.from_numpy(c), input_size, (h, w), self.image_size), (h, w),
+                self.mask_threshold, self.budget)
+            with COUNT:
+                self.upsample_chunks += chunks
         with COUNT:
             self.decoder_calls += 1
         return crops, iou[:, 0].astype(np.float32)

@@ -14,7 +14,10 @@ from defect_vision.devices import COUNT, Timings, timed
 from defect_vision.errors import ConfigError
 from defect_vision.inference.interfaces import BoxSegmenter
 from defect_vision.inference.onnx_backend import CPU, session
-from defect_vision.inference.segmenter import MASK_BUDGET_BYTES, chunk_size, crop_masks
+from defect_vision.inference.segmenter import (
+    MASK_BUDGET_BYTES,
+    upsampled_crops,
+)
 from defect_vision.models.sam_family import Sam2Ops
 
 MAPS = ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]  # the encoder's outputs, the decoder's first inputs
@@ -56,14 +59,10 @@ class OnnxSam2Segmenter(BoxSegmenter):
             labels = np.tile(self.box_labels, (len(corners), 1))
             low_res, iou = self.decoder.run(None, {**dict(zip(MAPS, maps)), "point_coords": corners,
                                                    "point_labels": labels})
-            crops: list = []
-            step = chunk_size(h, w, self.budget)
-            for start in range(0, len(low_res), step):
-                logits = self.ops.postprocess(torch.from_numpy(low_res[start : start + step]), (h, w))
-                crops += crop_masks(logits[:, 0] > self.mask_threshold)
-                del logits
-                with COUNT:
-                    self.upsample_chunks += 1
+            crops, chunks = upsampled_crops(low_res, lambda c: self.ops.postprocess(torch.from_numpy(c), (h, w)),
+                                            (h, w), self.mask_threshold, self.budget)
+            with COUNT:
+                self.upsample_chunks += chunks
         with COUNT:
             self.decoder_calls += 1
         return crops, iou[:, 0].astype(np.float32)

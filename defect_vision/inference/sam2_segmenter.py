@@ -19,8 +19,7 @@ from defect_vision.errors import ConfigError
 from defect_vision.inference.segmenter import (
     MASK_BUDGET_BYTES,
     Segmenter,
-    chunk_size,
-    crop_masks,
+    upsampled_crops,
 )
 from defect_vision.masks import MaskCrop
 from defect_vision.models.sam_family import Features, Sam2Ops
@@ -75,14 +74,10 @@ class Sam2Segmenter(Segmenter):
                 sparse, dense = self.ops.prompts(prompts, None)
             with autocast(self.device, self.dtype):
                 low_res, iou = self.ops.decode(embedding, sparse, dense, self.dense_pe(), multimask=False)
-            crops: list[MaskCrop] = []
-            step = chunk_size(h, w, self.budget)
-            for start in range(0, len(low_res), step):
-                logits = self.ops.postprocess(low_res[start : start + step].float(), (h, w))
-                crops += crop_masks(logits[:, 0] > self.mask_threshold)
-                del logits
-                with COUNT:
-                    self.upsample_chunks += 1
+            crops, chunks = upsampled_crops(low_res, lambda c: self.ops.postprocess(c.float(), (h, w)), (h, w),
+                                            self.mask_threshold, self.budget)
+            with COUNT:
+                self.upsample_chunks += chunks
             iou = iou[:, 0].float().cpu().numpy()
         with COUNT:
             self.decoder_calls += 1

@@ -29,6 +29,20 @@ def chunk_size(height: int, width: int, budget: int = MASK_BUDGET_BYTES) -> int:
     return max(1, budget // (5 * height * width))
 
 
+def upsampled_crops(low_res, upsample, size: tuple[int, int], threshold: float, budget: int) -> tuple[list[MaskCrop], int]:
+    """Low-res mask logits (N, 1, g, g) -> full-size masks (`upsample(chunk) -> (n, 1, H, W)` logits) a chunk within
+    `budget` at a time -> N MaskCrops; returns (crops, chunks upsampled). The one loop of every SAM backend."""
+    crops: list[MaskCrop] = []
+    step = chunk_size(*size, budget)
+    chunks = 0
+    for start in range(0, len(low_res), step):
+        logits = upsample(low_res[start : start + step])
+        crops += crop_masks(logits[:, 0] > threshold)
+        del logits
+        chunks += 1
+    return crops, chunks
+
+
 def default_sam_batch(device: torch.device) -> int:
     """Images per SAM encoder forward: 4 on CUDA (the encoder is the dominant GPU cost), 1 on CPU (no gain there,
     and a vit_b forward at 1024 px already holds ~1 GB of attention maps)."""
@@ -120,14 +134,10 @@ class Segmenter(BoxSegmenter):
                                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                                      multimask_output=False)
             input_size = self.transform.get_preprocess_shape(h, w, self.transform.target_length)
-            crops: list[MaskCrop] = []
-            step = chunk_size(h, w, self.budget)
-            for start in range(0, len(low_res), step):
-                logits = self.sam.postprocess_masks(low_res[start : start + step].float(), input_size, (h, w))
-                crops += crop_masks(logits[:, 0] > self.mask_threshold)
-                del logits
-                with COUNT:
-                    self.upsample_chunks += 1
+            crops, chunks = upsampled_crops(low_res, lambda c: self.sam.postprocess_masks(c.float(), input_size, (h, w)),
+                                            (h, w), self.mask_threshold, self.budget)
+            with COUNT:
+                self.upsample_chunks += chunks
             iou = iou[:, 0].float().cpu().numpy()
         with COUNT:
             self.decoder_calls += 1
