@@ -15,7 +15,7 @@ ALLOWED = {
     "formats": {"data"},
     "models": set(),
     "training": {"data", "formats", "models"},
-    "inference": {"data", "models"},
+    "inference": {"data", "formats", "models"},
     "evaluation": {"data", "formats"},
     # orchestration over several stages: Ray batch inference, open-vocabulary and label-count experiments
     "distributed": {"data", "formats", "models", "inference", "evaluation"},

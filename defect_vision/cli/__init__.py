@@ -17,6 +17,9 @@ COMMANDS = {
     "pipeline": ("pipeline", "every stage on one category (scripts/run_pipeline.sh)"),
     "openvocab": ("openvocab", "leave-one-defect-out: detect held-out defect names (seen / unseen table)"),
     "curve": ("curve", "few-shot learning curve: metrics vs labelled images per class, smallest k that is enough"),
+    "select": ("select", "rank unlabelled images by what a label would teach; the top N with pre-annotations"),
+    "train-anomaly": ("train_anomaly", "good-only anomaly model (unknown defects): heat maps for predict --anomaly"),
+    "classify": ("classify", "the course reports' image classifier of defect types, as a baseline"),
 }
 
 
