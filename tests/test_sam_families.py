@@ -138,6 +138,37 @@ def test_sam2_masks_equal_meta_sam2_image_predictor_and_the_encoder_runs_once_pe
     assert checked == 5
 
 
+def test_sam2_refine_with_mask_prompts_equals_meta_predictor_given_the_same_mask_input(tmp_path, images):
+    """--masks refine on SAM 2: each box decoded with its mask prompt as Meta's SAM2ImagePredictor does with
+    mask_input (the prompt's low-res logits), and the prompt changes the masks."""
+    pytest.importorskip("sam2")
+    from defect_vision.inference.detector_masks import MASK_PROMPT_LOGIT
+    from defect_vision.masks import MaskCrop
+
+    path = save_random_sam(tmp_path / "sam2.1_test.pt", "sam2.1_test", seed=1)
+    seg = segmenter_for(load_sam(path, "sam2.1_test"), torch.device("cpu"), batch=2)
+    image, boxes = images[0], BOXES[0][:3]
+    h, w = image.shape[:2]
+    prompts = []
+    for x0, y0, x1, y1 in boxes.astype(int):  # a prompt mask: the box's left half
+        full = np.zeros((h, w), bool)
+        full[y0:y1, x0 : (x0 + x1) // 2] = True
+        prompts.append(MaskCrop(0, 0, full, h, w))
+    (crops, iou), = seg.segment_batch([image], [boxes], mask_prompts=[prompts])
+    (plain, _), = seg.segment_batch([image], [boxes])
+    logits = seg.ops.mask_input(torch.from_numpy(np.stack([c.full() for c in prompts]))[:, None], MASK_PROMPT_LOGIT)
+    assert logits.shape == (3, 1, 64, 64) and set(logits.unique().tolist()) == {-MASK_PROMPT_LOGIT, MASK_PROMPT_LOGIT}
+    ref = meta_predictor(path)
+    ref.set_image(image)
+    masks, ref_iou, _ = ref.predict(box=boxes, mask_input=logits.numpy(), multimask_output=False)
+    masks = masks.reshape(len(boxes), -1, h, w)[:, 0] > 0
+    assert len(crops) == 3 and all(c.full().any() or m.any() for c, m in zip(crops, masks))
+    for crop, mask in zip(crops, masks):
+        assert mask_iou(crop.full(), mask) >= 0.99
+    np.testing.assert_allclose(iou, np.asarray(ref_iou).reshape(len(boxes), -1)[:, 0], atol=1e-4)
+    assert any(mask_iou(a.full(), b.full()) < 0.99 for a, b in zip(crops, plain))  # the prompt was used
+
+
 # --- bad input: one line naming the file and what it is ---------------------------------------------------------
 
 def test_a_checkpoint_of_another_family_is_refused_in_one_line(tmp_path):

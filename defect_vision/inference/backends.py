@@ -45,11 +45,6 @@ def load_models(config: PredictConfig, detector: Path | None, sam: Path | None, 
     from defect_vision.models.sam import load_sam, model_type_for
 
     model = load_sam(Path(sam), model_type_for(Path(sam), config.model_type))
-    if config.masks == "refine":
-        from defect_vision.models.sam2 import is_sam2
-
-        if is_sam2(model):
-            raise ConfigError(f"{{masks}} refine: a SAM or MobileSAM {{sam}} only (not SAM 2: {sam})", "masks", "sam")
     return Models(det, segmenter_for(model, device, dtype, config.mask_threshold, config.sam_batch))
 
 

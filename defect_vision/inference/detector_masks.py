@@ -3,7 +3,7 @@
 them to the segmenter as `mask_prompts`:
 
 - `DetectorMasks`: a box's mask is the detector's own mask (no SAM).
-- `refine`: the torch `Segmenter` decodes each box with the detector's mask as SAM's mask prompt (`mask_logits`, as
+- `refine`: the torch `Segmenter` (SAM, MobileSAM) or `Sam2Segmenter` decodes each box with the detector's mask as SAM's mask prompt (`mask_logits`, as
   SamPredictor's `mask_input`).
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from defect_vision.devices import (
     timed,
     to_device,
 )
-from defect_vision.errors import ConfigError
+from defect_vision.inference.detector_masks import MASK_PROMPT_LOGIT
 from defect_vision.inference.segmenter import (
     MASK_BUDGET_BYTES,
     Segmenter,
@@ -62,16 +62,17 @@ class Sam2Segmenter(Segmenter):
     @torch.inference_mode()
     def decode(self, embedding: Features, boxes: np.ndarray, size: tuple[int, int], timings: Timings | None = None,
                mask_prompt: list[MaskCrop] | None = None) -> tuple[list[MaskCrop], np.ndarray]:
-        """(N MaskCrops, predicted IoU (N,)) of xyxy boxes on an image of `size` (h, w) with these features (no mask
-        prompts: `--masks refine` is SAM's and MobileSAM's)."""
-        if mask_prompt is not None:
-            raise ConfigError("{masks} refine: a SAM or MobileSAM model only, not SAM 2", "masks")
+        """(N MaskCrops, predicted IoU (N,)) of xyxy boxes on an image of `size` (h, w) with these features;
+        `mask_prompt`: a mask per box given with it (SAM2ImagePredictor's mask_input; predict --masks refine)."""
         timings = timings if timings is not None else Timings()
         h, w = size
         with timed(timings, "sam_decoder", self.device):
             with full_precision(self.device):
                 prompts = to_device(self.ops.boxes(boxes, size), self.device)
-                sparse, dense = self.ops.prompts(prompts, None)
+                masks = None if mask_prompt is None else self.ops.mask_input(
+                    torch.from_numpy(np.stack([c.full() for c in mask_prompt])).to(self.device)[:, None],
+                    MASK_PROMPT_LOGIT)
+                sparse, dense = self.ops.prompts(prompts, None, masks)
             with autocast(self.device, self.dtype):
                 low_res, iou = self.ops.decode(embedding, sparse, dense, self.dense_pe(), multimask=False)
             crops, chunks = upsampled_crops(low_res, lambda c: self.ops.postprocess(c.float(), (h, w)), (h, w),

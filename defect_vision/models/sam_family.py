@@ -171,14 +171,22 @@ class Sam2Ops(SamOps):
         h, w = size
         return (np.asarray(coords, np.float64) / np.array([w, h]) * self.img_size).astype(np.float32)
 
-    def prompts(self, boxes: torch.Tensor, points):
-        """A box is two corner points labelled 2 and 3, before any other points (SAM2ImagePredictor._predict)."""
+    def prompts(self, boxes: torch.Tensor, points, masks: torch.Tensor | None = None):
+        """A box is two corner points labelled 2 and 3, before any other points (SAM2ImagePredictor._predict);
+        `masks`: N x 1 x low-res mask-prompt logits (its mask_input)."""
         coords = boxes.reshape(-1, 2, 2)
         labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(len(coords), 1)
         if points is not None:
             coords = torch.cat([coords, points[0].to(coords.dtype)], 1)
             labels = torch.cat([labels, points[1].to(labels.dtype)], 1)
-        return self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        return self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
+
+    def mask_input(self, full: torch.Tensor, logit: float) -> torch.Tensor:
+        """N x 1 x low-res mask-prompt logits (+logit inside, -logit outside) of N x 1 x H x W image-size masks: resized
+        to the model's square input like the image, then to the prompt encoder's mask frame."""
+        square = F.interpolate(full.float(), (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        low = F.interpolate(square, (self.low_res, self.low_res), mode="bilinear", align_corners=False)
+        return (low > 0.5).float().mul_(2).sub_(1).mul_(logit)
 
     def decode(self, feats: Features, sparse, dense, image_pe, multimask: bool):
         low, iou, _, _ = self.model.sam_mask_decoder(
