@@ -77,29 +77,8 @@ class Pair:
         return [b for b in wanted if b == "torch" or self.onnx is not None]
 
 
-def save_random_yoloe(path: Path, names: list[str], cfg: str, seed: int = 0, imgsz: int = 640) -> Path:
-    """A random-init YOLOE checkpoint (ultralytics' format; random unit 512-d text vectors through the head's own
-    projection, no MobileCLIP) whose contrastive heads' bias is 0, so it detects on every image."""
-    import torch
-    from ultralytics import YOLOE
-
-    from defect_vision.models.detector import bake_text
-
-    torch.manual_seed(seed)
-    model = YOLOE(cfg)
-    raw = torch.randn(len(names), 512, generator=torch.Generator().manual_seed(seed))
-    bake_text(model.model, names, raw / raw.norm(dim=-1, keepdim=True))
-    for head in model.model.model[-1].cv4:
-        head.bias.data.fill_(0.0)
-    model.model.args = {**getattr(model.model, "args", {}), "imgsz": imgsz}
-    model.ckpt = {**(model.ckpt or {}), "train_args": {"imgsz": imgsz, "task": model.task}}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return Path(path)
-
-
 def save_detector(path: Path, cfg: str, imgsz: int) -> Path:
-    from defect_vision.models.random_init import save_random_detector
+    from defect_vision.models.random_init import save_random_detector, save_random_yoloe
 
     if "yoloe" in cfg:
         return save_random_yoloe(path, NAMES, cfg, imgsz=imgsz)

@@ -18,7 +18,7 @@ import pytest
 from defect_vision.cli import main
 from defect_vision.data.mvtec import read_category
 from defect_vision.masks import decode_rle
-from defect_vision.models.random_init import save_random_sam
+from defect_vision.models.random_init import save_random_sam, save_random_yoloe
 
 IMGSZ = 64
 NAMES = ["crack", "hole", "scratch"]
@@ -47,28 +47,6 @@ def needs(module: str) -> None:
     pytest.importorskip(module, reason=f"{module} not installed")
 
 
-def save_random_yoloe(path: Path, names: list[str], cfg: str = "yoloe-11n-seg.yaml", seed: int = 0) -> Path:
-    """A random-init YOLOE checkpoint as ultralytics saves it, `names` baked in from random text vectors through the
-    head's projection, the contrastive heads' bias at 0 (ultralytics' -10 scores ~0 everywhere)."""
-    import torch
-    from ultralytics import YOLOE
-
-    from defect_vision.models.detector import bake_text
-    from defect_vision.models.text_embeddings import random_embed
-
-    torch.manual_seed(seed)
-    model = YOLOE(cfg)
-    for head in model.model.model[-1].cv4:
-        head.bias.data.fill_(0.0)
-    bake_text(model.model, names, random_embed(names))
-    model.model.args = {**getattr(model.model, "args", {}), "imgsz": IMGSZ}
-    task = "segment" if "-seg" in cfg else "detect"
-    model.ckpt = {**(model.ckpt or {}), "train_args": {"imgsz": IMGSZ, "task": task}}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return Path(path)
-
-
 @pytest.fixture(scope="module")
 def category(synthetic_root):
     return read_category(synthetic_root, "toy_wood")
@@ -80,7 +58,7 @@ def yoloe_export(tmp_path_factory) -> dict:
     needs("onnx")
     needs("onnxruntime")
     run = tmp_path_factory.mktemp("runs") / "toy"
-    save_random_yoloe(run / "yolo_world" / "best.pt", NAMES)
+    save_random_yoloe(run / "yolo_world" / "best.pt", NAMES, imgsz=IMGSZ)
     save_random_sam(run / "sam" / "best.pth", "vit_tiny")
     (run / "sam" / "best.json").write_text(json.dumps({"model_type": "vit_tiny"}))
     out = io.StringIO()

@@ -38,6 +38,28 @@ def save_random_detector(path: Path, names: list[str], cfg: str = "yolov8n-world
     return Path(path)
 
 
+def save_random_yoloe(path: Path, names: list[str], cfg: str = "yoloe-11n-seg.yaml", seed: int = 0,
+                      imgsz: int = 640) -> Path:
+    """A random-init YOLOE checkpoint as ultralytics saves it: `names` baked in from random text vectors (no
+    MobileCLIP) through the head's own projection, the contrastive heads' bias at 0 (ultralytics' -10 scores ~0
+    everywhere), so it detects something on every image; `imgsz` stored as its training size."""
+    from ultralytics import YOLOE
+
+    from defect_vision.models.detector import bake_text
+    from defect_vision.models.text_embeddings import random_embed
+
+    torch.manual_seed(seed)
+    model = YOLOE(cfg)
+    for head in model.model.model[-1].cv4:
+        head.bias.data.fill_(0.0)
+    bake_text(model.model, names, random_embed(names))
+    model.model.args = {**getattr(model.model, "args", {}), "imgsz": imgsz}
+    model.ckpt = {**(model.ckpt or {}), "train_args": {"imgsz": imgsz, "task": model.task}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return Path(path)
+
+
 def save_random_sam(path: Path, model_type: str = "vit_tiny", seed: int = 0) -> Path:
     """A random-init model built by defect_vision.models.sam, saved in its family's official format: SAM's and
     MobileSAM's plain state_dict, SAM 2's {"model": state_dict}."""
