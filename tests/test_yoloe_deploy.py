@@ -315,3 +315,21 @@ def test_pipeline_plans_mask_sources_only_for_a_seg_detector_and_drops_stale_one
 
     run_pipeline(PipelineConfig("toy", yolo_cfg="yolov8n-worldv2.yaml", **common), runner)
     assert not (run / "predict_masks_detector").exists() and not (run / "eval_masks_refine").exists()
+
+
+def test_pipeline_with_an_official_yoloe_gives_train_detector_its_mobileclip_file(tmp_path):
+    """The official-weights pipeline reads the detector's family from the checkpoint: a YOLOE start model gets its own
+    MobileCLIP file as --clip (never CLIP ViT-B-32), and a missing one is named in one line."""
+    from defect_vision.cli.pipeline import PipelineConfig, plan
+    from defect_vision.errors import DatasetError
+
+    w = tmp_path / "w"
+    yoloe = save_random_yoloe(w / "yoloe-11n-seg.pt", NAMES, imgsz=IMGSZ)
+    (w / "sam_vit_b_01ec64.pth").write_bytes(b"x")
+    (tmp_path / "mvtec" / "toy" / "test").mkdir(parents=True)
+    config = PipelineConfig("toy", tmp_path / "mvtec", tmp_path / "ds", tmp_path / "runs", w, yolo_model=yoloe)
+    with pytest.raises(DatasetError, match=r"mobileclip_blt\.ts: official weights missing"):
+        plan(config)
+    (w / "mobileclip_blt.ts").write_bytes(b"x")
+    det = next(s for s in plan(config).stages if s.name == "yolo_world").argv
+    assert det[det.index("--clip") + 1] == str(w / "mobileclip_blt.ts") and det[det.index("--model") + 1] == str(yoloe)

@@ -31,7 +31,7 @@ class PipelineConfig:
     runs: Path = Path("runs")
     weights: Path = Path("weights")
     yolo_model: Path | None = None  # default <weights>/yolov8s-worldv2.pt
-    clip: Path | None = None  # default <weights>/clip/ViT-B-32.pt
+    clip: Path | None = None  # default <weights>/clip/ViT-B-32.pt (YOLOE: <weights>/<its MobileCLIP file>)
     sam_model_type: str = "vit_b"
     sam_checkpoint: Path | None = None  # default <weights>/<official file of the type>
     from_scratch: bool = False  # random-init smoke run: YOLO-World from yolo_cfg, SAM vit_tiny
@@ -107,12 +107,37 @@ def detector_masks(c: PipelineConfig, yolo_model: Path) -> bool:
         return False
 
 
+def need_weights(f: Path) -> Path:
+    if not f.is_file() or f.stat().st_size == 0:
+        raise DatasetError(f"{f}: official weights missing (run scripts/download_weights.sh, or pass "
+                           "--from-scratch for a smoke run with random-init models)")
+    return f
+
+
+def text_weights(c: PipelineConfig, yolo_model: Path) -> Path:
+    """The start detector's text-encoder file: --clip when given, else CLIP ViT-B-32 for YOLO-World and the
+    checkpoint's own MobileCLIP file for YOLOE (the family read from the checkpoint; an unreadable one is left to
+    train-detector, which names it in one line)."""
+    w = Path(c.weights)
+    if c.clip is not None:
+        return Path(c.clip)
+    from defect_vision.models.detector import YOLOE, load_detector_model, model_family
+    from defect_vision.models.text_embeddings import MOBILECLIP_FILES
+
+    try:
+        model = load_detector_model(yolo_model)
+    except DatasetError:
+        return w / "clip" / "ViT-B-32.pt"
+    if model_family(model) != YOLOE:
+        return w / "clip" / "ViT-B-32.pt"
+    return w / MOBILECLIP_FILES.get(str(getattr(model, "text_model", "mobileclip:blt")), "mobileclip_blt.ts")
+
+
 def plan(c: PipelineConfig) -> PipelinePlan:
     """The stages and their arguments; DatasetError when official weights are missing (unless from_scratch)."""
     c.check()
     w = Path(c.weights)
     yolo_model = Path(c.yolo_model or w / "yolov8s-worldv2.pt")
-    clip = Path(c.clip or w / "clip" / "ViT-B-32.pt")
     sam_ckpt = Path(c.sam_checkpoint or w / SAM_FILES[c.sam_model_type])
     if c.from_scratch:
         sam_type, weights = "vit_tiny", "random-init"
@@ -123,10 +148,9 @@ def plan(c: PipelineConfig) -> PipelinePlan:
         zero_shot = False  # a random-init detector has no zero-shot ability to measure
     else:
         sam_type, weights = c.sam_model_type, "official"
-        for f in (yolo_model, clip, sam_ckpt):
-            if not f.is_file() or f.stat().st_size == 0:
-                raise DatasetError(f"{f}: official weights missing (run scripts/download_weights.sh, or pass "
-                                   "--from-scratch for a smoke run with random-init models)")
+        need_weights(yolo_model)
+        clip = need_weights(text_weights(c, yolo_model))  # the detector says which text encoder it needs
+        need_weights(sam_ckpt)
         yolo_args = ["--model", str(yolo_model), "--text-encoder", "clip", "--clip", str(clip)]
         sam_args = ["--model-type", sam_type, "--checkpoint", str(sam_ckpt)]
         zero_shot = c.zero_shot
@@ -279,7 +303,7 @@ def build_parser(prog: str):
     p.add_argument("--runs", type=Path, default=d.runs, help="where the run goes: DIR/<C>/...")
     p.add_argument("--weights", type=Path, default=d.weights, help="folder of the official weights")
     p.add_argument("--yolo-model", type=Path, help="YOLO-World weights (default: <weights>/yolov8s-worldv2.pt)")
-    p.add_argument("--clip", type=Path, help="CLIP ViT-B/32 text encoder (default: <weights>/clip/ViT-B-32.pt)")
+    p.add_argument("--clip", type=Path, help="the detector's text encoder: CLIP ViT-B/32 (default: <weights>/clip/ViT-B-32.pt; a YOLOE detector: <weights>/<its MobileCLIP file>, e.g. mobileclip_blt.ts)")
     p.add_argument("--sam-model-type", default=d.sam_model_type,
                    help="vit_b | vit_l | vit_h (ignored with --from-scratch, which always builds vit_tiny)")
     p.add_argument("--sam-checkpoint", type=Path, help="SAM weights (default: <weights>/<official file of the type>)")
