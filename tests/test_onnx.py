@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fixtures.predict_parity import copy_test_images, mask_iou, match, predict
 
 from defect_vision.cli import main
 from defect_vision.data.images import read_image
@@ -81,23 +82,7 @@ def exported(category, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def images(category, tmp_path_factory) -> Path:
     """4 test images: 3 defect (one grayscale in the set), 1 good, plus a 160x96 resize (SAM's resize + padding)."""
-    d = tmp_path_factory.mktemp("images")
-    picks = [r for r in category.images if r.file_name.startswith("test/")][::5][:4]
-    for r in picks:
-        shutil.copy(r.path, d / r.file_name.replace("/", "_"))
-    cv2.imwrite(str(d / "small.png"), cv2.resize(cv2.imread(str(picks[0].path)), (160, 96)))
-    return d
-
-
-def predict(argv: list[str], out: Path) -> tuple[list[dict], dict]:
-    assert main(["predict", *argv, "--out", str(out), "--quiet"]) == 0
-    return json.loads((out / "predictions.json").read_text()), json.loads((out / "summary.json").read_text())
-
-
-def mask_iou(a: dict, b: dict) -> float:
-    ma, mb = decode_rle(a), decode_rle(b)
-    union = (ma | mb).sum()
-    return float((ma & mb).sum() / union) if union else 1.0
+    return copy_test_images(category, tmp_path_factory.mktemp("images"), 4)
 
 
 # ---------------------------------------------------------------- export
@@ -161,20 +146,6 @@ def test_missing_optional_packages_are_one_line_errors(images, monkeypatch, tmp_
 
 
 # ---------------------------------------------------------------- parity
-
-def match(ref: list[dict], got: list[dict]) -> list[tuple[dict, dict]]:
-    """Pairs each reference entry with the unused entry of the same image and category nearest in box and score.
-    A random-init detector scores many anchors exactly alike, so the order among equal scores (and, with NMS, which
-    of them survive) rests on float noise; parity is checked per instance, not per position."""
-    used, pairs = set(), []
-    for a in ref:
-        cands = [(np.abs(np.subtract(a["bbox"], b["bbox"])).max() + abs(a["score"] - b["score"]), j)
-                 for j, b in enumerate(got) if j not in used and (b["image_id"], b["category_id"]) == (a["image_id"], a["category_id"])]
-        assert cands, f"no counterpart for {a['image_id']} {a['category_id']} {a['bbox']}"
-        used.add(min(cands)[1])
-        pairs.append((a, got[min(cands)[1]]))
-    return pairs
-
 
 def test_onnxruntime_backend_writes_the_same_outputs_as_torch(exported, images, tmp_path):
     run = exported["run"]

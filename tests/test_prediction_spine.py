@@ -117,7 +117,7 @@ def test_the_library_names_fields_and_the_cli_names_flags(run, images, tmp_path,
         PredictConfig(conf=1.5)
     with pytest.raises(ConfigError, match=r"^max_det 0: must be >= 1$"):
         PredictConfig(max_det=0)
-    with pytest.raises(ConfigError, match=r"^sam: required unless box_only$"):
+    with pytest.raises(ConfigError, match=r"^sam: required unless box_only or masks detector$"):
         from defect_vision.inference.run import predict_files
 
         predict_files(run / "yolo_world" / "best.pt", None, PredictConfig(), images, tmp_path / "x")
@@ -125,7 +125,7 @@ def test_the_library_names_fields_and_the_cli_names_flags(run, images, tmp_path,
                        (["--max-det", "0"], "error: --max-det 0: must be >= 1"),
                        (["--sam-batch", "0"], "error: --sam-batch 0: must be >= 1"),
                        (["--batch", "0"], "error: --batch 0: must be >= 1"),
-                       (["--detector", str(run / "yolo_world" / "best.pt")], "error: --sam: required unless --box-only"),
+                       (["--detector", str(run / "yolo_world" / "best.pt")], "error: --sam: required unless --box-only or --masks detector"),
                        (["--sam", str(run / "sam" / "best.pth")], "error: --detector: required unless --gt-boxes gives the boxes")]:
         rc = main(["--source", str(images), "--out", str(tmp_path / "o"), "--quiet", *args])
         err = capsys.readouterr().err.strip()

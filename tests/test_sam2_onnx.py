@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fixtures.predict_parity import mask_iou
 
 from defect_vision.cli import main
 from defect_vision.data.images import read_image
@@ -52,10 +53,7 @@ def exported(category, tmp_path_factory) -> dict:
     return {"run": run, "dir": run / "onnx", "seconds": time.perf_counter() - start}
 
 
-def mask_iou(a: dict, b: dict) -> float:
-    ma, mb = decode_rle(a), decode_rle(b)
-    union = (ma | mb).sum()
-    return float((ma & mb).sum() / union) if union else 1.0
+
 
 
 def backends() -> list[str]:

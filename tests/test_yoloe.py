@@ -127,6 +127,7 @@ def test_masks_detector_sam_and_refine_through_the_same_writer(yoloe_run, seg_da
     sam_preds, sam_sum = _predict(tmp_path, "sam", image, yoloe_run / "best.pt", "--masks", "sam", *common)
     ref_preds, ref_sum = _predict(tmp_path, "refine", image, yoloe_run / "best.pt", "--masks", "refine", *common)
     assert det_sum["sam_encoder_calls"] == 0 and sam_sum["sam_encoder_calls"] == ref_sum["sam_encoder_calls"] == 1
+    assert (det_sum["mode"], sam_sum["mode"], ref_sum["mode"]) == ("detector_masks", "detector+sam", "detector+sam")
     boxes = [sorted(tuple(np.round(p["bbox"], 2)) for p in ps) for ps in (det_preds, sam_preds, ref_preds)]
     assert boxes[0] == boxes[1] == boxes[2] and len(boxes[0]) > 0  # same detections, three mask sources
     # --masks detector: ultralytics' own -seg masks at the image's size (retina_masks), box for box

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from fixtures.predict_parity import copy_test_images, mask_iou, match, predict
 
 from defect_vision.cli import main
 from defect_vision.data.mvtec import read_category
-from defect_vision.masks import decode_rle
 from defect_vision.models.random_init import save_random_sam, save_random_yoloe
 
 IMGSZ = 64
@@ -70,37 +68,7 @@ def yoloe_export(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def images(category, tmp_path_factory) -> Path:
     """3 test images and a 160x96 resize (SAM's resize + padding)."""
-    d = tmp_path_factory.mktemp("images")
-    picks = [r for r in category.images if r.file_name.startswith("test/")][::5][:3]
-    for r in picks:
-        shutil.copy(r.path, d / r.file_name.replace("/", "_"))
-    cv2.imwrite(str(d / "small.png"), cv2.resize(cv2.imread(str(picks[0].path)), (160, 96)))
-    return d
-
-
-def predict(argv: list[str], out: Path) -> tuple[list[dict], dict]:
-    assert main(["predict", *argv, "--out", str(out), "--quiet"]) == 0
-    return json.loads((out / "predictions.json").read_text()), json.loads((out / "summary.json").read_text())
-
-
-def mask_iou(a: dict, b: dict) -> float:
-    ma, mb = decode_rle(a), decode_rle(b)
-    union = (ma | mb).sum()
-    return float((ma & mb).sum() / union) if union else 1.0
-
-
-def match(ref: list[dict], got: list[dict]) -> list[tuple[dict, dict]]:
-    """Each reference entry with the unused entry of the same image and category nearest in box and score (a random
-    model scores many anchors alike: parity per instance, not per position)."""
-    used, pairs = set(), []
-    for a in ref:
-        cands = [(np.abs(np.subtract(a["bbox"], b["bbox"])).max() + abs(a["score"] - b["score"]), j)
-                 for j, b in enumerate(got)
-                 if j not in used and (b["image_id"], b["category_id"]) == (a["image_id"], a["category_id"])]
-        assert cands, f"no counterpart for {a['image_id']} {a['category_id']} {a['bbox']}"
-        used.add(min(cands)[1])
-        pairs.append((a, got[min(cands)[1]]))
-    return pairs
+    return copy_test_images(category, tmp_path_factory.mktemp("images"), 3)
 
 
 # ---------------------------------------------------------------- 1. export + exported backends

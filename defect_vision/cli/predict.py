@@ -56,12 +56,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=None, help="detector input size (default: the checkpoint's, else 640)")
     p.add_argument("--batch", type=int, default=None,
                    help="images per detector forward (default: 4 on CUDA, 1 on the CPU, where batching gains nothing; "
-                        "4 per Ray actor)")
+                        "the same in each Ray actor)")
     p.add_argument("--workers", type=int, default=None,
                    help="batches through the models at once, sharing --threads (default on the CPU: 2 to 4, the "
                         "count leaving the fewest threads idle, each batch on its share of the threads, which keeps "
                         "throughput up when other processes share the cores; 1 on CUDA); outputs do not depend on "
-                        "it; --workers 1 for the least memory")
+                        "it beyond rounding (a thread count can flip a pixel whose SAM logit is ~0); --workers 1 for "
+                        "the least memory")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the models in all, shared by the workers (default: the cores this process "
                         "may run on; OMP_NUM_THREADS, which importing ultralytics sets to 1, is not used)")
@@ -95,6 +96,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, default=None,
                    help="folder written by `defect-vision export` (default with --run: runs/<C>/onnx); "
                         "used by --backend onnxruntime and openvino, ignored by torch")
+    p.add_argument("--anomaly", type=Path, default=None,
+                   help="a `defect-vision train-anomaly` folder (e.g. runs/<C>/anomaly): per image a heat map "
+                        "anomaly_maps/<name>.png (uint16) and its score in image_ids.json, plus `anomaly` detections "
+                        "for map regions above its calibrated threshold that no named detection covers")
     add_force(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from defect_vision.cli import predict_ray
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
                                thresholds=a.thresholds, run_thresholds=implied, mask_threshold=a.mask_threshold,
                                model_type=a.model_type, box_only=a.box_only, masks=a.masks, device=a.device, precision=a.precision,
                                seed=a.seed, sam_batch=a.sam_batch, threads=a.threads, workers=workers,
-                               backend=a.backend, onnx=onnx if a.backend != "torch" else None)
+                               backend=a.backend, onnx=onnx if a.backend != "torch" else None, anomaly=a.anomaly)
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
                              prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers)
         source = resolve_source(a.source)  # bad sources fail before any model is loaded

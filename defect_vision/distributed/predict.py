@@ -36,6 +36,7 @@ from defect_vision.inference.run import (
     category_mismatch,
     ground_truth,
     required_models,
+    run_mode,
 )
 from defect_vision.inference.run_files import ImageFiles, image_entry
 from defect_vision.inference.sources import Source, resolve_source
@@ -269,7 +270,7 @@ def _fill(summary: ShardedSummary, totals: ShardTotals, res: Resources | None) -
 
 def _summary_dict(s: ShardedSummary, totals: ShardTotals, config: PredictConfig, options: RunOptions, ro: RayOptions,
                   source: Source, names: list[str], gt_mode: bool, plan: ShardPlan) -> dict:
-    mode = "gt_boxes" if gt_mode else ("box_only" if config.box_only else "detector+sam")
+    mode = run_mode(config, options)
     facts = RunFacts(names, None if gt_mode else totals.model.get("category_ids"), totals.model.get("device"),
                      totals.model.get("autocast"), {"kind": source.kind, "origin": source.origin}, mode, config, options,
                      totals.model.get("thresholds"))

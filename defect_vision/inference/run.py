@@ -17,6 +17,7 @@ from pathlib import Path
 from defect_vision.detections import Detections
 from defect_vision.devices import intra_op_threads, timed
 from defect_vision.errors import ConfigError, DatasetError
+from defect_vision.inference.anomaly import anomaly_category_id
 from defect_vision.inference.config import PredictConfig
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor
@@ -69,13 +70,22 @@ def required_models(detector: Path | None, sam: Path | None, config: PredictConf
         if options.gt_boxes is None and detector is None:
             raise ConfigError("{detector}: required unless {gt_boxes} gives the boxes", "detector", "gt_boxes")
         if needs_sam(config) and sam is None:
-            raise ConfigError("{sam}: required unless {box_only}", "sam", "box_only")
+            raise ConfigError("{sam}: required unless {box_only} or {masks} detector", "sam", "box_only", "masks")
     return None if options.gt_boxes is not None else detector, sam if needs_sam(config) else None
 
 
 def needs_sam(config: PredictConfig) -> bool:
     """A SAM checkpoint is read unless the masks are the boxes (box_only) or the detector's own (masks detector)."""
     return not config.box_only and config.masks != "detector"
+
+
+def run_mode(config: PredictConfig, options: RunOptions) -> str:
+    """summary.json's `mode`, for either engine: where the boxes and the masks come from."""
+    if options.gt_boxes is not None:
+        return "gt_boxes"
+    if config.box_only:
+        return "box_only"
+    return "detector_masks" if config.masks == "detector" else "detector+sam"
 
 
 def category_mismatch(source: Source, names: list[str], category_ids: list[int] | None) -> list[str]:
@@ -96,7 +106,7 @@ def ground_truth(path: Path, source: Source) -> GtBoxes:
 
 
 def run_facts(predictor: DefectPredictor, source: Source, options: RunOptions) -> RunFacts:
-    mode = "gt_boxes" if options.gt_boxes is not None else ("detector+sam" if predictor.segmenter.uses_sam else "box_only")
+    mode = run_mode(predictor.config, options)
     dtype = predictor.dtype
     return RunFacts(predictor.class_names, predictor.category_ids, str(predictor.device),
                     str(dtype).replace("torch.", "") if dtype else None, {"kind": source.kind, "origin": source.origin},
@@ -206,9 +216,12 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
     summary.warnings += predictor.thresholds.warnings
     summary.warnings += category_mismatch(source, predictor.class_names,
                                           None if options.gt_boxes is not None else predictor.category_ids)
+    if predictor.anomaly is not None and source.coco is not None:
+        predictor.anomaly.check_category(source.coco.info.get("category"), str(source.origin))
     for w in summary.warnings:
         print(f"warning: {w}", file=sys.stderr)
     inputs = source.inputs() + ([options.gt_boxes] if options.gt_boxes else [])
+    inputs += [predictor.anomaly.folder] if predictor.anomaly is not None else []
     size = options.batch_size(predictor.device)
     workers, threads_each = predictor.config.cpu_split(predictor.device)
     summary.parallel = {"batch": size, "workers": workers, "torch_threads_per_worker": threads_each}
@@ -225,7 +238,10 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
         summary.timings.wall = time.perf_counter() - t0
         summary.timings.settle()
         summary.set_counters(predictor.counters())
-        write_run_files(tmp, run.results, run.entries, summary_dict(summary, run_facts(predictor, source, options)))
+        doc = summary_dict(summary, run_facts(predictor, source, options))
+        if predictor.anomaly is not None:
+            doc["anomaly"] = predictor.anomaly.describe(anomaly_category_id(predictor.class_names, predictor.category_ids))
+        write_run_files(tmp, run.results, run.entries, doc)
     return summary
 
 

@@ -37,27 +37,12 @@ class Sam2Segmenter(Segmenter):
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         return self.ops.prepare(image, self.device)
 
-    @torch.inference_mode()
-    def embed(self, images: list[np.ndarray], timings: Timings | None = None) -> list[Features]:
-        """The feature maps (embedding, high_res_0, high_res_1; each 1xCxhxw) of these images."""
-        timings = timings if timings is not None else Timings()
-        out: list[Features] = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
-            with timed(timings, "sam_encoder", self.device):
-                x = torch.cat([self.prepare(im) for im in chunk])
-                with autocast(self.device, self.dtype):
-                    out += self.ops.encode(x)
-            with COUNT:
-                self.encoder_calls += len(chunk)
-                self.encoder_batches += 1
-        return out
+    def encode(self, x: torch.Tensor) -> list[Features]:
+        """The feature maps (embedding, high_res_0, high_res_1; each 1xCxhxw) of each image of an encoder batch."""
+        return self.ops.encode(x)
 
-    def dense_pe(self) -> torch.Tensor:
-        if self._dense_pe is None:
-            with full_precision(self.device):
-                self._dense_pe = self.sam.sam_prompt_encoder.get_dense_pe()
-        return self._dense_pe
+    def prompt_encoder(self) -> torch.nn.Module:
+        return self.sam.sam_prompt_encoder
 
     @torch.inference_mode()
     def decode(self, embedding: Features, boxes: np.ndarray, size: tuple[int, int], timings: Timings | None = None,

@@ -102,17 +102,24 @@ class Segmenter(BoxSegmenter):
             with timed(timings, "sam_encoder", self.device):
                 x = torch.cat([self.prepare(im) for im in chunk])
                 with autocast(self.device, self.dtype):
-                    out += list(self.sam.image_encoder(x).split(1))
+                    out += self.encode(x)
             with COUNT:
                 self.encoder_calls += len(chunk)
                 self.encoder_batches += 1
         return out
 
+    def encode(self, x: torch.Tensor) -> list:
+        """The features of each image of an encoder batch (SAM: its 1xCxgxg embedding)."""
+        return list(self.sam.image_encoder(x).split(1))
+
+    def prompt_encoder(self) -> torch.nn.Module:
+        return self.sam.prompt_encoder
+
     def dense_pe(self) -> torch.Tensor:
         """The image positional encoding (constant per model), computed once in fp32."""
         if self._dense_pe is None:
             with full_precision(self.device):
-                self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+                self._dense_pe = self.prompt_encoder().get_dense_pe()
         return self._dense_pe
 
     @torch.inference_mode()

@@ -59,7 +59,7 @@ class RunFacts:
     device: str | None
     autocast: str | None
     source: dict  # {"kind", "origin"}
-    mode: str  # detector+sam | box_only | gt_boxes
+    mode: str  # detector+sam | detector_masks | box_only | gt_boxes (run.run_mode)
     config: object  # PredictConfig
     options: object  # RunOptions
     thresholds: dict | None = None  # ClassThresholds.describe: which confidence thresholds applied

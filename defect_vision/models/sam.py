@@ -174,15 +174,20 @@ sam_model_registry.setdefault("mobile_sam", partial(build_mobile_sam, MOBILE_SAM
 sam_model_registry.setdefault("mobile_sam_test", partial(build_mobile_sam, MOBILE_SAM_TEST))
 
 
-def load_state_dict(path: Path) -> dict:
-    """A plain state_dict from a .pth file (CPU); CheckpointError naming the file when missing or unreadable."""
+def read_checkpoint(path: Path, what: str = "SAM"):
+    """The object a .pth file holds (CPU, tensors only); CheckpointError naming the file when missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: SAM checkpoint not found; {DOWNLOAD_HINT}")
+        raise CheckpointError(f"{path}: {what} checkpoint not found; {DOWNLOAD_HINT}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})") from None
+
+
+def load_state_dict(path: Path) -> dict:
+    """A plain state_dict from a .pth file (CPU); CheckpointError naming the file when missing or unreadable."""
+    state = read_checkpoint(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a plain state_dict of tensors")
     return state
@@ -192,15 +197,9 @@ def load_sam2_state(path: Path) -> dict:
     """The state_dict of a SAM 2 file ({"model": state_dict}); CheckpointError naming the file and what it is."""
     from defect_vision.models.sam2 import state_of
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: SAM 2 checkpoint not found; {DOWNLOAD_HINT}")
+    obj = read_checkpoint(path, "SAM 2")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})") from None
-    try:
-        return state_of(obj, path)
+        return state_of(obj, Path(path))
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
 
