@@ -27,3 +27,20 @@ class ConfigError(DatasetError):
 
     def flag_message(self) -> str:
         return self._say(lambda f: "--" + f.replace("_", "-"))
+
+
+def error_text(exc: Exception) -> str:
+    """An error as one JSON line that crosses a process boundary (a Ray actor's rows) and comes back as the same
+    kind of error (`error_from_text`): a ConfigError keeps its template and fields, so the CLI still names flags."""
+    import json
+
+    if isinstance(exc, ConfigError):
+        return json.dumps({"template": exc.template, "fields": list(exc.fields)})
+    return json.dumps({"message": str(exc)})
+
+
+def error_from_text(text: str) -> DatasetError:
+    import json
+
+    d = json.loads(text)
+    return ConfigError(d["template"], *d["fields"]) if "template" in d else DatasetError(d["message"])

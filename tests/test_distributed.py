@@ -269,6 +269,19 @@ def test_bad_input_is_one_line_and_leaves_no_folder(case, ray_cluster, manifest,
     assert not out.exists()
 
 
+def test_a_config_error_in_the_model_actor_names_the_flags(ray_cluster, manifest, models, gt_json, tmp_path):
+    """A setting refused where the actor loads its models comes back to the driver as the same ConfigError, so the
+    CLI's line names the flags (not the library's field names), as the local engine's does."""
+    out = tmp_path / "out"
+    rc, _, err = run_cli(argv(manifest, models, out, "--engine", "ray", "--quiet", "--gt-boxes", str(gt_json),
+                              "--masks", "refine"))
+    assert (rc, err.strip()) == (2, "error: --masks refine: needs a YOLOE -seg --detector (not ground-truth boxes)")
+    assert not out.exists()
+    rc, _, local = run_cli(argv(manifest, models, tmp_path / "local", "--quiet", "--gt-boxes", str(gt_json),
+                                "--masks", "refine"))
+    assert rc == 2 and local.strip() == err.strip()
+
+
 def test_without_ray_the_engine_says_how_to_install_it(manifest, models, tmp_path, monkeypatch):
     for name in ("ray", "ray.data"):
         monkeypatch.setitem(sys.modules, name, None)  # import ray -> ImportError, installed or not

@@ -29,7 +29,7 @@ from defect_vision.distributed.shards import (
     run_id,
     write_shard,
 )
-from defect_vision.errors import ConfigError, DatasetError
+from defect_vision.errors import ConfigError, DatasetError, error_from_text
 from defect_vision.inference.config import PredictConfig
 from defect_vision.inference.run import (
     RunOptions,
@@ -153,7 +153,7 @@ class _Driver:
 
     def take(self, row: dict) -> None:
         if row["fatal"]:
-            raise DatasetError(str(row["fatal"]))
+            raise error_from_text(str(row["fatal"]))  # a ConfigError stays one: the CLI names its flags
         self._model_seen(str(row["model"]))
         k, i = int(row["shard"]), int(row["id"])
         if k in self.committed or i in self.open.get(k, {}):  # a retried batch's copy: each image is written once

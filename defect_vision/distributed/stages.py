@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from defect_vision.detections import Detections, ImageInfo
-from defect_vision.errors import DatasetError
+from defect_vision.errors import DatasetError, error_text
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor, PredictConfig
 from defect_vision.inference.run_files import encode_image
@@ -103,7 +103,7 @@ class PredictWorker:
             if gt is not None:
                 self.predictor = self.predictor.with_detector(gt)
         except (DatasetError, OSError) as exc:  # e.g. a missing or wrong checkpoint: one line in the driver
-            self.predictor, self.fatal = None, str(exc)
+            self.predictor, self.fatal = None, error_text(exc)
         self.detect_batch = detect_batch or (4 if gpus > 0 else 1)
         self.describe = json.dumps(self._describe())
 
