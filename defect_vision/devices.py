@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-class DeviceError(DatasetError, ValueError):
+class DeviceError(ConfigError, ValueError):
     """A device or precision that this machine cannot give; printed as one line by the CLI."""
 
 
@@ -43,15 +43,15 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
         return torch.device("cpu")
     m = re.fullmatch(r"(?:cuda)?:?(\d*)", spec)
     if not m or spec in ("", ":"):
-        raise DeviceError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+        raise DeviceError(f"{{device}} {spec}: expected auto, cpu, cuda or cuda:N", "device")
     if not torch.cuda.is_available():
         raise DeviceError(
-            f"--device {spec}: CUDA was asked for but torch sees no CUDA device "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu to run on the CPU"
-        )
+            f"{{device}} {spec}: CUDA was asked for but torch sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use {{device}} cpu to run on the CPU",
+            "device")
     index = int(m.group(1)) if m.group(1) else (local_rank or 0)
     if index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
+        raise DeviceError(f"{{device}} {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)", "device")
     return torch.device(f"cuda:{index}")
 
 
@@ -93,7 +93,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     import torch
 
     if precision not in PRECISIONS:
-        raise DeviceError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        raise DeviceError(f"{{precision}} {precision}: expected one of {', '.join(PRECISIONS)}", "precision")
     if precision == "fp32":
         return None
     if device.type != "cuda":
@@ -101,12 +101,12 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
             return None
         if precision == "bf16" and cpu_bf16_native():
             return torch.bfloat16  # opt-in on CPU: faster, not bit-identical to fp32
-        raise DeviceError(f"--precision {precision}: half precision needs a CUDA device or a CPU with native bf16 "
-                          f"(AVX512-BF16/AMX; got {device})")
+        raise DeviceError(f"{{precision}} {precision}: half precision needs a CUDA device or a CPU with native bf16 "
+                          f"(AVX512-BF16/AMX; got {device})", "precision")
     if precision == "bf16" and not bf16_native(device):
         major, minor = torch.cuda.get_device_capability(device)
-        raise DeviceError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}, compute capability "
-                          f"{major}.{minor}) has no native bf16 (emulated, slow); use --precision fp16 or auto")
+        raise DeviceError(f"{{precision}} bf16: {device} ({torch.cuda.get_device_name(device)}, compute capability "
+                          f"{major}.{minor}) has no native bf16 (emulated, slow); use {{precision}} fp16 or auto", "precision")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 

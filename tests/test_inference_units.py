@@ -191,9 +191,10 @@ def test_auto_precision_is_fp16_and_bf16_only_where_native_on_the_chosen_device(
     assert step_dtype(a100) == autocast_dtype(a100, "auto")  # SAM: one dtype for fine-tune, cache and inference
     assert step_dtype(torch.device("cpu")) is None and autocast_dtype(torch.device("cpu"), "auto") is None
     assert autocast_dtype(a100, "bf16") == torch.bfloat16 and fake_gpus[-1] == 1  # asked cuda:1, not the current
-    with pytest.raises(DeviceError, match=r"--precision bf16: cuda:0 \(Tesla T4, compute capability 7.5\) has no "
-                                          r"native bf16 \(emulated, slow\); use --precision fp16 or auto"):
+    with pytest.raises(DeviceError, match=r"precision bf16: cuda:0 \(Tesla T4, compute capability 7.5\) has no "
+                                          r"native bf16 \(emulated, slow\); use precision fp16 or auto") as exc:
         autocast_dtype(t4, "bf16")
+    assert exc.value.flag_message().startswith("--precision bf16: ") and "use --precision fp16" in exc.value.flag_message()
     assert autocast_dtype(t4, "fp16") == torch.float16 and autocast_dtype(t4, "fp32") is None
     assert (bf16_native(t4), bf16_native(a100), bf16_native(torch.device("cpu"))) == (False, True, False)
 

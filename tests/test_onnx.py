@@ -438,7 +438,7 @@ def test_openvino_sam_on_ground_truth_boxes_and_fp32_unless_bf16_is_asked(export
         pixels, gt = read_image(recs[0].path), recs[0].to_detections(category.defect_types)
         assert len(bf.segment(pixels, gt[np.arange(len(gt))]).rle) == len(gt)
     else:
-        with pytest.raises(DatasetError, match="--precision bf16: half precision needs"):
+        with pytest.raises(DatasetError, match="precision bf16: half precision needs"):
             DefectPredictor.from_run(run, PredictConfig(precision="bf16"), backend="openvino")
 
 

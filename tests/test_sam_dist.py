@@ -64,13 +64,13 @@ def test_each_rank_gets_its_own_gpu(monkeypatch):
     assert [rank_device(spec, 2, 1) for spec in ("auto", "cuda", "cuda:1", "1")] == [torch.device("cuda:1")] * 4
     assert rank_device("cpu", 2, 1) == torch.device("cpu")
     assert rank_device("cuda:1", 1, 0) == torch.device("cuda:1")  # one process: the GPU asked for
-    with pytest.raises(DeviceError, match=r"--device cuda: local rank 2 needs its own GPU, cuda:2, but there are 2 CUDA "
+    with pytest.raises(DeviceError, match=r"^device cuda: local rank 2 needs its own GPU, cuda:2, but there are 2 CUDA "
                                           r"device\(s\); run at most 2 processes per node \(NPROC\)"):
         rank_device("cuda", 3, 2)
 
 
 def test_cuda_asked_without_cuda_is_a_device_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(DeviceError, match=r"--device cuda:0: CUDA was asked for"):
+    with pytest.raises(DeviceError, match=r"^device cuda:0: CUDA was asked for"):
         rank_device("cuda:0", 2, 1)
     assert rank_device("auto", 2, 1) == torch.device("cpu")

@@ -115,6 +115,6 @@ def test_model_type_comes_from_the_option_then_best_json_then_vit_b(tmp_path):
 
 
 def test_vit_tiny_has_no_official_checkpoint():
-    with pytest.raises(DatasetError, match=r"^--model-type vit_tiny: vit_tiny has no official checkpoint; pass "
-                                           r"--checkpoint PATH or --from-scratch$"):
+    with pytest.raises(DatasetError, match=r"^model_type vit_tiny: vit_tiny has no official checkpoint; pass "
+                                           r"checkpoint PATH or from_scratch$"):
         default_checkpoint("vit_tiny")

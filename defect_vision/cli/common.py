@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
@@ -75,8 +74,9 @@ def add_force(p: argparse.ArgumentParser) -> None:
 def run_command(body: Callable[[], int | None], out: Path | None = None) -> int:
     """Run a command body; DatasetError, DeviceError, CheckpointError and OSError -> one `error:` line and exit 2,
     Ctrl-C -> `interrupted` and exit 130 (temporary files are removed on the way out)."""
-    from defect_vision.errors import (
-        DatasetError,  # DeviceError is one (devices.py is not imported for it)
+    from defect_vision.errors import (  # DeviceError is a DatasetError (devices.py is not imported for it)
+        ConfigError,
+        DatasetError,
     )
 
     try:
@@ -84,8 +84,8 @@ def run_command(body: Callable[[], int | None], out: Path | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted (nothing half-written was kept)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except DatasetError as exc:  # a ConfigError names the flags that set its fields
+        print(f"error: {exc.flag_message() if isinstance(exc, ConfigError) else exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # a missing checkpoint, an unwritable output, a full disk: name the file and the reason
         name = exc.filename or out or ""

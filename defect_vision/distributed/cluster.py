@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError
 
 INSTALL = "pip install 'defect-vision[distributed]'"
 CONNECT_TIMEOUT_S = 5.0
@@ -23,7 +23,7 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401 - the [data] extra
     except ImportError as exc:
-        raise DatasetError(f"--engine ray: Ray Data is not installed ({exc.name or exc}); {INSTALL}") from None
+        raise ConfigError(f"{{engine}} ray: Ray Data is not installed ({exc.name or exc}); {INSTALL}", "engine") from None
     return ray
 
 
@@ -33,8 +33,8 @@ def host_port(address: str) -> tuple[str, int] | None:
         return None
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise DatasetError(f"--address {address}: expected host:port (the head node's port from `ray start --head`, "
-                           "6379 by default), ray://host:port, or auto")
+        raise ConfigError(f"{{address}} {address}: expected host:port (the head node's port from `ray start --head`, "
+                           "6379 by default), ray://host:port, or auto", "address")
     return host.strip("[]"), int(port)
 
 
@@ -48,8 +48,8 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             pass
     except OSError as exc:
         why = exc.strerror or exc.__class__.__name__
-        raise DatasetError(f"--address {address}: no Ray cluster reachable there ({why}); start one with "
-                           "`ray start --head` on the head node, or leave --address out for a local cluster") from None
+        raise ConfigError(f"{{address}} {address}: no Ray cluster reachable there ({why}); start one with "
+                           "`ray start --head` on the head node, or leave {address} out for a local cluster", "address") from None
 
 
 @contextmanager
@@ -69,7 +69,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                      logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-            raise DatasetError(f"--address {address or 'local'}: could not start or join a Ray cluster ({first})") from None
+            raise ConfigError(f"{{address}} {address or 'local'}: could not start or join a Ray cluster ({first})", "address") from None
         started = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # progress is ours: images/s and ETA

@@ -12,7 +12,7 @@ import numpy as np
 from defect_vision.coco import CocoDataset, load_results
 from defect_vision.distributed.merge import check_shards
 from defect_vision.distributed.shards import shard_paths
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError
 from defect_vision.evaluation import pixel_metrics
 from defect_vision.evaluation.inputs import image_id_map, load_gt, of_image
 from defect_vision.evaluation.metrics import EvalConfig
@@ -60,7 +60,7 @@ def sharded_pixel_metrics(gt: CocoDataset | Path, out: Path, config: EvalConfig 
     """Pixel metrics of the sharded run folder `out` against `gt`, as `evaluate(gt, out/predictions.json)` gives them
     in `pixel` and `image_auroc` (same keys; equal up to float summation order)."""
     if engine not in ENGINES:
-        raise DatasetError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+        raise ConfigError(f"{{engine}} {engine}: expected one of {', '.join(ENGINES)}", "engine")
     out = Path(out)
     gt = load_gt(gt)
     _, docs = check_shards(out)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from defect_vision.distributed.stages import PredictWorker, encode_batch, read_batch
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError
 from defect_vision.inference.predictor import PredictConfig
 
 
@@ -38,23 +38,23 @@ def plan_resources(cluster: dict, config: PredictConfig, num_workers: int | None
     cpus, gpus_there = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     cpu_only = config.device == "cpu" or config.backend != "torch"
     if num_gpus is not None and num_gpus < 0:
-        raise DatasetError(f"--num-gpus {num_gpus}: must be >= 0")
+        raise ConfigError(f"{{num_gpus}} {num_gpus}: must be >= 0", "num_gpus")
     if cpu_only and num_gpus:
-        raise DatasetError(f"--num-gpus {num_gpus}: the models run on the CPU here (--device cpu or --backend onnxruntime)")
+        raise ConfigError(f"{{num_gpus}} {num_gpus}: the models run on the CPU here ({{device}} cpu or {{backend}} onnxruntime)", "num_gpus", "device", "backend")
     gpus = 0.0 if cpu_only else (gpus_there if num_gpus is None else float(num_gpus))
     if gpus > gpus_there:
-        raise DatasetError(f"--num-gpus {num_gpus:g}: the Ray cluster has {gpus_there:g} GPU(s)")
+        raise ConfigError(f"{{num_gpus}} {num_gpus:g}: the Ray cluster has {gpus_there:g} GPU(s)", "num_gpus")
     if config.device.startswith("cuda") and gpus == 0:
-        raise DatasetError(f"--device {config.device}: the Ray cluster has no GPU (or --num-gpus 0 was given)")
+        raise ConfigError(f"{{device}} {config.device}: the Ray cluster has no GPU (or {{num_gpus}} 0 was given)", "device", "num_gpus")
     workers = num_workers if num_workers is not None else max(1, int(gpus))
     if workers < 1:
-        raise DatasetError(f"--num-workers {workers}: must be >= 1")
+        raise ConfigError(f"{{num_workers}} {workers}: must be >= 1", "num_workers")
     split = gpus > 0 if split is None else split
     per_cpu = cpus_per_worker or (1.0 if gpus > 0 or split else max(1.0, float(math.floor(cpus / workers))))
     spare = 1.0 if split else 0.0  # the read/encode tasks need a CPU of their own
     if workers * per_cpu + spare > cpus:
-        raise DatasetError(f"--num-workers {workers}: {workers} x {per_cpu:g} CPU{' + 1 for read/encode' if spare else ''} "
-                           f"is more than the Ray cluster's {cpus:g} CPU(s)")
+        raise ConfigError(f"{{num_workers}} {workers}: {workers} x {per_cpu:g} CPU{' + 1 for read/encode' if spare else ''} "
+                           f"is more than the Ray cluster's {cpus:g} CPU(s)", "num_workers")
     return Resources(workers, gpus / workers, per_cpu, split, cpus, gpus_there)
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from defect_vision.coco import CocoDataset, load_coco
 from defect_vision.data.images import read_image
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.evaluation.inputs import Predictions, load_predictions, of_image
 from defect_vision.evaluation.overlays import tint_and_outline, union_mask
 from defect_vision.evaluation.report_md import masks_note
@@ -535,7 +535,7 @@ def write_report(run: Path, out: Path | None = None, gt: Path | None = None, top
     rf = RunFolder(run)
     out = Path(out) if out is not None else rf.stage("report")
     if top_k < 0:
-        raise DatasetError(f"--top-k {top_k}: must be >= 0")
+        raise ConfigError(f"{{top_k}} {top_k}: must be >= 0", "top_k")
     if not run.is_dir():
         raise DatasetError(f"{run}: no such run folder")
     rep, images = collect(run, gt, top_k)

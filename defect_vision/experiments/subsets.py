@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.io import read_json
 
 ALL = "all"
@@ -74,7 +74,7 @@ def few_shot(images: dict[str, set[str]], classes: list[str], k: int | str, seed
     if k == ALL:
         return list(images)
     if not isinstance(k, int) or k < 0:
-        raise DatasetError(f"--shots {k}: expected a number >= 0 or 'all'")
+        raise ConfigError(f"{{shots}} {k}: expected a number >= 0 or 'all'", "shots")
     orders = class_orders(images, classes, seed)
     picked = {f for c in classes for f in orders[c][:k]}
     return [f for f, cls in images.items() if not cls or f in picked]

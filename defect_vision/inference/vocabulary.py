@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError, DatasetError
 
 
 def vocabulary_prompts(names: Sequence[str], meta: dict, phrasings: dict[str, list[str]] | None = None) -> list[list[str]]:
@@ -31,8 +31,8 @@ def encoder_for(meta: dict, text_encoder: str | None, clip: Path, cache_dir: Pat
         path = clip if clip is not None and Path(clip) != DEFAULT_CLIP else default_mobileclip(text_model)
         return make_encoder("mobileclip", path, cache_dir, device)[0]
     if text_encoder is None and recorded not in (None, "clip:ViT-B-32", "random"):
-        raise DatasetError(f"--classes: the detector was trained with the text encoder {recorded!r}; pass "
-                           "--text-encoder clip (with --clip PATH) to embed new class names")
+        raise ConfigError(f"{{classes}}: the detector was trained with the text encoder {recorded!r}; pass "
+                           "{text_encoder} clip (with {clip} PATH) to embed new class names", "classes", "text_encoder", "clip")
     name = text_encoder or ("random" if recorded == "random" else "clip")  # YOLO-World v2: CLIP ViT-B/32
     return make_encoder(name, clip, cache_dir, device)[0]
 
@@ -78,6 +78,6 @@ def open_vocabulary(detector, classes: Sequence[str], meta: dict, encode: Callab
                 nxt += 1
                 category_ids.append(nxt)
     if len(category_ids) != len(classes):
-        raise DatasetError(f"--classes: {len(category_ids)} category ids for {len(classes)} names")
+        raise ConfigError(f"{{classes}}: {len(category_ids)} category ids for {len(classes)} names", "classes")
     bake_classes(model, classes, rows)
     detector.class_names, detector.category_ids = classes, [int(i) for i in category_ids]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from segment_anything.utils.onnx import SamOnnxModel
 
 from defect_vision.devices import intra_op_threads
-from defect_vision.errors import DatasetError, OutputError
+from defect_vision.errors import ConfigError, DatasetError, OutputError
 from defect_vision.io import atomic_dir
 from defect_vision.models.detector import load_detector_model
 from defect_vision.models.sam import load_sam, model_type_for
@@ -341,7 +341,7 @@ def export_onnx(config: ExportConfig) -> dict:
     (a full disk) is an OutputError naming the output folder, with nothing kept. Returns the manifest."""
     require("onnx", "ONNX export")
     if config.opset not in OPSETS:
-        raise DatasetError(f"--opset {config.opset}: must be within {OPSETS.start}..{OPSETS.stop - 1}")
+        raise ConfigError(f"{{opset}} {config.opset}: must be within {OPSETS.start}..{OPSETS.stop - 1}", "opset")
     for path, what in ((config.detector, "detector checkpoint (a YOLO-World or YOLOE best.pt)"),
                        (config.sam, "SAM checkpoint (a SAM best.pth state_dict)")):
         if not Path(path).is_file():

@@ -8,8 +8,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from defect_vision.errors import DatasetError
-from defect_vision.models.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS, encode_prompts
+from defect_vision.errors import ConfigError, DatasetError
+from defect_vision.models.text_embeddings import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_CLIP,
+    ENCODERS,
+    encode_prompts,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +27,7 @@ def make_encoder(name: str = "clip", clip: Path = DEFAULT_CLIP, cache_dir: Path 
     """(encoder, description) for --text-encoder clip|random|mobileclip (`clip`: that model's file); the description is filled in by the first call
     (encoder, weights sha256, cache hits). A missing CLIP file fails here, before any work."""
     if name not in ENCODERS:
-        raise DatasetError(f"--text-encoder {name}: choose from {', '.join(ENCODERS)}")
+        raise ConfigError(f"{{text_encoder}} {name}: choose from {', '.join(ENCODERS)}", "text_encoder")
     if name != "random" and not Path(clip).is_file():
         encode_prompts(["x"], name, Path(clip), None)  # raises MissingWeightsError saying how to get the file
     info: dict = {"encoder": {"random": "random", "mobileclip": "mobileclip"}.get(name, "clip:ViT-B-32")}
@@ -40,8 +45,8 @@ def templated(phrasings: Sequence[Sequence[str]], template: str = "{name}", cate
     try:
         return [[template.format(name=p, category=category.replace("_", " ")) for p in ps] for ps in phrasings]
     except (KeyError, IndexError, ValueError) as exc:
-        raise DatasetError(f"--prompt-template {template!r}: unknown placeholder {exc} "
-                           "(use {name} and {category})") from None
+        raise ConfigError(f"{{prompt_template}} {template!r}: unknown placeholder {exc} "
+                           "(use {name} and {category})", "prompt_template") from None
 
 
 def ensemble(encode: Encoder, phrasings: Sequence[Sequence[str]]):

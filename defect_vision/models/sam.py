@@ -31,7 +31,7 @@ from segment_anything.modeling import (
 )
 from segment_anything.utils.transforms import ResizeLongestSide as SamResizeLongestSide
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.models.checkpoints import (
     MODEL_TYPES,
     SAM,
@@ -71,8 +71,8 @@ def default_checkpoint(model_type: str) -> Path:
     (vit_tiny and the other test configs)."""
     official = official_checkpoints()
     if model_type not in official:
-        raise DatasetError(f"--model-type {model_type}: {model_type} has no official checkpoint; pass --checkpoint PATH "
-                           "or --from-scratch")
+        raise ConfigError(f"{{model_type}} {model_type}: {model_type} has no official checkpoint; pass {{checkpoint}} PATH "
+                           "or {from_scratch}", "model_type", "checkpoint", "from_scratch")
     return WEIGHTS_DIR / official[model_type]
 
 
@@ -256,13 +256,13 @@ def load_sam(checkpoint: Path, model_type: str) -> Sam:
         raise DatasetError(f"{checkpoint}: SAM checkpoint not found (expected a SAM best.pth state_dict)")
     kind = sniff_checkpoint(checkpoint)
     if kind == ULTRALYTICS:
-        raise DatasetError(f"{checkpoint}: this is an ultralytics (YOLO-World) checkpoint, not a SAM state_dict "
-                           f"(give it as --detector)")
+        raise ConfigError(f"{checkpoint}: this is an ultralytics (YOLO-World) checkpoint, not a SAM state_dict "
+                           f"(give it as {{detector}})", "detector")
     if kind in (SAM, SAM2) and kind != family(model_type):
         guess = guess_model_type(checkpoint)
         what = f"a {guess} checkpoint" if guess else ("a SAM 2 checkpoint" if kind == SAM2 else "a SAM state_dict")
-        raise DatasetError(f"{checkpoint}: {what}, not of the {family(model_type)} family of --model-type {model_type}"
-                           + (f"; try --model-type {guess}" if guess else ""))
+        raise ConfigError(f"{checkpoint}: {what}, not of the {family(model_type)} family of {{model_type}} {model_type}"
+                           + (f"; try {{model_type}} {guess}" if guess else ""), "model_type")
     try:
         return build_sam(model_type, checkpoint)
     except (CheckpointError, ValueError) as exc:

@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.training.detector_config import DetectorTrainConfig
 
 LOG = logging.getLogger("defect_vision.yolo_world")
@@ -37,7 +37,7 @@ def class_prompts(names: list[str], coco_dir: Path, template: str, category: str
     try:
         prompts = [template.format(name=base[n], category=category.replace("_", " ")) for n in names]
     except (KeyError, IndexError, ValueError) as exc:
-        raise DatasetError(f"--prompt-template {template!r}: unknown placeholder {exc} (use {{name}} and {{category}})") from None
+        raise ConfigError(f"{{prompt_template}} {template!r}: unknown placeholder {exc} (use {{name}} and {{category}})", "prompt_template") from None
     return prompts, ids
 
 
@@ -81,8 +81,8 @@ def family_encoder(config: DetectorTrainConfig, family: str, text_model: str | N
     if family == YOLOE and config.text_encoder in ("clip", "mobileclip"):
         return "mobileclip", config.clip if config.clip != DEFAULT_CLIP else default_mobileclip(text_model)
     if family != YOLOE and config.text_encoder == "mobileclip":
-        raise DatasetError(f"--text-encoder mobileclip: {config.model_cfg if config.from_scratch else config.model} "
-                           "is a YOLO-World model, whose text model is CLIP ViT-B-32 (--text-encoder clip)")
+        raise ConfigError(f"{{text_encoder}} mobileclip: {config.model_cfg if config.from_scratch else config.model} "
+                           "is a YOLO-World model, whose text model is CLIP ViT-B-32 ({text_encoder} clip)", "text_encoder")
     return config.text_encoder, config.clip
 
 

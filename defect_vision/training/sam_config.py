@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError
 from defect_vision.models.checkpoints import MODEL_TYPES
 
 RESUME_KEYS = ("model_type", "epochs", "seed", "batch_images", "train_prompt_encoder")  # must match to --resume
@@ -46,11 +46,11 @@ class SamTrainConfig:
         self.checkpoint = Path(self.checkpoint) if self.checkpoint is not None else None
         self.category = self.category or self.prompts.name
         if self.model_type not in MODEL_TYPES:
-            raise DatasetError(f"--model-type {self.model_type}: unknown (choose from {', '.join(MODEL_TYPES)})")
+            raise ConfigError(f"{{model_type}} {self.model_type}: unknown (choose from {', '.join(MODEL_TYPES)})", "model_type")
         if self.from_scratch and self.checkpoint is not None:
-            raise DatasetError(f"--checkpoint {self.checkpoint}: not allowed with --from-scratch")
+            raise ConfigError(f"{{checkpoint}} {self.checkpoint}: not allowed with {{from_scratch}}", "checkpoint", "from_scratch")
         if self.epochs < 0 or self.batch_images < 1:
-            raise DatasetError(f"--epochs must be >= 0 and --batch-images >= 1 (got {self.epochs}, {self.batch_images})")
+            raise ConfigError(f"{{epochs}} must be >= 0 and {{batch_images}} >= 1 (got {self.epochs}, {self.batch_images})", "epochs", "batch_images")
 
     def resume_settings(self) -> dict:
         """The settings a resumed run must share with the run it continues."""

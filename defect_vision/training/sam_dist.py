@@ -56,8 +56,8 @@ def rank_device(spec: str, world: int, local_rank: int) -> torch.device:
         return device
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise DeviceError(f"--device {spec}: local rank {local_rank} needs its own GPU, cuda:{local_rank}, but there "
-                          f"are {count} CUDA device(s); run at most {count} processes per node (NPROC)")
+        raise DeviceError(f"{{device}} {spec}: local rank {local_rank} needs its own GPU, cuda:{local_rank}, but there "
+                          f"are {count} CUDA device(s); run at most {count} processes per node (NPROC)", "device")
     return torch.device(f"cuda:{local_rank}")
 
 

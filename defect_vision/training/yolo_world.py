@@ -22,24 +22,53 @@ import time
 from pathlib import Path
 
 from defect_vision.devices import ultralytics_device
-from defect_vision.errors import DatasetError
+from defect_vision.errors import ConfigError
+from defect_vision.models.detector import YOLOE
 from defect_vision.models.text_embeddings import RANDOM_WARNING
 from defect_vision.offline import go_offline
-from defect_vision.training.detector_checkpoints import (ResumePlan, check_run_folder, finished_checkpoint,
-                                                         open_run_folder, plan_resume, save_final, write_run_state)
-from defect_vision.training.detector_config import DetectorTrainConfig, check_overrides
-from defect_vision.training.detector_data import check_splits, data_hash, read_data_yaml, small_data_settings
-from defect_vision.training.detector_metrics import (box_metrics, evaluate_start_model, read_history,
-                                                     validate_checkpoint)
-from defect_vision.models.detector import YOLOE
-from defect_vision.training.detector_model import StartModel, start_model
-from defect_vision.training.detector_text import class_embeddings, class_phrasings, prompts_file
 
 # importable from here, as before the split (CLI, experiments, tests)
-from defect_vision.training.detector_checkpoints import KIND, read_run_state, trim_results  # noqa: F401
-from defect_vision.training.detector_config import SEED_REPORT_DEFAULTS  # noqa: F401
-from defect_vision.training.detector_model import WORLD_V2_URL  # noqa: F401
-from defect_vision.training.detector_text import class_prompts, text_encoder_device  # noqa: F401
+from defect_vision.training.detector_checkpoints import (  # noqa: F401
+    KIND,
+    ResumePlan,
+    check_run_folder,
+    finished_checkpoint,
+    open_run_folder,
+    plan_resume,
+    read_run_state,
+    save_final,
+    trim_results,
+    write_run_state,
+)
+from defect_vision.training.detector_config import (
+    SEED_REPORT_DEFAULTS,  # noqa: F401
+    DetectorTrainConfig,
+    check_overrides,
+)
+from defect_vision.training.detector_data import (
+    check_splits,
+    data_hash,
+    read_data_yaml,
+    small_data_settings,
+)
+from defect_vision.training.detector_metrics import (
+    box_metrics,
+    evaluate_start_model,
+    read_history,
+    validate_checkpoint,
+)
+from defect_vision.training.detector_model import (
+    WORLD_V2_URL,  # noqa: F401
+    StartModel,
+    start_model,
+)
+from defect_vision.training.detector_text import (  # noqa: F401
+    class_embeddings,
+    class_phrasings,
+    class_prompts,
+    prompts_file,
+    text_encoder_device,
+)
 
 LOG = logging.getLogger("defect_vision.yolo_world")
 
@@ -48,7 +77,8 @@ def tuning_summary(config: DetectorTrainConfig, ckpt: dict, names: list[str], in
     """best.json's prompt_tuning block: on/off, settings and, when tuned, each class's drift (1 - cos) from CLIP."""
     if not config.tune_prompts:
         return {"tuned": False}
-    from defect_vision.training.prompt_tuning import drift, tuned as tuned_table
+    from defect_vision.training.prompt_tuning import drift
+    from defect_vision.training.prompt_tuning import tuned as tuned_table
 
     model = ckpt.get("ema") or ckpt.get("model")
     tuned = tuned_table(model)  # the text-model vectors (YOLOE's pe is their projection)
@@ -72,11 +102,11 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
     dhash = data_hash(config.data, data)
     device = ultralytics_device(config.device)
     if config.balanced and "," in device:
-        raise DatasetError(f"--balanced --device {config.device}: class-balanced sampling is single-process; "
-                           "train on one device, or drop --balanced")
+        raise ConfigError(f"{{balanced}} {{device}} {config.device}: class-balanced sampling is single-process; "
+                           "train on one device, or drop {balanced}", "balanced", "device")
     if config.tune_prompts and "," in device:
-        raise DatasetError(f"--tune-prompts --device {config.device}: prompt tuning is single-process; "
-                           "train on one device")
+        raise ConfigError(f"{{tune_prompts}} {{device}} {config.device}: prompt tuning is single-process; "
+                           "train on one device", "tune_prompts", "device")
     out = config.out.resolve()
     plan = plan_resume(out) if config.resume else None
     if plan is None:
