@@ -269,9 +269,8 @@ def test_bad_input_is_one_line_and_leaves_no_folder(case, ray_cluster, manifest,
     assert not out.exists()
 
 
-def test_a_config_error_in_the_model_actor_names_the_flags(ray_cluster, manifest, models, gt_json, tmp_path):
-    """A setting refused where the actor loads its models comes back to the driver as the same ConfigError, so the
-    CLI's line names the flags (not the library's field names), as the local engine's does."""
+def test_a_config_error_names_the_flags_on_both_engines(ray_cluster, manifest, models, gt_json, tmp_path):
+    """A refused setting is refused by the driver before any actor starts, in the local engine's words (flags)."""
     out = tmp_path / "out"
     rc, _, err = run_cli(argv(manifest, models, out, "--engine", "ray", "--quiet", "--gt-boxes", str(gt_json),
                               "--masks", "refine"))
@@ -280,6 +279,17 @@ def test_a_config_error_in_the_model_actor_names_the_flags(ray_cluster, manifest
     rc, _, local = run_cli(argv(manifest, models, tmp_path / "local", "--quiet", "--gt-boxes", str(gt_json),
                                 "--masks", "refine"))
     assert rc == 2 and local.strip() == err.strip()
+
+
+def test_an_actor_error_crosses_to_the_driver_as_the_same_kind_of_error():
+    """What a model actor puts in its rows' `fatal` column comes back as the error it was: a ConfigError keeps its
+    fields (the CLI then names flags), any other error its message."""
+    from defect_vision.errors import ConfigError, error_from_text, error_text
+
+    back = error_from_text(error_text(ConfigError("{masks} refine: needs a YOLOE -seg {detector}", "masks", "detector")))
+    assert isinstance(back, ConfigError) and back.flag_message() == "--masks refine: needs a YOLOE -seg --detector"
+    plain = error_from_text(error_text(DatasetError("/x/best.pt: not a checkpoint")))
+    assert type(plain) is DatasetError and str(plain) == "/x/best.pt: not a checkpoint"
 
 
 def test_without_ray_the_engine_says_how_to_install_it(manifest, models, tmp_path, monkeypatch):

@@ -20,9 +20,7 @@ class Models:
 def load_models(config: PredictConfig, detector: Path | None, sam: Path | None, device, dtype) -> Models:
     """The detector (None when `detector` is None on the torch backend) and the segmenter (BoxMasks with box_only)
     of `config.backend`; one-line errors naming the file or the field."""
-    if config.backend != "torch" and config.masks != "sam":
-        raise ConfigError(f"{{masks}} {config.masks}: the torch backend only (an export has no detector masks)",
-                          "masks", "backend")
+    check_masks(config, detector is not None or config.backend != "torch")
     if config.backend != "torch":  # the export's networks; the checkpoints given are only checked against its manifest
         from defect_vision.inference.onnx_backend import load_onnx_models
 
@@ -62,14 +60,24 @@ def segmenter_for(model, device, dtype=None, mask_threshold: float = 0.0, batch:
     return Segmenter(model, device, dtype, mask_threshold, batch=batch)
 
 
-def keep_detector_masks(config: PredictConfig, det, path: Path | None) -> None:
-    """--masks detector|refine: the detector computes its -seg masks into each detection; ConfigError/DatasetError
-    naming the field or the file when it has none."""
+def check_masks(config: PredictConfig, detected: bool) -> None:
+    """ConfigError when the mask source cannot be had before any model is read: detector masks need the torch backend
+    and detected (not ground-truth) boxes. Both engines' drivers call it (run.required_models), and model loading."""
     if config.masks == "sam":
         return
-    if det is None:
+    if config.backend != "torch":
+        raise ConfigError(f"{{masks}} {config.masks}: the torch backend only (an export has no detector masks)",
+                          "masks", "backend")
+    if not detected:
         raise ConfigError(f"{{masks}} {config.masks}: needs a YOLOE -seg {{detector}} (not ground-truth boxes)",
                           "masks", "detector")
+
+
+def keep_detector_masks(config: PredictConfig, det, path: Path | None) -> None:
+    """--masks detector|refine: the detector computes its -seg masks into each detection; DatasetError naming the file
+    when it has none."""
+    if config.masks == "sam":
+        return
     if not getattr(det, "segment", False):
         from defect_vision.errors import DatasetError
 

@@ -18,6 +18,7 @@ from defect_vision.detections import Detections
 from defect_vision.devices import intra_op_threads, timed
 from defect_vision.errors import ConfigError, DatasetError
 from defect_vision.inference.anomaly import anomaly_category_id
+from defect_vision.inference.backends import check_masks
 from defect_vision.inference.config import PredictConfig
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor
@@ -62,6 +63,7 @@ def required_models(detector: Path | None, sam: Path | None, config: PredictConf
                     ) -> tuple[Path | None, Path | None]:
     """The one check of which model files a run needs, for either engine: (detector, sam) to load, None where the
     run needs none (ground-truth boxes need no detector, box_only no SAM, an exported backend reads `onnx`)."""
+    check_masks(config, options.gt_boxes is None)
     if config.backend != "torch":
         if config.onnx is None:
             raise ConfigError(f"{{onnx}}: required with {{backend}} {config.backend} (a folder written by "
