@@ -44,6 +44,11 @@ class RunFolder:
         """Where `defect-vision export` writes by default."""
         return self.root / "onnx"
 
+    @property
+    def anomaly_dir(self) -> Path:
+        """`defect-vision train-anomaly`: anomaly.json + model.pt (predict --anomaly)."""
+        return self.root / "anomaly"
+
     def stage(self, name: str) -> Path:
         """A stage's output folder: predict, predict_val, predict_gt_boxes, eval, eval_gt_boxes, report, openvocab,
         curve."""

@@ -5,6 +5,8 @@
 - segmenters: parameters, encoder ms per image, decoder ms per box (`--boxes` fixed boxes, full-size masks
   included), and end-to-end images/s of `defect-vision predict` on `--size` px images with its detector;
 - detectors: parameters, ms per image at `--imgsz`;
+- the anomaly stage of `predict --anomaly` (issue 21): per method (`--anomaly-methods`), parameters and ms per image
+  of the heat map at the model's input size, resized back to `--size` px, plus its unknown-defect regions;
 - the ratios the issue targets: the light path (a light segmenter + the light detector, exported) against the ViT-B
   path in the same run (target >= 5x) and against the loop a user writes with ultralytics on the same light models
   (`YOLOE(det).predict(img)` -> `SAM("mobile_sam.pt")(img, bboxes=boxes)`, one image at a time; target >= 1.3x).
@@ -48,7 +50,9 @@ HEAVY = ("vit_b", "vit_l", "vit_h", "vit_tiny")  # the ViT-B path's family (vit_
 NAMES = ["scratch", "hole", "stain"]
 SMOKE = {"segmenters": ["vit_tiny", "mobile_sam_test"], "light": "mobile_sam_test",
          "ref_detector": "yolov8n-worldv2.yaml", "light_detector": "yoloe-11n-seg.yaml", "images": 1, "repeat": 1,
-         "heavy_repeat": 1, "size": 256, "imgsz": 320, "backends": ["torch", "onnxruntime"], "loop": False}
+         "heavy_repeat": 1, "size": 256, "imgsz": 320, "backends": ["torch", "onnxruntime"], "loop": False,
+         "anomaly_methods": ["draem", "padim"], "anomaly_size": 64}
+ANOMALY_METHODS = ("draem", "padim", "patchcore")
 
 
 @dataclass
@@ -272,6 +276,49 @@ def print_tables(pairs: list[Pair], detectors: dict, loop: list[float], args, de
     print_ratios(pairs, light, ref, loop, args)
 
 
+def measure_anomaly(method: str, images: list[np.ndarray], size: int, repeat: int, device: str) -> dict:
+    """The anomaly stage on `images`: a random-init model of `method` (padim/patchcore fitted on the images; the
+    speed does not depend on the weights), median ms per image of AnomalyStage.add after a warm-up."""
+    import warnings
+
+    import torch
+
+    from defect_vision.detections import Detections, ImageInfo
+    from defect_vision.inference.anomaly import AnomalyStage
+    from defect_vision.models.anomaly import AnomalyMeta, build_model, to_input
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta = AnomalyMeta(method, "bench", size, backbone=None if method == "draem" else "resnet18",
+                           map_threshold=0.5, map_scale=1.0)
+        model = build_model(meta).to(device)
+        if method != "draem":
+            model.train()
+            model(to_input(images, meta, device))
+            model.fit() if method == "padim" else model.subsample_embedding(0.1)
+    stage = AnomalyStage(Path("bench"), meta, model.eval(), torch.device(device))
+
+    def dets() -> list[Detections]:
+        return [Detections.empty(image=ImageInfo(i, f"{i}.png", *im.shape[:2])) for i, im in enumerate(images)]
+
+    stage.add(images, dets())
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        stage.add(images, dets())
+        times.append((time.perf_counter() - t0) * 1000 / len(images))
+    return {"params": parameters(model), "ms": statistics.median(times)}
+
+
+def print_anomaly(rows: dict, args, device: str) -> None:
+    print(f"\n## Anomaly stage (predict --anomaly) on {device_name(device)}: {args.images} images of "
+          f"{args.size} px, model input {args.anomaly_size} px, median of {args.repeat} after a warm-up\n")
+    print("| anomaly method | params (M) | ms / image (map + unknown regions) |")
+    print("|---|---:|---:|")
+    for method, r in rows.items():
+        print(f"| {method} | {r['params']:.1f} | {r['ms']:.1f} |")
+
+
 def best(pair: Pair, backends: list[str], index: int) -> tuple[float | None, str]:
     """The highest median end-to-end img/s of `pair` over `backends` and which backend gave it."""
     found = [(median_e2e(pair, b, index), b) for b in backends if pair.e2e.get(b)]
@@ -329,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: all three on the CPU, torch on CUDA (the exported backends are CPU-only)")
     p.add_argument("--device", default="cpu", help="cpu | cuda:N")
     p.add_argument("--no-loop", dest="loop", action="store_false", help="skip the ultralytics user loop")
+    p.add_argument("--anomaly-methods", nargs="*", default=list(ANOMALY_METHODS), choices=ANOMALY_METHODS,
+                   help="anomaly stage rows (none: skip); random-init models, draem at anomalib's width 32")
+    p.add_argument("--anomaly-size", type=int, default=256, help="anomaly model input side")
     p.add_argument("--smoke", action="store_true",
                    help="tiny settings for the test: vit_tiny and mobile_sam_test, 1 image of 256 px, 1 repeat, "
                         "torch and onnxruntime, no loop (ultralytics' SAM() builds only the official configs)")
@@ -392,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             loop.append(run_loop(light, folder, work / "out" / "loop", args.boxes, args.device, args.images))
             print(f"loop run {r + 1}: {loop[-1]:.3f} img/s", flush=True)
     print_tables(pairs, detectors, loop, args, args.device)
+    if args.anomaly_methods:
+        anomaly = {m: measure_anomaly(m, images, args.anomaly_size, args.repeat, args.device) for m in args.anomaly_methods}
+        print_anomaly(anomaly, args, args.device)
     return 0
 
 

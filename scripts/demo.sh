@@ -9,6 +9,7 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: scripts/demo.sh [--fast] [--root DIR [--category C] [--format F]] [--work DIR] [--device auto|cpu|cuda:N] [--seed N]
+                       [--anomaly|--no-anomaly] [--classify|--no-classify]
 
   --fast       the smallest settings (what CI runs, ~1-2 min on 2 CPU cores); same as DEMO_FAST=1
   --root DIR   a real MVTec AD copy: run on its category --category instead of the synthetic toy_wood
@@ -17,6 +18,9 @@ usage: scripts/demo.sh [--fast] [--root DIR [--category C] [--format F]] [--work
   --work DIR   put datasets/ and runs/ under DIR instead of the repo root (same as DEMO_WORK=DIR)
   --device D   training/inference device [auto]
   --seed N     seed of the synthetic data, split and training [0]
+  --anomaly    also the good-only anomaly model (weight-free DRAEM, 64 px, ~30 s on toy_wood) and its heat maps
+               [off: DEMO_ANOMALY=1 turns it on]
+  --classify   also the course reports' image classifier baseline (3 epochs) [off: DEMO_CLASSIFY=1 turns it on]
 
 Default settings: ~3-6 min on 2 CPU cores on toy_wood (both random-init models visibly learn: detector val
 mAP50 ~0.5, SAM val IoU ~0.2); a real category has more and larger images and takes longer.
@@ -26,9 +30,14 @@ EOF
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 fast=${DEMO_FAST:-0} work=${DEMO_WORK:-$REPO} device=auto seed=0 root="" category="" layout=mvtec
+anomaly=${DEMO_ANOMALY:-0} classify=${DEMO_CLASSIFY:-0}
 while [ $# -gt 0 ]; do
   case "$1" in
     --fast) fast=1 ;;
+    --anomaly) anomaly=1 ;;
+    --no-anomaly) anomaly=0 ;;
+    --classify) classify=1 ;;
+    --no-classify) classify=0 ;;
     --work) [ $# -ge 2 ] || { echo "error: --work: missing value" >&2; exit 2; }; work=$2; shift ;;
     --device) [ $# -ge 2 ] || { echo "error: --device: missing value" >&2; exit 2; }; device=$2; shift ;;
     --seed) [ $# -ge 2 ] || { echo "error: --seed: missing value" >&2; exit 2; }; seed=$2; shift ;;
@@ -89,7 +98,10 @@ else
   weights=(--from-scratch --yolo-cfg yolov8n-worldv2.yaml)
 fi
 
+extra=()
+[ "$anomaly" = 1 ] && extra+=(--anomaly --anomaly-method draem --anomaly-image-size 64 --anomaly-base-width 8 --anomaly-epochs 10)
+[ "$classify" = 1 ] && extra+=(--classify --classify-epochs 3)
 "$REPO/scripts/run_pipeline.sh" --category "$category" --root "$root" \
   --datasets "$work/datasets" --runs "$work/runs" --device "$device" --seed "$seed" --resplit --format "$layout" \
-  "${weights[@]}" "${settings[@]}"
+  "${weights[@]}" "${settings[@]}" "${extra[@]}"
 echo "demo: finished in $((SECONDS - t0)) s; open $work/runs/$category/report/index.html"

@@ -32,11 +32,16 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
 
     p = parser(prog, DESCRIPTIONS[fmt])
 
-    p.add_argument("--category", required=True,
-                   help="category folder under --root, e.g. wood (with --format folder: just the dataset's name)")
-    p.add_argument("--root", type=Path, default=Path("datasets/mvtec_ad"), help="dataset root folder")
+    p.add_argument("--category", default=None,
+                   help="category folder under --root, e.g. wood (with --format folder, coco, yolo, labelstudio, cvat: "
+                        "just the dataset's name, default the --root folder's name)")
+    p.add_argument("--root", type=Path, default=Path("datasets/mvtec_ad"),
+                   help="dataset root (coco, labelstudio, cvat: images; yolo: data.yaml's)")
     p.add_argument("--format", dest="layout", choices=LAYOUTS, default="mvtec",
                    help="dataset layout (see docs/formats.md); auto detects it and says which it found")
+    p.add_argument("--annotations", type=Path, default=None,
+                   help="coco: the instances json; labelstudio: the JSON export; cvat: annotations.xml (CVAT for images "
+                        "1.1). coco without it finds Roboflow, CVAT and Label Studio COCO exports under --root")
     p.add_argument("--mask-threshold", type=int, default=0,
                    help="a mask pixel is defect when its value is > this (lossy JPEG or anti-aliased masks)")
     p.add_argument("--defect-name", default="defect",
@@ -50,12 +55,14 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, default=None,
                    help="folder layout: CSV with columns image,mask[,label] (paths relative to --root; empty mask = good)")
     p.add_argument("--strict", action="store_true",
-                   help="visa: an image_anno.csv row whose image is not on disk is an error (default: skipped, with "
-                        "one warning line naming how many and which)")
+                   help="what a reader skips with one warning line is an error instead (visa: an image_anno.csv row "
+                        "whose image is not on disk; coco, yolo, labelstudio, cvat: unknown classes, annotations of "
+                        "missing images, shapes outside the image or with no pixel)")
     p.add_argument("--benchmark-split", action="store_true",
-                   help="visa, kolektor2: the dataset's own train/test (VisA: split_csv/1cls.csv, whose train has only "
-                        "good images; KolektorSDD2: its train/ and test/); its test images are shared between val and "
-                        "test by the --split ratios")
+                   help="visa, kolektor2, coco (Roboflow), yolo, cvat: the dataset's own split (VisA: split_csv/1cls.csv, "
+                        "whose train has only good images; KolektorSDD2: its train/ and test/; Roboflow: train/valid/"
+                        "test; YOLO: data.yaml's train/val/test; CVAT: the images' subsets); a test shared with no val is "
+                        "split between val and test by the --split ratios")
     out_help = (f"output folder (default: datasets/{fmt}/<category>)" if fmt else
                 "root of the output folders <out>/<format>/<category> (default: datasets)")
     p.add_argument("--out", type=Path, default=None, help=out_help)
@@ -105,6 +112,14 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
         p.error(f"--min-area: must be >= 1, got {a.min_area}")
     if a.layout == "folder" and not (a.images or a.manifest):
         p.error("--format folder: needs --images GLOB (with --masks TEMPLATE) or --manifest CSV")
+    if a.layout == "labelstudio" and not a.annotations:
+        p.error("--format labelstudio: needs --annotations EXPORT.json (Label Studio's JSON export)")
+    if a.category is None:
+        from defect_vision.data.source import ROOTED
+
+        if a.layout not in ROOTED and not (a.layout == "auto" and a.annotations):
+            p.error("--category: required (the category folder under --root)")
+        a.category = a.root.resolve().name
     paths = CategoryPaths(a.category)
     if fmt is None:
         root = a.out or paths.datasets
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
 
     def body() -> None:
         source = DatasetSource(a.root, a.category, a.min_area, a.layout, a.mask_threshold, a.defect_name, a.names,
-                               a.images, a.masks, a.manifest, a.benchmark_split, a.strict)
+                               a.images, a.masks, a.manifest, a.benchmark_split, a.strict, a.annotations)
         result = export(source, outputs, config)
         print(result.summary(fmt or "+".join(a.formats)))
         for w in result.warnings:

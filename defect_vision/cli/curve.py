@@ -45,6 +45,25 @@ def build_parser(prog: str = "defect-vision curve"):
     p.add_argument("--sam-epochs", type=int, default=None, help="SAM epochs per fine-tune [20; --fast 1]")
     p.add_argument("--sam-lr", type=float, default=None, help=f"SAM learning rate [{S.lr}; --fast 1e-3]")
     p.add_argument("--sam-batch-images", type=int, default=None, help=f"images per SAM step [{S.batch_images}; --fast 2]")
+    al = p.add_argument_group("active learning (experiments/selection_curve.py): with --strategy, the curve adds "
+                              "labels round by round instead of k per class; output <runs>/<C>/selection_curve")
+    al.add_argument("--strategy", nargs="+", choices=("select", "random"), default=None,
+                    help="who picks the next labels: select (defect-vision select's ranking) and/or random")
+    al.add_argument("--start", type=int, default=1, help="labelled defect images per class before the first round")
+    al.add_argument("--step", type=int, default=4, help="labelled images added per round")
+    al.add_argument("--rounds", type=int, default=2, help="rounds of adding labels")
+    from defect_vision.training.self_training import RULES
+    from defect_vision.training.self_training import SelfTrainConfig as T
+
+    st = p.add_argument_group("self-training (experiments/unlabelled_curve.py): with --unlabelled-rest, k labels + the "
+                              "rest of train as unlabelled images vs k labels alone; output <runs>/<C>/curve_unlabelled")
+    st.add_argument("--unlabelled-rest", action="store_true",
+                    help="compare k labels alone with k labels + the rest of train as unlabelled images (self-training)")
+    st.add_argument("--pseudo-rules", nargs="+", choices=RULES, default=list(RULES),
+                    help="pseudo-label threshold rules to compare (train-detector --pseudo-rule)")
+    st.add_argument("--pseudo-rounds", type=int, default=T.rounds, help="self-training rounds (train-detector --rounds)")
+    st.add_argument("--pseudo-conf", type=float, default=T.conf, help="train-detector --pseudo-conf")
+    st.add_argument("--pseudo-floor", type=float, default=T.floor, help="train-detector --pseudo-floor")
     return p
 
 
@@ -66,7 +85,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision curve") -> in
     a = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     export, paths = export_of(a)
-    out = a.out or paths.run / "curve"
+    out = a.out or paths.run / ("selection_curve" if a.strategy else "curve_unlabelled" if a.unlabelled_rest else "curve")
 
     def body() -> None:
         from defect_vision.experiments.curve import CurveConfig, run_curve, summary_line
@@ -76,6 +95,19 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision curve") -> in
         config = CurveConfig(a.category, export, out, train_template(a, out), sam_template(a, export.sam, out),
                              shots=a.shots, seeds=a.seeds, repeat_up_to=a.repeat_up_to, target=a.target, conf=a.conf,
                              score_threshold=a.score_threshold, force=a.force)
+        if a.unlabelled_rest:
+            from defect_vision.experiments import unlabelled_curve as uc
+
+            self_training = uc.UnlabelledCurveConfig(config, tuple(a.pseudo_rules), a.pseudo_rounds, a.pseudo_conf,
+                                                     a.pseudo_floor)
+            print(uc.summary_line(uc.run_unlabelled_curve(self_training), out))
+            return
+        if a.strategy:
+            from defect_vision.experiments import selection_curve as sc
+
+            active = sc.SelectionCurveConfig(config, tuple(a.strategy), a.start, a.step, a.rounds)
+            print(sc.summary_line(sc.run_selection_curve(active), out))
+            return
         print(summary_line(run_curve(config), out))
 
     return run_command(body, out)

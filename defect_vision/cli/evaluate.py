@@ -60,5 +60,9 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision evaluate") ->
         val = (a.val_gt, a.val_pred) if a.val_gt else None
         metrics = evaluate(a.gt, a.pred, config, a.out, val=val, force=a.force)
         print(f"{metrics.summary_line()} ({time.perf_counter() - start:.1f} s) -> {a.out}")
+        if metrics.anomaly is not None:
+            from defect_vision.evaluation.report_anomaly import anomaly_line
+
+            print(anomaly_line(metrics.anomaly))
 
     return run_command(body, a.out)

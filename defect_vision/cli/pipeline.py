@@ -48,6 +48,10 @@ class PipelineConfig:
     resplit: bool = False
     force: bool = False  # stages replace output folders that are not previous outputs of theirs
     reader_args: list[str] = field(default_factory=list)  # --format and the reader options, passed to convert
+    anomaly: bool = False  # train-anomaly (runs/<C>/anomaly) and predict the test split with --anomaly (issue 21)
+    anomaly_args: list[str] = field(default_factory=list)  # e.g. --method draem --epochs 20
+    classify: bool = False  # the course reports' image classifier as a baseline (runs/<C>/classify)
+    classify_args: list[str] = field(default_factory=list)  # e.g. --epochs 10 --from-scratch
 
     def check(self) -> None:
         if not 0.0 <= self.conf <= 1.0:
@@ -191,8 +195,16 @@ def plan(c: PipelineConfig) -> PipelinePlan:
                                 "--out", str(rf.thresholds)]),
         ]
         val_eval = ["--val-gt", gt_val, "--val-pred", str(rf.stage("predict_val") / "predictions.json")]
+    if c.anomaly:  # good-only heat maps: only the test predict carries them (calibrate reads named classes only)
+        stages.append(Stage("anomaly", ["train-anomaly", "--category", cat, "--root", str(c.root), "--splits",
+                                        str(paths.splits), "--out", str(rf.anomaly_dir), "--device", c.device, "--seed",
+                                        str(c.seed), "--no-progress", *force, *c.reader_args, *c.anomaly_args]))
+    if c.classify:
+        stages.append(Stage("classify", ["classify", "--category", cat, "--coco", str(coco), "--device", c.device,
+                                         "--out", str(rf.stage("classify")), *force, *c.classify_args]))
+    anomaly = ["--anomaly", str(rf.anomaly_dir)] if c.anomaly else []
     stages += [
-        Stage("predict", [*predict, "--source", gt_test, "--out", str(rf.stage("predict")), "--save-overlays"]),
+        Stage("predict", [*predict, "--source", gt_test, "--out", str(rf.stage("predict")), "--save-overlays", *anomaly]),
         Stage("predict_gt_boxes", [*predict, "--source", gt_test, "--gt-boxes", gt_test, "--out", str(rf.stage("predict_gt_boxes"))]),
         Stage("evaluate", ["evaluate", "--gt", gt_test, "--pred", str(rf.stage("predict") / "predictions.json"), "--out",
                            str(rf.stage("eval")), *force, *val_eval]),
@@ -329,16 +341,30 @@ def build_parser(prog: str):
     p.add_argument("--resplit", action="store_true", help="make a new split even if datasets/splits/<C>.json exists")
     p.add_argument("--force", action="store_true",
                    help="let every stage replace output folders that are not previous outputs of that stage")
+    p.add_argument("--anomaly", action="store_true",
+                   help="also train the good-only anomaly model (runs/<C>/anomaly) and predict the test split with it: "
+                        "heat maps, `anomaly` detections and the map / named / fusion figures in eval and the report")
+    p.add_argument("--anomaly-method", default=None, choices=("draem", "padim", "patchcore"),
+                   help="train-anomaly --method (default: padim with weights/resnet18-*.pth, else draem)")
+    p.add_argument("--anomaly-epochs", type=int, default=20, help="train-anomaly --epochs (draem)")
+    p.add_argument("--anomaly-image-size", type=int, default=256, help="train-anomaly --image-size")
+    p.add_argument("--anomaly-base-width", type=int, default=32, help="train-anomaly --base-width (draem)")
+    p.add_argument("--classify", action="store_true",
+                   help="also train the course reports' image classifier (runs/<C>/classify/metrics.json) as a baseline")
+    p.add_argument("--classify-epochs", type=int, default=10, help="classify --epochs")
     readers = p.add_argument_group("dataset layout (passed to `defect-vision convert`; see its --help)")
     readers.add_argument("--format", default=None, help="mvtec (default) | mvtec_ad2 | mvtec_loco | mvtec_3d | visa | "
-                                                         "kolektor2 | folder | auto")
+                                                         "kolektor2 | folder | coco | yolo | labelstudio | cvat | auto")
     for opt, what in (("--mask-threshold", "a mask pixel is defect when > this [0]"),
                       ("--defect-name", "class of unnamed defects (mvtec_ad2, kolektor2) [defect]"),
                       ("--names", "YAML: class name -> prompt text"), ("--images", "folder layout: image glob"),
                       ("--masks", "folder layout: mask template ({dir}, {stem})"),
-                      ("--manifest", "folder layout: CSV image,mask[,label]")):
+                      ("--manifest", "folder layout: CSV image,mask[,label]"),
+                      ("--annotations", "coco, labelstudio, cvat: the export's annotation file")):
         readers.add_argument(opt, default=None, help=what)
-    readers.add_argument("--benchmark-split", action="store_true", help="visa: the benchmark's train/test split")
+    readers.add_argument("--benchmark-split", action="store_true",
+                         help="visa, kolektor2, coco (Roboflow), yolo, cvat: the dataset's own split")
+    readers.add_argument("--strict", action="store_true", help="the reader's warnings are errors")
     return p
 
 
@@ -349,15 +375,18 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision pipeline") ->
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(a, name)}")
     reader_args = []
-    for opt in ("format", "mask_threshold", "defect_name", "names", "images", "masks", "manifest"):
+    for opt in ("format", "mask_threshold", "defect_name", "names", "images", "masks", "manifest", "annotations"):
         if getattr(a, opt) is not None:
             reader_args += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
-    if a.benchmark_split:
-        reader_args.append("--benchmark-split")
+    reader_args += [flag for flag, on in (("--benchmark-split", a.benchmark_split), ("--strict", a.strict)) if on]
     config = PipelineConfig(
         a.category, a.root, a.datasets, a.runs, a.weights, a.yolo_model, a.clip, a.sam_model_type, a.sam_checkpoint,
         a.from_scratch, a.yolo_cfg, a.yolo_epochs, a.sam_epochs, a.imgsz, a.batch, a.conf, a.device, a.seed,
-        not a.no_zero_shot, not a.no_calibrate, a.resplit, a.force, reader_args)
+        not a.no_zero_shot, not a.no_calibrate, a.resplit, a.force, reader_args, a.anomaly,
+        ["--epochs", str(a.anomaly_epochs), "--image-size", str(a.anomaly_image_size),
+         "--base-width", str(a.anomaly_base_width),
+         *(["--method", a.anomaly_method] if a.anomaly_method else [])], a.classify,
+        ["--epochs", str(a.classify_epochs), *(["--from-scratch"] if a.from_scratch else [])])
     return run_command(lambda: run_pipeline(config) and None)
 
 

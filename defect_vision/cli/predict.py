@@ -6,6 +6,8 @@ from pathlib import Path
 
 from defect_vision.cli.common import add_force, parser, run_command
 
+ANNOTATION_TOOLS = ("labelstudio", "cvat", "fiftyone")  # formats/annotations.py TOOLS (not imported: light --help)
+
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from defect_vision.devices import PRECISIONS
@@ -100,6 +102,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="a `defect-vision train-anomaly` folder (e.g. runs/<C>/anomaly): per image a heat map "
                         "anomaly_maps/<name>.png (uint16) and its score in image_ids.json, plus `anomaly` detections "
                         "for map regions above its calibrated threshold that no named detection covers")
+    p.add_argument("--annotations", nargs="+", action="extend", default=[], choices=ANNOTATION_TOOLS, metavar="TOOL",
+                   help="also write the predictions as pre-annotations for a labelling tool, beside predictions.json "
+                        "(repeatable; labelstudio: labelstudio_tasks.json + labelstudio_config.xml, brush and polygon "
+                        "regions; cvat: cvat_annotations.zip, COCO 1.0 with masks; fiftyone: fiftyone_results.json, "
+                        "COCO labels with scores)")
+    p.add_argument("--image-root-url", default=None,
+                   help="prefix of each image's file name in the Label Studio tasks' data.image, e.g. "
+                        "'/data/local-files/?d=wood/' for Label Studio's local file serving (default: the file name "
+                        "relative to the source folder)")
+    p.add_argument("--model-version", default=None,
+                   help="model_version of the pre-annotations (default: <run>/<detector file>:<sha256[:12]>)")
     add_force(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from defect_vision.cli import predict_ray
@@ -141,8 +154,12 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
                                model_type=a.model_type, box_only=a.box_only, masks=a.masks, device=a.device, precision=a.precision,
                                seed=a.seed, sam_batch=a.sam_batch, threads=a.threads, workers=workers,
                                backend=a.backend, onnx=onnx if a.backend != "torch" else None, anomaly=a.anomaly)
+        from defect_vision.formats.annotations import model_version_of
+
         options = RunOptions(batch=a.batch, save_overlays=a.save_overlays, gt_boxes=a.gt_boxes, strict=a.strict,
-                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers)
+                             prefetch=a.prefetch, force=a.force, progress=not a.quiet, writers=a.writers,
+                             annotations=tuple(a.annotations), image_root_url=a.image_root_url,
+                             model_version=a.model_version or model_version_of(None if a.gt_boxes else detector))
         source = resolve_source(a.source)  # bad sources fail before any model is loaded
         from defect_vision.cli import predict_ray
 
@@ -152,6 +169,10 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision predict") -> 
             predict_ray.refuse_ray_options(a)
             summary = predict_files(detector, sam, config, source, a.out, options)
         print(summary.line(a.out))
+        if options.annotations:
+            from defect_vision.formats.annotations import annotation_files
+
+            print(f"pre-annotations: {', '.join(annotation_files(options.annotations))} -> {a.out}")
 
     def flags() -> None:
         try:

@@ -76,6 +76,9 @@ def build_parser(prog: str = "defect-vision train-detector") -> argparse.Argumen
     p.add_argument("--freeze", type=int, default=None, help="freeze the first N model layers (backbone = 10)")
     p.add_argument("--balanced", action="store_true",
                    help="class-balanced sampling: repeat images by LVIS repeat factor from per-class image frequency")
+    p.add_argument("--balanced-loss", action="store_true",
+                   help="class-rebalanced loss: logit adjustment (Menon et al. 2021) of the class scores by the "
+                        "training instances' class frequencies (docs/notes/classify.md)")
     p.add_argument("--eval-zero-shot", action="store_true",
                    help="first evaluate the start model with the defect prompts on the val split (zero-shot baseline)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=d.plots,
@@ -85,8 +88,42 @@ def build_parser(prog: str = "defect-vision train-detector") -> argparse.Argumen
                    help="continue an interrupted run from <out>/weights/last.pt (or only finish its final step)")
     add_force(p)
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (training is deterministic where torch allows)")
+    add_self_training(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra ultralytics training arguments")
     return p
+
+
+def add_self_training(p: argparse.ArgumentParser) -> None:
+    """--unlabelled and its options (defect_vision.experiments.self_training; docs/notes/self_training.md)."""
+    from defect_vision.training.self_training import RULES
+    from defect_vision.training.self_training import SelfTrainConfig as S
+
+    g = p.add_argument_group("self-training on unlabelled images")
+    g.add_argument("--unlabelled", type=Path, default=None,
+                   help="folder (or glob) of unlabelled images: after the labels-only fine-tune, pseudo-label them "
+                        "with it and fine-tune again on labels + pseudo-labels, --rounds times; writes "
+                        "<out>/pseudo_labels.json")
+    g.add_argument("--rounds", type=int, default=S.rounds, help="pseudo-label + fine-tune rounds")
+    g.add_argument("--pseudo-rule", choices=RULES, default=S.rule,
+                   help="adaptive: per-class thresholds, lower for classes the teacher is less sure of (Guo & Li "
+                        "2022, Adsh); fixed: --pseudo-conf for every class")
+    g.add_argument("--pseudo-conf", type=float, default=S.conf,
+                   help="pseudo-label threshold of the most-labelled class (adaptive) or of every class (fixed)")
+    g.add_argument("--pseudo-floor", type=float, default=S.floor, help="no pseudo-label below this score")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar while pseudo-labelling")
+
+
+def self_training_from_args(a: argparse.Namespace):
+    """The SelfTrainConfig of --unlabelled and its options (None without --unlabelled)."""
+    from defect_vision.errors import ConfigError
+    from defect_vision.training.self_training import SelfTrainConfig
+
+    if a.unlabelled is None:
+        return None
+    try:
+        return SelfTrainConfig(a.unlabelled, a.rounds, a.pseudo_rule, a.pseudo_conf, a.pseudo_floor)
+    except ConfigError as exc:
+        raise DatasetError(exc.flag_message()) from None
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -116,6 +153,7 @@ def config_from_args(a: argparse.Namespace):
         prompt_reg=a.prompt_reg, prompt_only=a.prompt_only, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
         device=a.device,
         workers=a.workers, optimizer=a.optimizer, lr0=a.lr0, cos_lr=a.cos_lr, freeze=a.freeze, balanced=a.balanced,
+        balanced_loss=a.balanced_loss,
         eval_zero_shot=a.eval_zero_shot, plots=a.plots, resume=a.resume, seed=a.seed, force=a.force,
         overrides=parse_overrides(a.overrides))
 
@@ -128,7 +166,21 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision train-detecto
         from defect_vision.training.yolo_world import finetune_detector, summary
 
         config = config_from_args(a)
-        meta = finetune_detector(config)
+        self_training = self_training_from_args(a)
+        if self_training is not None:
+            from defect_vision.errors import ConfigError
+            from defect_vision.experiments.self_training import self_train, summary_line
+
+            try:
+                meta = self_train(config, self_training, progress=not a.no_progress)
+            except ConfigError as exc:
+                raise DatasetError(exc.flag_message()) from None
+            print(summary(meta, config.out / "best.pt"))
+            print(summary_line(meta, config.out))
+            return
+        from defect_vision.training.balanced_loss import detector_callbacks
+
+        meta = finetune_detector(config, callbacks=detector_callbacks(config.balanced_loss))
         print(summary(meta, config.out / "best.pt"))
 
     return run_command(body, a.out)

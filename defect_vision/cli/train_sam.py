@@ -26,6 +26,7 @@ EPILOG = (
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from defect_vision.models.checkpoints import MODEL_TYPES
+    from defect_vision.training.self_training import MIN_AGREEMENT
 
     p = parser(prog, DESCRIPTION, EPILOG)
     p.add_argument("--category", required=True, help="MVTec category (names the default paths)")
@@ -57,6 +58,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add_force(p)
     p.add_argument("--seed", type=int, default=0, help="seed for init (--from-scratch), shuffling and box jitter")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--pseudo", type=Path, default=None,
+                   help="a train-detector --unlabelled run folder (or its pseudo_labels.json): its last round's pseudo "
+                        "boxes, with the start SAM's masks, become extra training instances where mask and box agree")
+    p.add_argument("--pseudo-agreement", type=float, default=MIN_AGREEMENT,
+                   help="with --pseudo: keep a pseudo box only when the IoU of the box with its mask's tight box is "
+                        "at least this")
     return p
 
 
@@ -90,10 +97,23 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision train-sam") -
         p.error("--epochs must be >= 0 and --batch-images >= 1")
 
     def body() -> None:
+        from defect_vision.errors import DatasetError
         from defect_vision.training.sam import finetune_sam
 
         config = config_from_args(a)
-        result = finetune_sam(config)
+        if a.pseudo is not None:
+            from defect_vision.errors import ConfigError
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise DatasetError("--pseudo: single process only (not under torchrun)")
+            from defect_vision.experiments.self_training import finetune_sam_with_pseudo
+
+            try:
+                result = finetune_sam_with_pseudo(config, a.pseudo, a.pseudo_agreement)
+            except ConfigError as exc:
+                raise DatasetError(exc.flag_message()) from None
+        else:
+            result = finetune_sam(config)
         if int(os.environ.get("RANK", "0")) == 0:
             print(summary_line(result, config.out))
 

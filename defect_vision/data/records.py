@@ -17,7 +17,7 @@ GOOD = "good"
 
 @dataclass(eq=False)
 class Instance:
-    """One defect instance: an 8-connected component of a ground-truth mask.
+    """One defect instance: an 8-connected component of a ground-truth mask, or one labelled shape (data/shapes.py).
 
     Holds the component's crop; the RLE, polygons and point are computed from it on first use (and kept),
     so each format pays only for what it writes."""
@@ -27,6 +27,8 @@ class Instance:
     area: int  # pixel count
     crop: np.ndarray  # bool h x w: the component inside its bbox
     image_size: tuple[int, int]  # height, width of the full mask
+    box_only: bool = False  # labelled with a box only: crop is the filled box, no mask target (COCO writes no
+    # segmentation, YOLO segment and SAM training skip it)
 
     @property
     def xyxy(self) -> tuple[int, int, int, int]:
@@ -74,7 +76,8 @@ class ImageRecord:
     mask_path: Path | None = None
     instances: list[Instance] = field(default_factory=list)
     dropped_specks: int = 0  # components below --min-area
-    split_hint: str | None = None  # the dataset's own split of this image ("train" | "test"), where it has one
+    split_hint: str | None = None  # the dataset's own split of this image ("train" | "val" | "test"), where it has one
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (kind, where) of labelled shapes clipped or dropped
 
     @property
     def is_good(self) -> bool:

@@ -1,6 +1,6 @@
-"""What every reader yields (a Sample per image: its file, its label, its mask files) and the one function that
-turns samples into the record the formats write: header size, mask union, 8-connected instances, with the same
-checks and one-line errors for every dataset layout."""
+"""What every reader yields (a Sample per image: its file, its label, its mask files or labelled shapes) and the one
+function that turns samples into the record the formats write: header size, mask union, 8-connected instances (or
+one instance per labelled shape), with the same checks and one-line errors for every dataset layout."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from defect_vision.data.images import image_size, read_label_mask
-from defect_vision.data.records import GOOD, Category, ImageRecord, mask_to_instances
+from defect_vision.data.records import Category, ImageRecord, mask_to_instances
+from defect_vision.data.shapes import Shape, majority_label, shapes_to_instances
 from defect_vision.errors import DatasetError
 
 
@@ -26,17 +27,51 @@ class Sample:
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # anything else the layout says:
     # "split": the dataset's own train/test; "listed_in": the list file naming this image (a missing image is then
     # skipped with a warning, or an error with strict); "labels": several defect types of one image;
-    # "types_by_value": {mask value: defect type} where the mask's values tell its regions' types apart
+    # "types_by_value": {mask value: defect type} where the mask's values tell its regions' types apart;
+    # "size": (height, width) the labelling tool recorded (its shapes' coordinates are in it)
+    shapes: tuple[Shape, ...] = ()  # labelled instances (a labelling tool's export): one instance each, no masks
 
 
-def read_sample(s: Sample, min_area: int, mask_threshold: int = 0) -> ImageRecord:
+class Samples(list):
+    """A reader's samples and the warning lines of what it skipped or could not take as it came (labelled exports:
+    unknown classes, annotations of missing images)."""
+
+    def __init__(self, items=(), warnings: Sequence[str] = ()):
+        super().__init__(items)
+        self.warnings = list(warnings)
+
+
+def note_lines(notes: Sequence[tuple[str, str]]) -> list[str]:
+    """One line per kind of note (kind, where): how many, and the first place."""
+    kinds: dict[str, list] = {}
+    for kind, where in notes:
+        kinds.setdefault(kind, [0, where])[0] += 1
+    return [f"{n} {kind} (first: {where})" for kind, (n, where) in kinds.items()]
+
+
+def strict_error(kind: str, where: str) -> DatasetError:
+    return DatasetError(f"{where}: {kind.split(' (')[0]} (--strict makes this an error)")
+
+
+def read_sample(s: Sample, min_area: int, mask_threshold: int = 0, strict: bool = False) -> ImageRecord:
     """The record of one sample: its size from the header; for a defect image the union of its masks (> threshold)
-    split into instances (of their own types where extra["types_by_value"] says). DatasetError naming the file:
-    unreadable, missing mask, size mismatch, empty mask."""
+    split into instances (of their own types where extra["types_by_value"] says), or one instance per labelled shape
+    (its type the most frequent of theirs; GOOD when none has a pixel in the image). DatasetError naming the file:
+    unreadable, missing mask, size mismatch, empty mask; with strict also a shape clipped or dropped."""
     path = s.path if s.path.is_absolute() else s.path.resolve()
     height, width = image_size(path)
     rec = ImageRecord(s.file_name, path, height, width, s.label, split_hint=s.extra.get("split"))
+    said = s.extra.get("size")
+    if said is not None and tuple(said) != (height, width):
+        raise DatasetError(f"{path}: image is {width}x{height} but the labels were drawn on {said[1]}x{said[0]} "
+                           f"({s.extra.get('listed_in', 'the export')})")
     if rec.is_good or not s.labelled:
+        return rec
+    if s.shapes:
+        rec.instances, rec.notes = shapes_to_instances(s.shapes, height, width, s.file_name)
+        if strict and rec.notes:
+            raise strict_error(*rec.notes[0])
+        rec.defect_type = majority_label([i.category for i in rec.instances])
         return rec
     if not s.masks:
         raise DatasetError(f"{path}: defect image ({s.label}) without a ground-truth mask")
@@ -95,7 +130,9 @@ def build_category(name: str, root: Path, samples: Sequence[Sample], min_area: i
     file names but the disk lacks are skipped with a warning (strict: DatasetError)."""
     if not samples:
         raise DatasetError(f"{root}: no images found")
-    samples, warnings = present(samples, strict)
+    warnings = list(getattr(samples, "warnings", []))
+    samples, missing = present(samples, strict)
+    warnings += missing
     if not samples:
         raise DatasetError(warnings[0].removesuffix(": skipped") + ": none to read")
     warnings += combination_note(samples)
@@ -109,8 +146,9 @@ def build_category(name: str, root: Path, samples: Sequence[Sample], min_area: i
         from tqdm import tqdm
 
         labelled = tqdm(labelled, desc=f"read {name}", unit="img")
-    records = [read_sample(s, min_area, mask_threshold) for s in labelled]
+    records = [read_sample(s, min_area, mask_threshold, strict) for s in labelled]
     records.sort(key=lambda r: r.file_name)
+    warnings += note_lines([n for r in records for n in r.notes])
     unlabelled = sorted((read_sample(s, min_area) for s in samples if not s.labelled), key=lambda r: r.file_name)
     if not records:
         raise DatasetError(f"{root}: no labelled images (only {len(unlabelled)} without ground truth)")

@@ -3,7 +3,10 @@ one entry point from any supported layout to the record (`Category`). One reader
 
     LAYOUT: str                                    what it reads, in one line (shown by --format auto on failure)
     looks_like(cat_root: Path) -> bool             a cheap check of the layout's markers
-    samples(source: DatasetSource) -> list[Sample] the images, their labels and mask files
+    samples(source: DatasetSource) -> list[Sample] the images, their labels and mask files (or labelled shapes)
+
+The exports of labelling tools (coco, yolo, labelstudio, cvat) are read from `root` itself (the image folder, or
+the folder holding data.yaml): their `looks_like` takes that folder, and `category` only names the dataset.
 """
 from __future__ import annotations
 
@@ -26,7 +29,15 @@ READERS = {
     "kolektor2": "defect_vision.data.kolektor2",
     "mvtec": "defect_vision.data.mvtec",
 }
-FORMATS = ("auto", "mvtec", "mvtec_ad2", "mvtec_loco", "mvtec_3d", "visa", "kolektor2", "folder")
+# labelling tools' exports, read from root itself; `auto` tries them after the layouts above (--annotations: by file)
+LABELLED = {
+    "coco": "defect_vision.data.coco_json",
+    "yolo": "defect_vision.data.yolo_dataset",
+    "labelstudio": "defect_vision.data.labelstudio",
+    "cvat": "defect_vision.data.cvat",
+}
+ROOTED = ("folder", *LABELLED)  # formats whose files are named relative to root (not root/category)
+FORMATS = ("auto", "mvtec", "mvtec_ad2", "mvtec_loco", "mvtec_3d", "visa", "kolektor2", "folder", *LABELLED)
 
 
 @dataclass(frozen=True)
@@ -43,18 +54,21 @@ class DatasetSource:
     images: str | None = None  # folder: glob of the images, relative to root
     masks: str | None = None  # folder: mask path template ({dir} = the image's folder, {stem} = its name w/o suffix)
     manifest: Path | None = None  # folder: CSV with columns image,mask[,label]
-    benchmark_split: bool = False  # VisA: take train/test from split_csv/1cls.csv
-    strict: bool = False  # VisA: an image_anno.csv row whose image is not on disk is an error (default: skipped)
+    benchmark_split: bool = False  # the dataset's own split (VisA's 1cls.csv, KolektorSDD2's, Roboflow's, YOLO's)
+    strict: bool = False  # what a reader would skip with a warning is an error (missing images, unknown classes, ...)
+    annotations: Path | None = None  # coco, labelstudio, cvat: the export's annotation file
 
     @property
     def cat_root(self) -> Path:
         """The folder the images are read from (file names are relative to it)."""
-        return Path(self.root) if self.format == "folder" else Path(self.root) / self.category
+        return Path(self.root) if self.format in ROOTED else Path(self.root) / self.category
 
 
 def reader(fmt: str):
     if fmt == "folder":
         return importlib.import_module("defect_vision.data.folder")
+    if fmt in LABELLED:
+        return importlib.import_module(LABELLED[fmt])
     if fmt not in READERS:
         raise DatasetError(f"--format {fmt}: unknown layout (choose from {', '.join(FORMATS)})")
     return importlib.import_module(READERS[fmt])
@@ -67,14 +81,23 @@ def detect_format(source: DatasetSource) -> str:
         raise DatasetError(f"{root}: no such folder (the dataset root)")
     if source.images or source.manifest:
         return "folder"
+    if source.annotations:
+        from defect_vision.data.labelled import annotation_format
+
+        return annotation_format(Path(source.annotations))
     cat_root = root / source.category
+    if cat_root.is_dir():
+        for fmt in READERS:
+            if reader(fmt).looks_like(cat_root):
+                return fmt
+    for fmt in LABELLED:
+        if reader(fmt).looks_like(root):
+            return fmt
     if not cat_root.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DatasetError(f"{root}: no category folder '{source.category}' (found: {', '.join(found) or 'none'})")
-    for fmt in READERS:
-        if reader(fmt).looks_like(cat_root):
-            return fmt
-    looked = "; ".join(f"{fmt}: {reader(fmt).LAYOUT}" for fmt in READERS)
+        raise DatasetError(f"{root}: no category folder '{source.category}' (found: {', '.join(found) or 'none'}) and "
+                           f"no labelling tool's export ({'; '.join(f'{f}: {reader(f).LAYOUT}' for f in LABELLED)})")
+    looked = "; ".join(f"{fmt}: {reader(fmt).LAYOUT}" for fmt in [*READERS, *LABELLED])
     raise DatasetError(f"{cat_root}: no known dataset layout found (looked for {looked}; for any other layout use "
                        "--format folder --images GLOB --masks TEMPLATE)")
 
@@ -148,7 +171,7 @@ def check_defects(cat: Category, source: DatasetSource) -> None:
     if cat.defect_types:
         return
     hint = ""
-    if source.format != "folder":
+    if source.format not in ROOTED:
         fits = [fmt for fmt in READERS if reader(fmt).looks_like(source.cat_root)]
         hint = (f"; its files look like {fits[0]} ({reader(fits[0]).LAYOUT})" if fits and source.format not in fits
                 else f"; format {source.format} reads defect images from {reader(source.format).LAYOUT}")

@@ -24,7 +24,8 @@ class SplitConfig:
     good_ratio: float = 0.5  # good images per split = ceil(good_ratio * defect images in that split)
     good_per_split: tuple[int, int, int] | None = None  # overrides good_ratio when given
     official: bool = False  # the dataset's own train/test (VisA's split_csv, KolektorSDD2's folders): its train
-    # images go to train (all of them), its test images to val and test by the val:test ratio, per defect type
+    # images go to train (all of them), its test images to val and test by the val:test ratio, per defect type;
+    # a dataset with its own val too (Roboflow's valid/, a YOLO data.yaml's val) keeps all three as they are
 
 
 @dataclass
@@ -55,13 +56,18 @@ def _counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
 
 
 def official_split(cat: Category, config: SplitConfig) -> Split:
-    """The dataset's own train/test (each record's `split_hint`), its test shared between val and test."""
+    """The dataset's own train/test (each record's `split_hint`), its test shared between val and test; a dataset
+    with its own val keeps its train/val/test as they are."""
     rng = random.Random(config.seed)
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
-    missing = [r.file_name for r in cat.images if r.split_hint not in ("train", "test")]
+    missing = [r.file_name for r in cat.images if r.split_hint not in SPLITS]
     if missing:
         raise DatasetError(f"{cat.root}: no official train/test split for {missing[0]} (and {len(missing) - 1} more); "
                            "this layout has none, or drop --benchmark-split")
+    if any(r.split_hint == "val" for r in cat.images):
+        for r in cat.images:
+            files[r.split_hint].append(r.file_name)
+        return Split(cat.name, config, {s: sorted(v) for s, v in files.items()}, [])
     val_test = (0.0, config.ratios[1], config.ratios[2]) if config.ratios[1] + config.ratios[2] > 0 else (0, 0, 1.0)
     for label in [*cat.defect_types, GOOD]:
         recs = [r for r in cat.images if r.defect_type == label]

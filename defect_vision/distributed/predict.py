@@ -5,6 +5,7 @@ interrupted run loses at most the shards in flight; a killed model actor is rest
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -36,9 +37,10 @@ from defect_vision.inference.run import (
     category_mismatch,
     ground_truth,
     required_models,
+    result_vocabulary,
     run_mode,
 )
-from defect_vision.inference.run_files import ImageFiles, image_entry
+from defect_vision.inference.run_files import ImageFiles, anomaly_entry, image_entry, write_run_annotations
 from defect_vision.inference.sources import Source, resolve_source
 from defect_vision.inference.summary import RunFacts, Summary, jsonable, summary_dict
 from defect_vision.io import atomic_write_text, check_output_dir, output_place
@@ -88,6 +90,7 @@ class _Result:
     width: int = 0
     predictions: list = field(default_factory=list)
     names: list = field(default_factory=list)
+    anomaly_score: float | None = None  # predict --anomaly: the image's map score
 
 
 def _round(v: float | None) -> float | None:
@@ -171,11 +174,13 @@ class _Driver:
             got[i] = _Result(str(row["error"]))
         else:
             t0 = time.perf_counter()
-            files = ImageFiles([], [], row["mask"], row["overlay"] if self.options.save_overlays else None)
+            files = ImageFiles([], [], row["mask"], row["overlay"] if self.options.save_overlays else None,
+                               row["anomaly_map"] or None)
             files.write(self.out, self.source.names[i])
             seconds["write"] += time.perf_counter() - t0
+            score = float(row["anomaly_score"])
             got[i] = _Result("", int(row["image_h"]), int(row["image_w"]), json.loads(row["predictions"]),
-                             json.loads(row["names"]))
+                             json.loads(row["names"]), None if math.isnan(score) else score)
         self.workers[str(row["worker"])] += 1
         self.done_at.append(float(row["done_at"]))
         self.progress.update(images=1)
@@ -188,7 +193,8 @@ class _Driver:
         entries, preds, results = [], [], []
         for i in self.plan.shards[k]:
             r, img = got[i], self.by_id[i]
-            entries.append(image_entry(img, self.source.names[i], (r.height, r.width), r.error or None))
+            entry = image_entry(img, self.source.names[i], (r.height, r.width), r.error or None)
+            entries.append(anomaly_entry(entry, r.anomaly_score))
             preds += [] if r.error else r.predictions
             results.append(r)
         write_shard(self.out, k, self.plan.run_id, entries, preds, _shard_stats(results, self.stats.pop(k, []), self.model))
@@ -253,6 +259,9 @@ def ray_predict_run(detector: str | Path | None, sam: str | Path | None, config:
     totals = merge_shards(out)
     _fill(summary, totals, res)
     names = gt.class_names if gt is not None else totals.model.get("class_names", [])
+    vocabulary = result_vocabulary(totals.model.get("class_names", []), totals.model.get("category_ids"), gt,
+                                   config.anomaly is not None)
+    write_run_annotations(out, *vocabulary, options.annotations, options.model_version, options.image_root_url)
     doc = _summary_dict(summary, totals, config, options, ro, source, names, gt is not None, plan)
     atomic_write_text(out / "summary.json", json.dumps(doc, indent=2))
     return summary
@@ -274,8 +283,10 @@ def _summary_dict(s: ShardedSummary, totals: ShardTotals, config: PredictConfig,
     facts = RunFacts(names, None if gt_mode else totals.model.get("category_ids"), totals.model.get("device"),
                      totals.model.get("autocast"), {"kind": source.kind, "origin": source.origin}, mode, config, options,
                      totals.model.get("thresholds"))
+    described = totals.model.get("anomaly")  # said by an actor when it started: its counters mean nothing here
+    anomaly = {"anomaly": {k: v for k, v in described.items() if k not in ("images", "seconds")}} if described else {}
     return {
-        **summary_dict(s, facts, parallel=False),
+        **summary_dict(s, facts, parallel=False), **anomaly,
         "engine": {"name": "ray", "run_id": plan.run_id, "shards": s.shards, "shards_resumed": s.shards_resumed,
                    "shard_size": plan.shard_size, "images_this_run": s.images_this_run, "resources": s.resources,
                    "first_result_s": _round(s.first_result_s), "steady_images_per_s": _round(s.steady_images_per_s),

@@ -18,6 +18,7 @@ from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError, error_text
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor, PredictConfig
+from defect_vision.inference.anomaly import anomaly_category_id
 from defect_vision.inference.run_files import encode_image
 from defect_vision.inference.sources import read_source_image
 from defect_vision.inference.summary import COUNTERS
@@ -51,18 +52,21 @@ def read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def encode_one(det: Detections, pixels: np.ndarray | None, height: int, width: int) -> dict:
     """The files of one predicted image as row columns: COCO entries (JSON text), label-mask PNG, overlay PNG (b""
     without), class names (JSON text); encoded by the single-process run's own code (run_files.encode_image)."""
+    score = det.image.extra.get("anomaly_score") if det.image is not None else None
     files = encode_image(det, pixels, height, width)
     return {"predictions": json.dumps(files.predictions), "mask": files.mask_png, "overlay": files.overlay_png or b"",
-            "names": json.dumps(files.names)}
+            "names": json.dumps(files.names), "anomaly_map": files.anomaly_png or b"",
+            "anomaly_score": np.nan if score is None else float(score)}
 
 
 def encode_rows(batch: dict[str, np.ndarray], dets: list[Detections | None], overlays: bool) -> dict[str, np.ndarray]:
     """The batch with its files added (an unreadable image, or a model error, gets none); `write_s` on row 0."""
     t0 = time.perf_counter()
-    out = {k: [] for k in ("predictions", "mask", "overlay", "names")}
+    out = {k: [] for k in ("predictions", "mask", "overlay", "names", "anomaly_map", "anomaly_score")}
     for i, det in enumerate(dets):
         if det is None:
-            row = {"predictions": "[]", "mask": b"", "overlay": b"", "names": "[]"}
+            row = {"predictions": "[]", "mask": b"", "overlay": b"", "names": "[]", "anomaly_map": b"",
+                   "anomaly_score": np.nan}
         else:
             row = encode_one(det, batch["pixels"][i] if overlays else None, int(batch["image_h"][i]), int(batch["image_w"][i]))
         for k in out:
@@ -113,7 +117,9 @@ class PredictWorker:
             return {}
         return {"class_names": p.class_names, "category_ids": p.category_ids, "device": str(p.device),
                 "autocast": str(p.dtype).replace("torch.", "") if p.dtype else None, "warnings": p.thresholds.warnings,
-                "thresholds": p.thresholds.describe(p.class_names)}
+                "thresholds": p.thresholds.describe(p.class_names),
+                "anomaly": None if p.anomaly is None else p.anomaly.describe(
+                    anomaly_category_id(p.class_names, p.category_ids))}
 
     def _predict(self, batch: dict[str, np.ndarray], ok: list[int]) -> list[Detections]:
         """run_batch over the readable rows `ok`, detect_batch images at a time."""

@@ -13,9 +13,26 @@ from tqdm import tqdm
 
 from defect_vision.coco import CocoDataset
 from defect_vision.evaluation import image_types, mask_iou, pixel_metrics, report_md
+from defect_vision.evaluation.anomaly_metrics import (
+    anomaly_figures,
+    anomaly_info,
+    load_with_anomaly,
+)
 from defect_vision.evaluation.coco_metrics import CocoResult, coco_metrics
-from defect_vision.evaluation.inputs import Predictions, has_mask, load_gt, mask_source, of_image, resolve
-from defect_vision.evaluation.thresholds import Thresholds, apply_thresholds, calibrate, detection_at_thresholds
+from defect_vision.evaluation.inputs import (
+    Predictions,
+    has_mask,
+    load_gt,
+    mask_source,
+    of_image,
+    resolve,
+)
+from defect_vision.evaluation.thresholds import (
+    Thresholds,
+    apply_thresholds,
+    calibrate,
+    detection_at_thresholds,
+)
 from defect_vision.io import atomic_dir
 
 KIND = "evaluate"  # the marker kind of an output folder
@@ -53,11 +70,13 @@ class Metrics:
     plots: list[str] = field(default_factory=list)
     per_image: list[mask_iou.ImageIoU] = field(default_factory=list, repr=False)
     thresholds: Thresholds | None = field(default=None, repr=False)  # calibrated on val, when val was given
+    anomaly: dict | None = None  # a predict --anomaly run: map / named / fusion figures (anomaly_metrics.py)
 
     def to_dict(self) -> dict:
-        return {"inputs": self.inputs, "counts": self.counts, "mask_iou": self.mask_iou, "coco": self.coco,
-                "pixel": self.pixel, "image_auroc": self.image_auroc, "image_classification": self.image_classification,
-                "calibrated": self.calibrated, "plots": self.plots}
+        doc = {"inputs": self.inputs, "counts": self.counts, "mask_iou": self.mask_iou, "coco": self.coco,
+               "pixel": self.pixel, "image_auroc": self.image_auroc, "image_classification": self.image_classification,
+               "calibrated": self.calibrated, "plots": self.plots}
+        return {**doc, "anomaly": self.anomaly} if self.anomaly is not None else doc
 
     @property
     def mask_ap(self) -> float | None:
@@ -176,21 +195,34 @@ def evaluate(gt: CocoDataset | Path, predictions: Predictions | Path, config: Ev
     io.check_output_dir says) unless it is absent, empty or a previous evaluate output, or with `force`; never a
     folder that holds an input. Figures are drawn only into an output folder."""
     gt = load_gt(gt)
-    predictions, pred_path, matched = resolve(predictions, gt)
+    predictions, pred_path, matched, unknown, info = _resolve(predictions, gt)
     thresholds, inputs = None, [gt.path, pred_path]
     if val is not None:
         val_gt = load_gt(val[0])
-        val_predictions, val_path, _ = resolve(val[1], val_gt)
+        val_predictions, val_path, *_ = _resolve(val[1], val_gt)
         thresholds = calibrate(val_gt, val_predictions, config.calib_iou, config.default_threshold)
         inputs += [val_gt.path, val_path]
     if out is None:
-        return measure(gt, predictions, config, thresholds, pred_path, matched)[0]
+        metrics = measure(gt, predictions, config, thresholds, pred_path, matched)[0]
+        metrics.anomaly = anomaly_figures(gt, predictions, unknown, pred_path, info) if info else None
+        return metrics
     with atomic_dir(Path(out), KIND, [p for p in inputs if p is not None], force) as folder:
         metrics, coco, instances = measure(gt, predictions, config, thresholds, pred_path, matched)
+        metrics.anomaly = anomaly_figures(gt, predictions, unknown, pred_path, info) if info else None
         if config.plots:
             metrics.plots = _draw(folder, gt, predictions, metrics, coco, instances, config.worst)
         _write(folder, metrics)
     return metrics
+
+
+def _resolve(predictions: Predictions | Path, gt: CocoDataset):
+    """inputs.resolve, plus a predict --anomaly run's split: (named predictions, file, matched by path, anomaly
+    predictions, summary.json's anomaly section); the named figures never see the `anomaly` detections."""
+    info = anomaly_info(predictions) if not isinstance(predictions, dict) else None
+    if info is None:
+        return (*resolve(predictions, gt), {}, None)
+    named, unknown, matched = load_with_anomaly(Path(predictions), gt, info)
+    return named, Path(predictions), matched, unknown, info
 
 
 def _write(folder: Path, metrics: Metrics) -> None:

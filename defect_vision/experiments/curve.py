@@ -16,11 +16,26 @@ from pathlib import Path
 
 import numpy as np
 
+from defect_vision.coco import CocoDataset
 from defect_vision.errors import DatasetError
 from defect_vision.experiments import common
-from defect_vision.experiments.measure import SamMasks, detect, gt_boxes, scores
-from defect_vision.experiments.subsets import (ALL, Export, classes_of, few_shot, image_classes, labelled_counts,
-                                               write_subset)
+from defect_vision.experiments.measure import (
+    SamMasks,
+    Vocabulary,
+    detect,
+    gt_boxes,
+    scores,
+)
+from defect_vision.experiments.subsets import (
+    ALL,
+    Export,
+    classes_of,
+    few_shot,
+    image_classes,
+    labelled_counts,
+    write_subset,
+)
+from defect_vision.models.prompts import Encoder
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.yolo_world import DetectorTrainConfig
 
@@ -136,47 +151,80 @@ def run_curve(config: CurveConfig) -> dict:
     return results
 
 
-def _run(config: CurveConfig, out: Path, shots: list, classes: list[str], encode, encoder_name: str) -> dict:
-    """The runs, written under `out` (the temporary folder); results.json's content but its timing."""
-    from defect_vision.models.sam import load_sam
-    from defect_vision.training.sam import finetune_sam
+@dataclass
+class Bench:
+    """What every fine-tune of a curve shares (the test split, the start models, the SAM embedding cache), and the
+    two steps every run takes: `train` a subset of the training images, `measure` models on the test split. The
+    few-shot curve and the experiments built on it (experiments/selection_curve.py) call these."""
 
-    export, train = config.export, config.train
-    gt, vocab = common.eval_split(export)
-    sam_start = base_sam(config, out)
-    cache = out / "sam_embeddings"
-    model_type = config.sam.model_type
+    config: CurveConfig
+    out: Path  # the temporary output folder
+    classes: list[str]
+    encode: Encoder
+    gt: CocoDataset
+    vocab: Vocabulary
+    sam_start: Path
+    cache: Path
+    images: dict[str, set[str]]  # training image -> its classes
+    val: list[str]
 
-    def measure(detector: Path, sam: Path) -> dict:
-        masks = SamMasks(load_sam(sam, model_type), model_type, cache, config.sam.device)
-        end_to_end = scores(gt, masks(detect(detector, gt, vocab, encode, config.conf, train.imgsz, train.device)),
-                            config.score_threshold)
+    @classmethod
+    def of(cls, config: CurveConfig, out: Path, classes: list[str], encode: Encoder) -> Bench:
+        gt, vocab = common.eval_split(config.export)
+        return cls(config, out, classes, encode, gt, vocab, base_sam(config, out), out / "sam_embeddings",
+                   image_classes(config.export.coco / "instances_train.json"),
+                   list(image_classes(config.export.coco / "instances_val.json")))
+
+    def measure(self, detector: Path, sam: Path) -> dict:
+        """Detector box AP50, SAM mask IoU on ground-truth boxes, end-to-end mask IoU (and per class) on test."""
+        from defect_vision.models.sam import load_sam
+
+        config, gt = self.config, self.gt
+        masks = SamMasks(load_sam(sam, config.sam.model_type), config.sam.model_type, self.cache, config.sam.device)
+        end_to_end = scores(gt, masks(detect(detector, gt, self.vocab, self.encode, config.conf, config.train.imgsz,
+                                             config.train.device)), config.score_threshold)
         on_gt = scores(gt, masks(gt_boxes(gt)), config.score_threshold)
         return {"detector_box_ap50": end_to_end["box_ap50"], "sam_gt_box_mask_iou": on_gt["mask_iou"],
                 "end_to_end_mask_iou": end_to_end["mask_iou"], "per_class": end_to_end["per_class"]}
 
-    base, weights = common.zero_shot_model(out / "zero_shot" / "base.pt", train, vocab, encode, encoder_name)
-    runs = [{"k": 0, "seed": None, "train_images": [], "labelled_per_class": dict.fromkeys(classes, 0),
-             **measure(base, sam_start), "seconds": 0.0}]
-    images = image_classes(export.coco / "instances_train.json")
-    val = list(image_classes(export.coco / "instances_val.json"))
-    sam_from_scratch = config.sam.from_scratch
+    def train(self, name: str, chosen: list[str], seed: int, manifest: dict | None = None) -> tuple[Path, Path, dict]:
+        """Fine-tune the detector and SAM on `chosen` (data/<name>, models/<name>); (detector, sam, counts)."""
+        from defect_vision.training.sam import finetune_sam
+
+        config, out = self.config, self.out
+        paths = write_subset(config.export, out / "data" / name, self.classes, chosen, self.val)
+        counts = labelled_counts(self.images, chosen, self.classes)
+        (out / "data" / name / "manifest.json").write_text(json.dumps(
+            {**(manifest or {}), "seed": seed, "train_images": chosen, "labelled_per_class": counts,
+             "val_images": self.val}, indent=1) + "\n")
+        detector = common.fine_tune(config.train, paths, out / "models" / name / "yolo_world", seed=seed)
+        finetune_sam(replace(config.sam, prompts=paths["sam"], out=out / "models" / name / "sam", cache_dir=self.cache,
+                             checkpoint=self.sam_start, from_scratch=False, seed=seed, category=config.category,
+                             train_prompt_encoder=config.sam.train_prompt_encoder or config.sam.from_scratch,
+                             quiet=True, resume=False, force=True))
+        return detector, out / "models" / name / "sam" / "best.pth", counts
+
+    def zero_shot(self, encoder_name: str) -> tuple[dict, str]:
+        """(k = 0's run: the start models measured, the weights tag "official" | "random-init")."""
+        base, weights = common.zero_shot_model(self.out / "zero_shot" / "base.pt", self.config.train, self.vocab,
+                                               self.encode, encoder_name)
+        return ({"k": 0, "seed": None, "train_images": [], "labelled_per_class": dict.fromkeys(self.classes, 0),
+                 **self.measure(base, self.sam_start), "seconds": 0.0}, weights)
+
+
+def _run(config: CurveConfig, out: Path, shots: list, classes: list[str], encode, encoder_name: str) -> dict:
+    """The runs, written under `out` (the temporary folder); results.json's content but its timing."""
+    train, model_type = config.train, config.sam.model_type
+    bench = Bench.of(config, out, classes, encode)
+    sam_start, sam_from_scratch = bench.sam_start, config.sam.from_scratch
+    first, weights = bench.zero_shot(encoder_name)
+    runs = [first]
     for k, seed in runs_of(config):
         t1 = time.time()
-        name = f"k{k}_s{seed}"
-        chosen = few_shot(images, classes, k, seed)
-        paths = write_subset(export, out / "data" / name, classes, chosen, val)
-        counts = labelled_counts(images, chosen, classes)
-        (out / "data" / name / "manifest.json").write_text(json.dumps(
-            {"k": k, "seed": seed, "train_images": chosen, "labelled_per_class": counts, "val_images": val}, indent=1) + "\n")
-        detector = common.fine_tune(train, paths, out / "models" / name / "yolo_world", seed=seed)
-        finetune_sam(replace(config.sam, prompts=paths["sam"], out=out / "models" / name / "sam", cache_dir=cache,
-                             checkpoint=sam_start, from_scratch=False, seed=seed, category=config.category,
-                             train_prompt_encoder=config.sam.train_prompt_encoder or sam_from_scratch, quiet=True,
-                             resume=False, force=True))
+        chosen = few_shot(bench.images, classes, k, seed)
+        detector, sam, counts = bench.train(f"k{k}_s{seed}", chosen, seed, {"k": k})
         runs.append({"k": k, "seed": seed, "train_images": chosen, "labelled_per_class": counts,
-                     **measure(detector, out / "models" / name / "sam" / "best.pth"),
-                     "seconds": round(time.time() - t1, 1)})
+                     **bench.measure(detector, sam), "seconds": round(time.time() - t1, 1)})
     summary, smallest = summarize(runs, shots, config.target)
     return {
         "category": config.category, "experiment": KIND, "weights": weights, "detector": None,

@@ -17,7 +17,13 @@ from pathlib import Path
 from defect_vision.errors import DatasetError
 from defect_vision.experiments import common
 from defect_vision.experiments.measure import SamMasks, box_masks, detect, scores
-from defect_vision.experiments.subsets import Export, classes_of, image_classes, without_class, write_subset
+from defect_vision.experiments.subsets import (
+    Export,
+    classes_of,
+    image_classes,
+    without_class,
+    write_subset,
+)
 from defect_vision.training.yolo_world import DetectorTrainConfig
 
 KIND = "openvocab"

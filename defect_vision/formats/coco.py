@@ -86,11 +86,12 @@ def image_entry(rec: ImageRecord, image_id: int) -> dict:
 
 
 def annotations(rec: ImageRecord, image_id: int, first_id: int, cat: Category, rle: bool = False) -> list[dict]:
+    """The image's annotations; a box-only instance has an empty segmentation (readers take its box)."""
     return [
         {
             "id": first_id + k, "image_id": image_id, "category_id": cat.category_id(inst.category),
             "bbox": list(inst.bbox), "area": inst.area, "iscrowd": 0,
-            "segmentation": dict(inst.rle) if rle else inst.polygons,
+            "segmentation": [] if inst.box_only else dict(inst.rle) if rle else inst.polygons,
         }
         for k, inst in enumerate(rec.instances)
     ]

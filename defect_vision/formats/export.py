@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from defect_vision.data.records import Category
-from defect_vision.data.source import DatasetSource, read_dataset, resolve
+from defect_vision.data.source import ROOTED, DatasetSource, read_dataset, resolve
 from defect_vision.data.splits import (
     SPLITS,
     Split,
@@ -112,7 +112,7 @@ def export(source: DatasetSource, outputs: dict[str, Path], config: ConvertConfi
     source = resolve(source)  # `auto` decided once: the guard below depends on the layout
     cat = read_dataset(source, progress=config.progress)
     split, created = load_or_make_split(cat, splits_path, config.split, config.resplit)
-    inputs = [*([] if source.format == "folder" else [source.cat_root]), *input_folders(cat), *input_files(source)]
+    inputs = [*([] if source.format in ROOTED else [source.cat_root]), *input_folders(cat), *input_files(source)]
     for fmt, out in outputs.items():
         check_output_dir(out, f"convert-{fmt}", inputs=inputs, force=config.force)
     job = Job(cat, split, config.progress)
@@ -144,8 +144,8 @@ def input_folders(cat: Category) -> list[Path]:
 
 def input_files(source: DatasetSource) -> list[Path]:
     """The files a (resolved) source reads besides its images and masks: the manifest, the names YAML, VisA's
-    benchmark split."""
-    files = [source.manifest, source.names]
+    benchmark split, a labelling tool's annotation file."""
+    files = [source.manifest, source.names, source.annotations]
     if source.format == "visa" and source.benchmark_split:
         from defect_vision.data.visa import BENCHMARK
 

@@ -5,9 +5,16 @@ from pathlib import Path
 
 import numpy as np
 
-from defect_vision.formats.coco import categories, first_annotation_ids, image_entry, image_ids, info, records_of_split
 from defect_vision.data.records import Category, ImageRecord, Instance
 from defect_vision.data.splits import SPLITS, Split
+from defect_vision.formats.coco import (
+    categories,
+    first_annotation_ids,
+    image_entry,
+    image_ids,
+    info,
+    records_of_split,
+)
 from defect_vision.io import json_bytes
 
 
@@ -25,7 +32,10 @@ def instance_prompt(inst: Instance, annotation_id: int, category_id: int, defect
     """Box xyxy, points (the distance-transform point first, then extra positives, then negatives) and the mask.
 
     Points are pixel indices (x = column, y = row): mask[y, x] is True for positives, and negatives lie in
-    the box but outside every defect pixel of the image (`defect`)."""
+    the box but outside every defect pixel of the image (`defect`). A box-only instance has its box and
+    `"box_only": true`, no points and no mask (SAM training skips it: it has no mask target)."""
+    if inst.box_only:
+        return {"annotation_id": annotation_id, "category_id": category_id, "box": list(inst.xyxy), "box_only": True}
     points, labels = [list(inst.point)], [1]
     if positive_points > 1 or negative_points > 0:
         mask = inst.full_mask()

@@ -26,7 +26,9 @@ def joined_polygon(polygons: list[list[float]]) -> np.ndarray:
     """One (N, 2) polygon for an instance; several pieces are joined with ultralytics' merge_multi_segment."""
     if len(polygons) == 1:
         return np.asarray(polygons[0], float).reshape(-1, 2)
-    from ultralytics.data.converter import merge_multi_segment  # heavy import: only when needed
+    from ultralytics.data.converter import (
+        merge_multi_segment,  # heavy import: only when needed
+    )
 
     return np.concatenate(merge_multi_segment(polygons), axis=0)
 
@@ -38,9 +40,11 @@ def segment_line(cls: int, inst: Instance, width: int, height: int) -> str:
 
 
 def label_text(rec: ImageRecord, cat: Category, task: str = "detect") -> str:
-    """The label file of one image; empty for a good image (a background image)."""
+    """The label file of one image; empty for a good image (a background image). Segment labels leave box-only
+    instances out (they have no polygon, and ultralytics cannot mix boxes with polygons in one file)."""
     line = segment_line if task == "segment" else box_line
-    lines = [line(cat.category_id(inst.category) - 1, inst, rec.width, rec.height) for inst in rec.instances]
+    lines = [line(cat.category_id(inst.category) - 1, inst, rec.width, rec.height) for inst in rec.instances
+             if task != "segment" or not inst.box_only]
     return "".join(f"{ln}\n" for ln in lines)
 
 

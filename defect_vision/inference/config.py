@@ -40,6 +40,7 @@ class PredictConfig:
     seed: int = 0
     backend: str = "torch"  # torch | onnxruntime | openvino (the last two: the `onnx` export folder, on the CPU)
     onnx: Path | None = None  # a `defect-vision export` folder (backends onnxruntime and openvino; ignored by torch)
+    anomaly: Path | None = None  # a `defect-vision train-anomaly` folder: heat maps + `anomaly` detections (issue 21)
 
     def __post_init__(self):
         self.check()

@@ -63,6 +63,11 @@ class DefectPredictor:
         models = load_models(config, None if detector is None else Path(detector), None if sam is None else Path(sam),
                              self.device, self.dtype)
         self.segmenter = models.segmenter
+        self.anomaly = None
+        if config.anomaly is not None:
+            from defect_vision.inference.anomaly import AnomalyStage
+
+            self.anomaly = AnomalyStage.load(config.anomaly, self.device)
         self._implied_thresholds = config.run_thresholds or models.thresholds
         self._use(models.detector)
 
@@ -156,10 +161,13 @@ class DefectPredictor:
         return self.segment_batch([pixels], [det])[0]
 
     def run_batch(self, images: Sequence[np.ndarray], infos: Sequence[ImageInfo], finish: bool = True) -> list[Detections]:
-        """The per-batch step of every engine and of the API: boxes, each stamped with its image, then masks."""
+        """The per-batch step of every engine and of the API: boxes, each stamped with its image, then (with an
+        anomaly model) the heat maps and the `anomaly` boxes of the regions no named box covers, then masks."""
         dets = self.detect(images, infos)
         for pixels, det, info in zip(images, dets, infos):
             det.image = image_info(info, pixels)
+        if self.anomaly is not None:
+            dets = self.anomaly.add(images, dets)
         return self.segment_batch(images, dets, finish)
 
     def predict(self, images: Sequence[np.ndarray], infos: Sequence[ImageInfo] | None = None) -> list[Result]:

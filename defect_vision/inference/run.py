@@ -17,12 +17,12 @@ from pathlib import Path
 from defect_vision.detections import Detections
 from defect_vision.devices import intra_op_threads, timed
 from defect_vision.errors import ConfigError, DatasetError
-from defect_vision.inference.anomaly import anomaly_category_id
+from defect_vision.inference.anomaly import anomaly_category_id, anomaly_vocabulary
 from defect_vision.inference.backends import check_masks
 from defect_vision.inference.config import PredictConfig
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor
-from defect_vision.inference.run_files import encode_image, image_entry, write_run_files
+from defect_vision.inference.run_files import encode_image, image_entry, write_run_annotations, write_run_files
 from defect_vision.inference.sources import Loaded, Source, prefetch, resolve_source
 from defect_vision.inference.summary import RunFacts, Summary, summary_dict
 from defect_vision.inference.workers import ModelWorkers
@@ -43,12 +43,19 @@ class RunOptions:
     force: bool = False
     progress: bool = True
     writers: int | None = None  # writer threads (RLEs, PNGs, overlays); default: half the CPU cores, 1 to 4
+    annotations: tuple[str, ...] = ()  # labelling tools to write pre-annotations for (formats/annotations.py TOOLS)
+    image_root_url: str | None = None  # Label Studio data.image prefix (default: the file name relative to the source)
+    model_version: str = "defect-vision"  # the model's name in the pre-annotations
 
     def __post_init__(self):
         for name in ("batch", "writers", "prefetch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{{{name}}} {value}: must be >= 1", name)
+        if self.annotations:
+            from defect_vision.formats.annotations import check_tools
+
+            check_tools(self.annotations)  # an unknown tool or a missing library fails before any prediction
 
     def writer_threads(self) -> int:
         return max(1, self.writers or min(4, (os.cpu_count() or 2) // 2))
@@ -88,6 +95,16 @@ def run_mode(config: PredictConfig, options: RunOptions) -> str:
     if config.box_only:
         return "box_only"
     return "detector_masks" if config.masks == "detector" else "detector+sam"
+
+
+def result_vocabulary(names: list[str], model_ids: list[int] | None, gt: GtBoxes | None, anomaly: bool
+                      ) -> tuple[list[str], list[int] | None]:
+    """The classes and category ids of a run's predictions.json, for either engine: the ground-truth json's with
+    --gt-boxes, else the model's; with --anomaly, plus `anomaly` (inference/anomaly.py's rule)."""
+    names, ids = (gt.class_names, gt.coco.category_ids) if gt is not None else (names, model_ids)
+    if anomaly:
+        names, ids = anomaly_vocabulary(Detections.empty(class_names=list(names), category_ids=ids))
+    return list(names), ids
 
 
 def category_mismatch(source: Source, names: list[str], category_ids: list[int] | None) -> list[str]:
@@ -211,8 +228,9 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
 
     options = options or RunOptions()
     source = source if isinstance(source, Source) else resolve_source(source)
-    if options.gt_boxes is not None:
-        predictor = predictor.with_detector(ground_truth(options.gt_boxes, source))
+    gt = ground_truth(options.gt_boxes, source) if options.gt_boxes is not None else None
+    if gt is not None:
+        predictor = predictor.with_detector(gt)
     predictor.require_detector()
     summary = Summary(timings=predictor.timings)
     summary.warnings += predictor.thresholds.warnings
@@ -244,6 +262,9 @@ def predict_run(predictor: DefectPredictor, source: str | Path | Source, out: Pa
         if predictor.anomaly is not None:
             doc["anomaly"] = predictor.anomaly.describe(anomaly_category_id(predictor.class_names, predictor.category_ids))
         write_run_files(tmp, run.results, run.entries, doc)
+        write_run_annotations(tmp, *result_vocabulary(predictor.class_names, predictor.category_ids, gt,
+                                                      predictor.anomaly is not None),
+                              options.annotations, options.model_version, options.image_root_url)
     return summary
 
 

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defect_vision.errors import DatasetError
-from defect_vision.io import MARKER, atomic_write_text, check_output_dir, remove_stale_temps, torch_save
+from defect_vision.io import (
+    MARKER,
+    atomic_write_text,
+    check_output_dir,
+    remove_stale_temps,
+    torch_save,
+)
 from defect_vision.training.detector_config import DetectorTrainConfig
 from defect_vision.training.detector_data import dataset_root, image_folders
 
@@ -92,7 +98,11 @@ def repair_for_resume(out: Path, plan: ResumePlan) -> None:
     """Make weights/last.pt and weights/best.pt consistent before ultralytics resumes from last.pt: an unreadable
     last.pt is replaced by best.pt, an unreadable or stale best.pt by last.pt (warnings say what was lost), and
     results.csv loses the rows of epochs that were logged but not saved."""
-    from defect_vision.training.world_trainer import copy_atomic, load_checkpoint_dict, save_atomic
+    from defect_vision.training.world_trainer import (
+        copy_atomic,
+        load_checkpoint_dict,
+        save_atomic,
+    )
 
     wdir = out / "weights"
     last, best = wdir / "last.pt", wdir / "best.pt"
@@ -144,7 +154,11 @@ def finished_checkpoint(out: Path) -> dict:
     """Make weights/best.pt a readable final checkpoint (optimizer stripped), falling back to last.pt with a
     warning when best.pt is missing or unreadable; strip last.pt too (so a later --resume says "finished").
     Returns best.pt's checkpoint dict."""
-    from defect_vision.training.world_trainer import copy_atomic, load_checkpoint_dict, strip_optimizer_atomic
+    from defect_vision.training.world_trainer import (
+        copy_atomic,
+        load_checkpoint_dict,
+        strip_optimizer_atomic,
+    )
 
     wdir = out / "weights"
     last, best = wdir / "last.pt", wdir / "best.pt"

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.text_embeddings import DEFAULT_CACHE_DIR, DEFAULT_CLIP, ENCODERS
+from defect_vision.models.text_embeddings import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_CLIP,
+    ENCODERS,
+)
 
 SEED_REPORT_DEFAULTS = {"optimizer": "Adam", "lr0": 1e-3, "cos_lr": True, "epochs": 50}
 
@@ -41,6 +45,7 @@ class DetectorTrainConfig:
     cos_lr: bool = SEED_REPORT_DEFAULTS["cos_lr"]
     freeze: int | None = None
     balanced: bool = False
+    balanced_loss: bool = False  # logit-adjusted class scores in the loss (training/balanced_loss.py)
     eval_zero_shot: bool = False
     plots: bool = True
     resume: bool = False

@@ -31,7 +31,12 @@ def evaluate_start_model(start, config: DetectorTrainConfig, names: list[str], e
     """Zero-shot baseline: the start model (detector_model.StartModel) with the defect prompts' embeddings, on the
     val split."""
     import torch
-    from ultralytics.nn.tasks import WorldModel, YOLOEModel, YOLOESegModel, load_checkpoint
+    from ultralytics.nn.tasks import (
+        WorldModel,
+        YOLOEModel,
+        YOLOESegModel,
+        load_checkpoint,
+    )
     from ultralytics.utils.torch_utils import init_seeds
 
     from defect_vision.models.detector import YOLOE

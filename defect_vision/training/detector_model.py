@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defect_vision.errors import DatasetError
-from defect_vision.models.detector import FAMILY_NAMES, YOLOE, is_segmentation, model_family, yaml_family
+from defect_vision.models.detector import (
+    FAMILY_NAMES,
+    YOLOE,
+    is_segmentation,
+    model_family,
+    yaml_family,
+)
 from defect_vision.models.text_embeddings import MissingWeightsError
 from defect_vision.training.detector_config import DetectorTrainConfig
 

@@ -18,7 +18,8 @@ CONVERT_HINT = "write it with `defect-vision convert --category C` or converters
 @dataclass
 class PromptSet(Categories):
     """One prompts_<split>.json: per image a Detections (xyxy = the box prompts, rle = the GT masks, score 1,
-    data["annotation_id"], data["points"] (P, 2) and data["point_labels"] (P,) per instance)."""
+    data["annotation_id"], data["points"] (P, 2) and data["point_labels"] (P,) per instance). Box-only instances
+    (no mask target) are left out."""
 
     path: Path
     info: dict
@@ -58,7 +59,7 @@ def _instance(raw: dict, height: int, width: int, where: str) -> tuple:
 def _image(raw: dict, root: Path, categories: list[dict], path: Path) -> Detections:
     where = f"{path}: image {raw.get('id')} ({raw.get('file_name')})"
     height, width = int(raw["height"]), int(raw["width"])
-    rows = [_instance(r, height, width, where) for r in raw.get("instances", [])]
+    rows = [_instance(r, height, width, where) for r in raw.get("instances", []) if not r.get("box_only")]
     extra = {k: v for k, v in raw.items() if k not in ("id", "file_name", "height", "width", "is_good", "instances")}
     image = ImageInfo(int(raw["id"]), str(raw["file_name"]), height, width, (root / raw["file_name"]).resolve(),
                       bool(raw["is_good"]) if "is_good" in raw else not rows, extra)
@@ -87,8 +88,12 @@ def load_prompts(path: Path, image_root: Path | None = None) -> PromptSet:
         categories = sorted((dict(c) for c in data.get("categories", [])), key=lambda c: int(c["id"]))
         root = Path(image_root or info["image_root"])
         images = [_image(raw, root, categories, path) for raw in data["images"]]
+        box_only = sum(bool(i.get("box_only")) for raw in data["images"] for i in raw.get("instances", []))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DatasetError(f"{path}: not a SAM prompts file (missing or bad field {exc})") from None
+    if box_only and not any(len(det) for det in images):
+        raise DatasetError(f"{path}: no instance has a mask ({box_only} are labelled with boxes only): SAM trains "
+                           "on mask targets (label some defects with polygons or masks)")
     return PromptSet(path, info, categories, images)
 
 

@@ -24,7 +24,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.models.yolo.world import train as world_train  # noqa: E402
 from ultralytics.models.yolo.world.train import WorldTrainer  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK  # noqa: E402
-from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model  # noqa: E402
+from ultralytics.utils.torch_utils import (  # noqa: E402
+    strip_optimizer,
+    torch_distributed_zero_first,
+    unwrap_model,
+)
 
 
 def set_class_embeddings(model: torch.nn.Module, names: Sequence[str], embeddings: torch.Tensor) -> None:
