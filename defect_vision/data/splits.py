@@ -56,23 +56,26 @@ def _counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
 
 
 def official_split(cat: Category, config: SplitConfig) -> Split:
-    """The dataset's own train/test (each record's `split_hint`), its test shared between val and test; a dataset
-    with its own val keeps its train/val/test as they are."""
+    """The dataset's own split (each record's `split_hint`): train/val/test kept as they are; a dataset with only one
+    held-out part (VisA, KolektorSDD2: test; a YOLO or Roboflow export without test: val) has it shared between val
+    and test by the ratios."""
     rng = random.Random(config.seed)
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     missing = [r.file_name for r in cat.images if r.split_hint not in SPLITS]
     if missing:
         raise DatasetError(f"{cat.root}: no official train/test split for {missing[0]} (and {len(missing) - 1} more); "
                            "this layout has none, or drop --benchmark-split")
-    if any(r.split_hint == "val" for r in cat.images):
+    hints = {r.split_hint for r in cat.images}
+    if {"val", "test"} <= hints:
         for r in cat.images:
             files[r.split_hint].append(r.file_name)
         return Split(cat.name, config, {s: sorted(v) for s, v in files.items()}, [])
+    held = "test" if "test" in hints else "val"
     val_test = (0.0, config.ratios[1], config.ratios[2]) if config.ratios[1] + config.ratios[2] > 0 else (0, 0, 1.0)
     for label in [*cat.defect_types, GOOD]:
         recs = [r for r in cat.images if r.defect_type == label]
         files["train"] += [r.file_name for r in recs if r.split_hint == "train"]
-        test = sorted(r.file_name for r in recs if r.split_hint == "test")
+        test = sorted(r.file_name for r in recs if r.split_hint == held)
         rng.shuffle(test)
         _, n_val, n_test = _counts(len(test), val_test)
         files["val"] += test[:n_val]
