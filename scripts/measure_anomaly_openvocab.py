@@ -21,7 +21,7 @@ from pathlib import Path
 
 def cli(*args) -> None:
     cmd = [sys.executable, "-m", "defect_vision", *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
 
@@ -33,14 +33,17 @@ def main() -> int:
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--conf", type=float, default=0.25, help="named detections kept at or above this score")
     p.add_argument("--skip-openvocab", action="store_true", help="reuse <runs>/<C>/openvocab")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="held-out classes (default: all; a class whose images are val's only defects cannot be)")
     a = p.parse_args()
     c, run = a.category, a.runs / a.category
     gt = a.datasets / "coco" / c / "instances_test.json"
     classes = [x["name"] for x in json.loads(gt.read_text())["categories"]]
     if not a.skip_openvocab:
-        cli("openvocab", "--category", c, "--datasets", a.datasets, "--runs", a.runs, "--fast", "--no-seen", "--force")
+        cli("openvocab", "--category", c, "--datasets", a.datasets, "--runs", a.runs, "--fast", "--no-seen", "--force",
+            *(["--classes", *a.classes] if a.classes else []))
     rows = {}
-    for k in classes:
+    for k in a.classes or classes:
         model = run / "openvocab" / "models" / f"without_{k}" / "best.pt"
         pred, ev = run / "anomaly_openvocab" / f"predict_without_{k}", run / "anomaly_openvocab" / f"eval_without_{k}"
         cli("predict", "--detector", model, "--box-only", "--source", gt, "--classes", *classes, "--text-encoder",

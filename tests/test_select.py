@@ -96,6 +96,16 @@ def test_dhash_is_equal_for_a_copy_and_far_for_another_image():
     assert dhash(a) == dhash(a.copy()) and (dhash(a) ^ dhash(b)).bit_count() > 16
 
 
+def test_the_commands_light_constants_match_the_library():
+    """cli/select.py repeats TOOLS and KIND so that --help imports nothing heavy; they must not drift."""
+    from defect_vision.cli import select as cli
+    from defect_vision.formats.annotations import TOOLS
+    from defect_vision.inference.selection_run import KIND
+
+    assert cli.TOOLS == TOOLS and cli.KIND == KIND
+    assert cli.tools_of(None) == TOOLS and cli.tools_of(["cvat", "cvat"]) == ("cvat",) and cli.tools_of(["none"]) == ()
+
+
 def test_config_refuses_bad_values():
     for kwargs, field in (({"budget": 0}, "budget"), ({"budget": 1, "weights": (0, 0, 0)}, "weights"),
                           ({"budget": 1, "conf_floor": 2.0}, "conf_floor")):
@@ -223,7 +233,7 @@ def test_select_copies_with_copy_and_rarity_follows_the_labelled_counts(run, unl
 
     out = tmp_path / "copies"
     assert main(["select", "--run", str(run), "--source", str(unlabelled), "--budget", "2", "--out", str(out),
-                 "--no-progress", "--max-det", "5", "--workers", "1", "--annotations", "none", "--copy",
+                 "--no-progress", "--max-det", "2", "--workers", "1", "--annotations", "none", "--copy",
                  "--weights", "0", "0", "1"]) == 0
     files = sorted((out / "images").iterdir())
     assert len(files) == 2 and not any(p.is_symlink() for p in files) and all(p.stat().st_size > 0 for p in files)
@@ -285,6 +295,7 @@ def test_labelled_counts_of_a_coco_json_are_the_images_showing_each_class(toy, r
                                                                         "scratch": 0, "stain": 1}
 
 
+@pytest.mark.slow  # 3 fine-tunes + a selection: ~20 s alone, 40 s on the shared machine
 def test_selection_curve_adds_select_and_random_labels_and_reports(toy, tmp_path, capsys, no_clip_download):
     from defect_vision.cli import main
     from defect_vision.evaluation.report_selection import selection_section
@@ -319,4 +330,4 @@ def test_selection_curve_adds_select_and_random_labels_and_reports(toy, tmp_path
     assert (out / "selection_curve.png").stat().st_size > 0
     page = selection_section(runs / "toy_wood")
     assert '<table id="selection-curve">' in page and "data:image/png;base64," in page
-    assert page.count("<tr><td>select</td>") == 2 and page.count("<tr><td>random</td>") == 2
+    assert page.count("<tr><td>select</td>") == 3 and page.count("<tr><td>random</td>") == 3

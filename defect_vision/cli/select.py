@@ -7,6 +7,7 @@ from pathlib import Path
 from defect_vision.cli.common import add_force, parser, run_command
 
 TOOLS = ("labelstudio", "cvat", "fiftyone")  # formats/annotations.py TOOLS (not imported: --help stays light)
+KIND = "select"  # inference/selection_run.py KIND, the output folder's marker
 DESCRIPTION = (
     "Rank unlabelled images by how much a label would teach the models and write the top --budget with their "
     "pre-annotations. Score = uncertainty (a detection's score near its class's calibrated threshold) + "
@@ -101,25 +102,23 @@ def labelled_counts(labelled: Path | None, best_json: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None, prog: str = "defect-vision select") -> int:
-    from defect_vision.errors import ConfigError, DatasetError
+    from defect_vision.errors import DatasetError
 
     a = build_parser(prog).parse_args(argv)
 
     def body() -> None:
+        from defect_vision.formats.annotations import check_tools, model_version_of
         from defect_vision.inference.selection import (
             SelectConfig,
             default_floor,
             threshold_values,
         )
         from defect_vision.inference.sources import resolve_source
+        from defect_vision.io import check_output_dir
         from defect_vision.run_folder import run_models
 
         config = SelectConfig(a.budget, tuple(a.weights), a.conf_floor, a.near_duplicate, a.seed)  # bad values fail first
-        tools = tools_of(a.annotations)
-        if tools:
-            from defect_vision.formats.annotations import check_tools
-
-            check_tools(tools)  # a missing library fails before any prediction
+        tools = check_tools(tools_of(a.annotations))  # a missing library fails before any prediction
         run = run_models(a.run)
         if not run.detector.is_file():
             raise DatasetError(f"{run.detector}: the run has no detector (select ranks by its scores; run "
@@ -128,6 +127,8 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision select") -> i
             raise DatasetError(f"{run.sam}: the run has no SAM (the disagreement term needs its masks; run "
                                "defect-vision train-sam first)")
         source = resolve_source(a.source)  # a missing or empty source fails before any model is loaded
+        inputs = tuple(p for p in (run.detector, run.sam, run.thresholds, a.thresholds, a.labelled) if p is not None)
+        check_output_dir(a.out, KIND, [*source.inputs(), *inputs], a.force)  # and a bad --out too
         counts = labelled_counts(a.labelled, run.detector.parent / "best.json") if a.weights[2] > 0 else None
         floor = a.conf_floor if a.conf_floor is not None else default_floor(threshold_values(a.thresholds, run.thresholds))
 
@@ -144,19 +145,10 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision select") -> i
         predictor = DefectPredictor(run.detector, run.sam, PredictConfig(
             conf=floor, max_det=a.max_det, imgsz=a.imgsz, device=a.device, seed=a.seed, workers=a.workers))
         thresholds = choose(predictor.class_names, None, a.thresholds, run.thresholds)
-        options = RunOptions(batch=a.batch, progress=not a.no_progress)
-        from defect_vision.formats.annotations import model_version_of
-
         select = SelectOptions(tools, a.copy, a.model_version or model_version_of(run.detector), a.force,
                                a.image_root_url)
-        inputs = tuple(p for p in (run.detector, run.sam, run.thresholds, a.thresholds, a.labelled) if p is not None)
-        summary = select_images(predictor, source, a.out, config, thresholds, counts, options, select, inputs)
+        summary = select_images(predictor, source, a.out, config, thresholds, counts,
+                                RunOptions(batch=a.batch, progress=not a.no_progress), select, inputs)
         print(summary_line(summary, a.out))
 
-    def flags() -> None:
-        try:
-            body()
-        except ConfigError as exc:  # the library names config fields; here they are flags
-            raise DatasetError(exc.flag_message()) from None
-
-    return run_command(flags, a.out)
+    return run_command(body, a.out)

@@ -11,7 +11,8 @@ from defect_vision.run_folder import RunFolder
 
 STAGE = "selection_curve"
 PLOT = "selection_curve.png"
-METRICS = (("detector_box_ap50", "detector box AP50"), ("end_to_end_mask_iou", "end-to-end mask IoU"))
+METRICS = (("detector_box_ap50", "detector box AP50"), ("end_to_end_mask_iou", "end-to-end mask IoU"),
+           ("sam_gt_box_mask_iou", "SAM mask IoU on ground-truth boxes"))
 COLOURS = {"select": "tab:orange", "random": "tab:blue"}
 
 
@@ -64,7 +65,7 @@ def selection_section(run: Path) -> str:
             labels = labels or [p["labels"] for p in pts]
             rows.append(f"<tr><td>{e(strategy)}</td><td>{e(title)}</td>" + "".join(f"<td>{_cell(p)}</td>" for p in pts)
                         + "</tr>")
-    head = "".join(f"<th>{e(str(n))} labels</th>" for n in labels or [])
+    head = "".join(f"<th>{n:g} labels</th>" for n in labels or [])
     table = (f'<table id="selection-curve"><thead><tr><th>strategy</th><th>metric</th>{head}</tr></thead>'
              f"<tbody>{''.join(rows)}</tbody></table>")
     png = folder / PLOT

@@ -36,9 +36,9 @@ def unlabelled_curve_plot(results: dict, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.6 * len(METRICS), 3.6), squeeze=False)
     for ax, (metric, title) in zip(axes[0], METRICS):
-        for variant, metrics in (results.get("summary") or {}).items():
+        for i, (variant, metrics) in enumerate((results.get("summary") or {}).items()):
             pts = [p for p in metrics.get(metric) or [] if p["mean"] is not None]
-            x = [p["k"] for p in pts]
+            x = [p["k"] + 0.06 * (i - 1) for p in pts]  # side by side: equal results would hide each other
             colour = COLOURS.get(variant)
             ax.fill_between(x, [p["min"] for p in pts], [p["max"] for p in pts], alpha=0.2, color=colour)
             ax.plot(x, [p["mean"] for p in pts], "o-", color=colour, label=NAMES.get(variant, variant))
@@ -65,7 +65,7 @@ def pseudo_table(record: dict) -> str:
             cells = "".join("<td>-</td>" for _ in classes)
             rows.append(f"<tr><td>round 0 (labels only)</td><td>{val}</td><td>-</td><td>-</td>{cells}</tr>")
             continue
-        ref = f"{e(str(r.get('reference_class')))}: {r.get('reference_share', 0.0):.2f}"
+        ref = f"{e(str(r['reference_class']))}: {r['reference_share']:.2f}" if "reference_class" in r else "-"
         cells = "".join(f"<td>{r['thresholds'][c]:.3f} / {r['pseudo_per_class'][c]}</td>" for c in classes)
         rows.append(f"<tr><td>round {r['round']}</td><td>{val}</td><td>{r['images_used']} of {r['images_seen']}</td>"
                     f"<td>{ref}</td>{cells}</tr>")

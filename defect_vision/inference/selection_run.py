@@ -12,10 +12,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from defect_vision.coco import CocoDataset, load_results
-from defect_vision.detections import Detections, ImageInfo
 from defect_vision.inference.predictor import DefectPredictor
 from defect_vision.inference.run import RunOptions, predict_run
+from defect_vision.inference.run_files import run_detections
 from defect_vision.inference.selection import (
     TERMS,
     Candidate,
@@ -27,7 +26,7 @@ from defect_vision.inference.selection import (
     score_image,
 )
 from defect_vision.inference.sources import Source, resolve_source
-from defect_vision.io import atomic_dir, read_json
+from defect_vision.io import atomic_dir
 from defect_vision.thresholds import ClassThresholds
 
 KIND = "select"
@@ -43,18 +42,6 @@ class SelectOptions:
     model_version: str = "defect-vision"
     force: bool = False
     image_root: str | None = None  # Label Studio's prefix before each image's name (default: the name in images/)
-
-
-def run_detections(folder: Path, class_names: list[str], category_ids: list[int] | None) -> list[Detections]:
-    """A prediction run folder's detections (RLE masks) of every predicted image, in image_ids.json's order."""
-    entries = [e for e in read_json(folder / "image_ids.json", "image ids") if "skipped" not in e]
-    images = [ImageInfo(e["id"], e["file_name"], e["height"], e["width"], Path(e["path"])) for e in entries]
-    ids = category_ids or list(range(1, len(class_names) + 1))
-    dataset = CocoDataset(images, {im.id: Detections.empty() for im in images},
-                          [{"id": i, "name": n} for i, n in zip(ids, class_names)], path=folder / "image_ids.json")
-    found = load_results(folder / "predictions.json", dataset)
-    return [found.get(im.id) or Detections.empty(image=im, class_names=class_names, category_ids=ids, rle=[])
-            for im in images]
 
 
 def _gray(path: Path):
