@@ -23,6 +23,11 @@ _EXPORTS = {
     # fine-tuning
     "DetectorTrainConfig": "defect_vision.training.yolo_world", "finetune_detector": "defect_vision.training.yolo_world",
     "SamTrainConfig": "defect_vision.training.sam_config", "finetune_sam": "defect_vision.training.sam",
+    "ClassifierTrainConfig": "defect_vision.training.classifier_config",
+    "finetune_classifier": "defect_vision.training.classifier",
+    "AnomalyTrainConfig": "defect_vision.training.anomaly", "train_anomaly": "defect_vision.training.anomaly",
+    "SelectConfig": "defect_vision.inference.selection", "select_images": "defect_vision.inference.selection_run",
+    "SelfTrainConfig": "defect_vision.training.self_training", "self_train": "defect_vision.experiments.self_training",
     # inference
     "DefectPredictor": "defect_vision.inference.predictor", "PredictConfig": "defect_vision.inference.config",
     "Result": "defect_vision.inference.result", "predict_run": "defect_vision.inference.run",

@@ -22,5 +22,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --no-deps "datumaro==1.13.12" "label-studio-sdk==2.1.2"
   .venv/bin/python -m pip install --quiet -c scripts/test-constraints.txt imagesize json-stream json-stream-rs-tokenizer \
     ruamel.yaml cachetools ujson lxml nltk "pyjwt>=2.13,<2.14" pydantic typer xmljson appdirs jsf
+  # anomalib (train-anomaly, predict --anomaly; the anomaly extra of pyproject.toml names the rest) also requires
+  # opencv-python-headless: its code without dependencies, the modules it imports come with the extra
+  .venv/bin/python -m pip install --quiet --no-deps "anomalib==2.7.0"
+  .venv/bin/python -m pip install --quiet -c scripts/test-constraints.txt -e ".[anomaly]"
   echo "$want" > "$stamp"
 fi

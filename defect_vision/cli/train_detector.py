@@ -178,9 +178,8 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision train-detecto
             print(summary(meta, config.out / "best.pt"))
             print(summary_line(meta, config.out))
             return
-        from defect_vision.training.balanced_loss import detector_callbacks
 
-        meta = finetune_detector(config, callbacks=detector_callbacks(config.balanced_loss))
+        meta = finetune_detector(config)
         print(summary(meta, config.out / "best.pt"))
 
     return run_command(body, a.out)

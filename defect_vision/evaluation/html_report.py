@@ -25,9 +25,14 @@ from tqdm import tqdm
 from defect_vision.coco import CocoDataset, load_coco
 from defect_vision.data.images import read_image
 from defect_vision.errors import ConfigError, DatasetError
-from defect_vision.evaluation.inputs import Predictions, load_predictions, of_image
+from defect_vision.evaluation.anomaly_metrics import load_named
+from defect_vision.evaluation.inputs import Predictions, of_image
 from defect_vision.evaluation.overlays import tint_and_outline, union_mask
+from defect_vision.evaluation.report_anomaly import anomaly_section
+from defect_vision.evaluation.report_classify import classify_section
 from defect_vision.evaluation.report_md import masks_note
+from defect_vision.evaluation.report_selection import selection_section
+from defect_vision.evaluation.report_self_training import self_training_section
 from defect_vision.evaluation.thresholds import apply_thresholds
 from defect_vision.io import atomic_dir, read_json
 from defect_vision.run_folder import MASK_SOURCES, RunFolder
@@ -259,7 +264,7 @@ def collect(run: Path, gt_path: Path | None, k: int) -> tuple[RunReport, dict]:
         missing.append(str(gt_path))
     else:
         gt = load_coco(Path(gt_path))
-        predictions, _ = load_predictions(pred_path, gt)
+        predictions, _ = load_named(pred_path, gt)  # a predict --anomaly run: its named detections
         read += [str(gt_path), str(pred_path)]
         th_path = next((q for q in (rf.stage("eval") / "thresholds.json", rf.thresholds) if q.is_file()), None)
         if th_path is not None:
@@ -505,9 +510,13 @@ def render(rep: RunReport) -> str:
         table(["class", "detector AP50", "mask IoU", "box AP", "mask AP"], pc_rows, "per-class") if pc_rows
         else "<p>no per-class numbers</p>",
         image_type_section(rep),
+        classify_section(Path(rep.run)),
+        anomaly_section(Path(rep.run)),
         mask_sources_section(rep),
         openvocab_section(rep),
         curve_section(rep),
+        selection_section(Path(rep.run)),
+        self_training_section(Path(rep.run)),
         "<h2>Best test images</h2><p>Red: predicted masks"
         + (f" at the per-class thresholds calibrated on val (<code>{e(rep.thumb_thresholds)}</code>)" if rep.thumb_thresholds
            else " (all predictions)") + ". Green outline: ground truth. IoU: defect pixels, predicted vs true.</p>",

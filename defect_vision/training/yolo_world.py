@@ -167,6 +167,7 @@ def finetune_detector(config: DetectorTrainConfig, callbacks: dict | None = None
         "epochs": int(train_args.get("epochs", config.epochs)),
         "imgsz": int(train_args.get("imgsz", config.imgsz)),
         "balanced": bool(config.balanced),
+        "balanced_loss": bool(config.balanced_loss),
         "prompt_tuning": tuning_summary(config, best_ckpt, names, embeddings),
         "seed": config.seed,
         "history": read_history(out / "results.csv"),
@@ -203,7 +204,9 @@ def train(config: DetectorTrainConfig, out: Path, start: StartModel, data: dict,
     tune = {"reg": config.prompt_reg, "only": config.prompt_only} if config.tune_prompts else None
     trainer = Trainer(overrides=train_args, class_embeddings=dict(zip(names, embeddings)),
                                  balanced=config.balanced, tune_prompts=tune)
-    for event, fns in (callbacks or {}).items():
+    from defect_vision.training.balanced_loss import detector_callbacks
+
+    for event, fns in [*detector_callbacks(config.balanced_loss).items(), *(callbacks or {}).items()]:
         for fn in fns:
             trainer.add_callback(event, fn)
     trainer.train()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from copy import copy
 
-from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402  (world_trainer went offline first)
+from defect_vision.training.world_trainer import DefectWorldTrainer  # isort: skip  (switches ultralytics offline first)
+
+from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402, I001
 from ultralytics.models.yolo.segment import SegmentationValidator  # noqa: E402
 from ultralytics.nn.tasks import YOLOEModel, YOLOESegModel  # noqa: E402
 from ultralytics.utils import RANK  # noqa: E402
-
-from defect_vision.training.world_trainer import DefectWorldTrainer
 
 
 class DefectYOLOETrainer(DefectWorldTrainer):
