@@ -29,7 +29,12 @@ from defect_vision.training.sam import trainable_parameters
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import load_prompts
 from defect_vision.training.sam_embeddings import EmbeddingCache, ResidentEmbeddings
-from defect_vision.training.sam_steps import PromptedDecoder, Samples, step_dtype, train_epoch
+from defect_vision.training.sam_steps import (
+    PromptedDecoder,
+    Samples,
+    step_dtype,
+    train_epoch,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

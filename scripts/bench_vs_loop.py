@@ -55,7 +55,9 @@ def user_loop(det: Path, sam: Path, sam_type: str, images: list[Path], out: Path
     from segment_anything import SamPredictor
     from ultralytics import YOLOWorld
 
-    from defect_vision.models.sam import build_sam  # registers vit_tiny, as a user of our checkpoints would
+    from defect_vision.models.sam import (
+        build_sam,  # registers vit_tiny, as a user of our checkpoints would
+    )
 
     t0 = time.perf_counter()
     model = YOLOWorld(str(det))
@@ -83,7 +85,11 @@ def ours(det: Path, sam: Path, sam_type: str, folder: Path, out: Path, conf: flo
     (onnxruntime, openvino, openvino-bf16) over the export `onnx`; returns wall seconds including model loading."""
     import defect_vision.inference.detector  # noqa: F401 - imports outside the timer, as the loop's
     import defect_vision.inference.segmenter  # noqa: F401
-    from defect_vision.inference.predictor import DefectPredictor, PredictConfig, predict_workers
+    from defect_vision.inference.predictor import (
+        DefectPredictor,
+        PredictConfig,
+        predict_workers,
+    )
     from defect_vision.inference.run import RunOptions, predict_run
 
     backend, _, precision = variant.partition("-") if variant not in PRECISIONS else ("torch", "", variant)

@@ -1,13 +1,12 @@
 """Bad input: a one-line `error: <path>: <problem>` on stderr, exit code 2, and nothing written."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
-from functools import partial
 
 from defect_vision.cli.convert import main as convert_main
 

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -15,20 +16,17 @@ import yaml
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from functools import partial
-
 from defect_vision.cli.convert import main as convert_main
 
 to_all = partial(convert_main, prog="mvtec_to_all.py")
 to_coco, to_yolo, to_voc, to_sam = (partial(convert_main, prog=f"mvtec_to_{f}.py", fmt=f) for f in ("coco", "yolo", "voc", "sam"))
-from defect_vision.masks import decode_rle
 from defect_vision.data.images import read_mask
 from defect_vision.data.mvtec import iter_image_paths, read_category
-from defect_vision.formats.sam_prompts import to_sam_prompts
-from defect_vision.data.splits import load_split
+from defect_vision.data.splits import SPLITS, load_split
 from defect_vision.data.synthetic import make_category
-from defect_vision.data.splits import SPLITS
+from defect_vision.formats.sam_prompts import to_sam_prompts
 from defect_vision.formats.voc import parse_voc_boxes
+from defect_vision.masks import decode_rle
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(

@@ -3,7 +3,6 @@ metal_nut); skipped when it is absent."""
 from __future__ import annotations
 
 import pytest
-
 import test_converters as checks
 from conftest import REAL_CATEGORIES
 

@@ -36,7 +36,8 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path):
         assert "official weights NOT found" in log and "random-init" in log and "SMOKE RUN" in log
 
     pipeline = json.loads((run / "pipeline.json").read_text())
-    assert list(pipeline["seconds"]) == [*STAGES, "report"]
+    demo_stages = [*STAGES[:5], "anomaly", *STAGES[5:]]  # the demo runs the anomaly stage by default
+    assert list(pipeline["seconds"]) == [*demo_stages, "report"]
     assert pipeline["weights"] == ("official" if OFFICIAL else "random-init")
 
     # converters: the test split the report scored is the COCO test split
@@ -67,6 +68,8 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path):
     for table_id in ("detector", "segmentation", "sam-finetune", "per-class", "image-classification"):
         assert f'<table id="{table_id}">' in page
     assert ("SMOKE RUN" in page) is (not OFFICIAL)
+    assert "Unknown defects: good-only anomaly map (draem)" in page  # the anomaly stage's section
+    assert len(list((run / "predict" / "anomaly_maps").glob("*.png"))) == len(gt["images"])
     assert (run / "thresholds.json").is_file() and (run / "predict" / "predictions.json").is_file()
     if CHROMIUM:  # the demo's own page, in a real browser: tables laid out, every image decoded
         seen = render_in_chromium(run / "report" / "index.html")

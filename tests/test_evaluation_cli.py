@@ -10,10 +10,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_evaluation_metrics import (
+    H,
+    W,
+    make_gt,
+    perfect_preds,
+    pred,
+    rect,
+    shifted_preds,
+)
 
 from defect_vision.cli import calibrate, evaluate
 from defect_vision.io import MARKER
-from test_evaluation_metrics import H, W, make_gt, perfect_preds, pred, rect, shifted_preds
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,11 +11,26 @@ from sklearn.metrics import roc_auc_score
 from defect_vision.coco import load_coco, load_results
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError
-from defect_vision.evaluation import EvalConfig, calibrate, evaluate, image_types, mask_iou
+from defect_vision.evaluation import (
+    EvalConfig,
+    calibrate,
+    evaluate,
+    image_types,
+    mask_iou,
+)
 from defect_vision.evaluation.coco_metrics import coco_metrics
 from defect_vision.evaluation.metrics import iou_figures
-from defect_vision.evaluation.pixel_metrics import PixelAccumulator, aupro_from_curve, pixel_metrics, region_thresholds
-from defect_vision.evaluation.thresholds import ClassCalibration, Thresholds, apply_thresholds
+from defect_vision.evaluation.pixel_metrics import (
+    PixelAccumulator,
+    aupro_from_curve,
+    pixel_metrics,
+    region_thresholds,
+)
+from defect_vision.evaluation.thresholds import (
+    ClassCalibration,
+    Thresholds,
+    apply_thresholds,
+)
 from defect_vision.masks import encode_rle
 
 H = W = 64

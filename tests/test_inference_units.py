@@ -7,14 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from defect_vision.errors import DatasetError
-from defect_vision.masks import decode_rle
-from defect_vision.models.checkpoints import SAM, STATE_DICT, UNREADABLE, sniff_checkpoint
 from defect_vision.detections import Detections, ImageInfo, encode_masks
 from defect_vision.devices import DeviceError, Timings, autocast_dtype, resolve_device
+from defect_vision.errors import DatasetError
 from defect_vision.inference.sources import output_name, resolve_source
-from defect_vision.thresholds import ThresholdsFile, for_classes
 from defect_vision.inference.writers import box_rles, label_mask
+from defect_vision.masks import decode_rle
+from defect_vision.models.checkpoints import (
+    SAM,
+    STATE_DICT,
+    UNREADABLE,
+    sniff_checkpoint,
+)
+from defect_vision.thresholds import ThresholdsFile, for_classes
 
 
 def test_devices():

@@ -7,7 +7,13 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from defect_vision.data.records import mask_to_instances
-from defect_vision.masks import component_polygons, decode_rle, encode_rle, inner_point, polygons_to_mask
+from defect_vision.masks import (
+    component_polygons,
+    decode_rle,
+    encode_rle,
+    inner_point,
+    polygons_to_mask,
+)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

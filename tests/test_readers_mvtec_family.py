@@ -13,13 +13,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 import test_converters as checks
+from fixtures.synthetic_mvtec_family import (
+    make_mvtec_3d,
+    make_mvtec_ad2,
+    make_mvtec_loco,
+)
+
 from defect_vision.cli.convert import main as convert_main
 from defect_vision.data import mvtec, mvtec_3d, mvtec_ad2, mvtec_loco
 from defect_vision.data.source import READERS, DatasetSource, resolve
 from defect_vision.data.synthetic import make_category
-from fixtures.synthetic_mvtec_family import make_mvtec_3d, make_mvtec_ad2, make_mvtec_loco
 from defect_vision.masks import decode_rle
 
 MAKERS = {"mvtec_ad2": make_mvtec_ad2, "mvtec_loco": make_mvtec_loco, "mvtec_3d": make_mvtec_3d}

@@ -11,14 +11,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 import test_converters as checks
+from fixtures.synthetic_other_layouts import make_folder, make_kolektor2, make_visa
+
 from defect_vision.cli.convert import main as convert_main
+from defect_vision.data import kolektor2, visa
 from defect_vision.data.records import GOOD
 from defect_vision.data.source import DatasetSource, detect_format
 from defect_vision.data.synthetic import make_category
-from fixtures.synthetic_other_layouts import make_folder, make_kolektor2, make_visa
-from defect_vision.data import kolektor2, visa
 from defect_vision.errors import DatasetError
 from defect_vision.masks import decode_rle
 
@@ -228,7 +228,7 @@ def test_kolektor2_auto_export_at_two_mask_thresholds(tmp_path):
         out = tmp_path / f"coco_{threshold}"
         _, err = convert(tmp_path, "KolektorSDD2", out, "--format", "auto", "--defect-name", "surface crack",
                          "--mask-threshold", str(threshold))
-        assert f"is a kolektor2 layout" in err
+        assert "is a kolektor2 layout" in err
         check_export(out, {n: (GOOD, None) if not (d.mask > threshold).any() else ("surface_crack", d.mask > threshold)
                            for n, d in drawn.items()})
     soft = drawn["train/10002.png"].mask

@@ -8,10 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from fixtures.synthetic_mvtec_family import make_mvtec_loco
 from fixtures.synthetic_other_layouts import make_visa
+from PIL import Image
 from test_readers_other import convert, convert_error, load_export
 
 from defect_vision.data.images import image_size, read_image

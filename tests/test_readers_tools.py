@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import tool_exports as te
 
 from defect_vision.data.labelled import ImageFinder
 from defect_vision.data.source import DatasetSource, read_dataset
 from defect_vision.errors import DatasetError
-from fixtures import tool_exports as te
 
 SHAPE = (72, 96)
 

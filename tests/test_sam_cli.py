@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import defect_vision.training.sam_checkpoints
-from defect_vision.cli.convert import main as convert
 from defect_vision.cli.train_sam import build_parser, config_from_args
 from defect_vision.cli.train_sam import main as sam_main
-from defect_vision.errors import ConfigError, DatasetError
+from defect_vision.errors import ConfigError
 from defect_vision.io import MARKER
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import load_prompts

@@ -10,7 +10,12 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from defect_vision.detections import Detections
 from defect_vision.errors import DatasetError
 from defect_vision.masks import encode_rle
-from defect_vision.training.sam_data import jitter_boxes, load_prompts, lowres_target, padded_points
+from defect_vision.training.sam_data import (
+    jitter_boxes,
+    load_prompts,
+    lowres_target,
+    padded_points,
+)
 
 
 def _write_prompts(path, root, boxes=((10, 20, 30, 60),), h=100, w=80, category_ids=None):

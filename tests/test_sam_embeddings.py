@@ -7,8 +7,8 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from defect_vision.training.sam_embeddings import EmbeddingCache, image_hash
 from defect_vision.models.sam import build_sam
+from defect_vision.training.sam_embeddings import EmbeddingCache, image_hash
 
 
 @pytest.fixture()

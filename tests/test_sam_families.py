@@ -176,11 +176,11 @@ def test_a_checkpoint_of_another_family_is_refused_in_one_line(tmp_path):
     mobile = save_random_sam(tmp_path / "mobile.pt", "mobile_sam_test")
     with pytest.raises(DatasetError) as err:
         load_sam(sam2, "vit_b")
-    assert str(err.value) == (f"{sam2}: a sam2.1_test checkpoint, not of the sam family of --model-type vit_b; "
+    assert err.value.flag_message() == (f"{sam2}: a sam2.1_test checkpoint, not of the sam family of --model-type vit_b; "
                               "try --model-type sam2.1_test")
     with pytest.raises(DatasetError) as err:
         load_sam(mobile, "sam2.1_t")
-    assert str(err.value) == (f"{mobile}: a mobile_sam_test checkpoint, not of the sam2 family of --model-type "
+    assert err.value.flag_message() == (f"{mobile}: a mobile_sam_test checkpoint, not of the sam2 family of --model-type "
                               "sam2.1_t; try --model-type mobile_sam_test")
     with pytest.raises(DatasetError, match=r"mobile.pt: does not fit SAM model type 'vit_tiny' .*; it looks like a "
                                            r"mobile_sam_test checkpoint: try --model-type mobile_sam_test$"):

@@ -11,7 +11,6 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 
 import defect_vision.training.sam_checkpoints
-from defect_vision.cli.convert import main as convert
 from defect_vision.cli.train_sam import build_parser, config_from_args
 from defect_vision.data.images import read_image
 from defect_vision.errors import DatasetError

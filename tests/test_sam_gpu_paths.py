@@ -14,7 +14,11 @@ from segment_anything.modeling import PromptEncoder
 import defect_vision.training.sam as sam_mod
 from defect_vision.cli.train_sam import build_parser, config_from_args
 from defect_vision.models.sam import build_random_sam
-from defect_vision.training.sam import build_optimizer, finetune_sam, trainable_parameters
+from defect_vision.training.sam import (
+    build_optimizer,
+    finetune_sam,
+    trainable_parameters,
+)
 from defect_vision.training.sam_checkpoints import resume_training_state
 from defect_vision.training.sam_config import SamTrainConfig
 from defect_vision.training.sam_data import load_prompts

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from defect_vision.training.sam_losses import dice_per_instance, focal_per_instance, mask_iou, sam_loss, sam_loss_per_instance
+from defect_vision.training.sam_losses import (
+    dice_per_instance,
+    focal_per_instance,
+    mask_iou,
+    sam_loss,
+    sam_loss_per_instance,
+)
 
 
 def test_focal_matches_hand_value():

@@ -2,17 +2,23 @@
 registry), build_random_sam, load_sam's one-line errors, model_type_for and default_checkpoint."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, Sam
 
-import json
-
 from defect_vision.errors import DatasetError
 from defect_vision.models.random_init import save_random_sam
-from defect_vision.models.sam import (CheckpointError, build_random_sam, build_sam, default_checkpoint, load_sam,
-                                      model_type_for)
+from defect_vision.models.sam import (
+    CheckpointError,
+    build_random_sam,
+    build_sam,
+    default_checkpoint,
+    load_sam,
+    model_type_for,
+)
 
 
 def _same_state(a: dict, b: dict) -> bool:

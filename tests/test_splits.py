@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from defect_vision.errors import DatasetError
 from defect_vision.data.records import Category, ImageRecord
-from defect_vision.data.splits import SPLITS, SplitConfig, _counts, load_or_make_split, load_split, make_split, save_split
+from defect_vision.data.splits import (
+    SPLITS,
+    SplitConfig,
+    _counts,
+    load_or_make_split,
+    load_split,
+    make_split,
+    save_split,
+)
+from defect_vision.errors import DatasetError
 
 
 def fake_category(per_type: dict[str, int], good: int) -> Category:
@@ -94,8 +102,9 @@ def test_benchmark_split_follows_the_dataset_and_shares_its_test_between_val_and
     """--benchmark-split on KolektorSDD2: its train/ is train, its test/ is split into val and test (per class)."""
     import json
 
-    from defect_vision.cli.convert import main as convert
     from fixtures.synthetic_other_layouts import make_kolektor2
+
+    from defect_vision.cli.convert import main as convert
 
     make_kolektor2(tmp_path / "k", counts={"train": (3, 4), "test": (4, 4)}, seed=1)
     splits = tmp_path / "s.json"

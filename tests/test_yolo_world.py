@@ -385,8 +385,8 @@ def test_official_format_start_weights_freeze_balanced_zero_shot_clip(easy_data,
     monkeypatch.setattr(te, "load_clip", lambda path, device="cpu": tiny)
     from ultralytics import __version__
     from ultralytics.nn.tasks import WorldModel
-    from ultralytics.utils import YAML
     from ultralytics.utils import ROOT as UL_ROOT
+    from ultralytics.utils import YAML
 
     torch.manual_seed(1)
     start = WorldModel("yolov8n-worldv2.yaml", nc=80, verbose=False)

@@ -40,7 +40,12 @@ from defect_vision.inference.run import (
     result_vocabulary,
     run_mode,
 )
-from defect_vision.inference.run_files import ImageFiles, anomaly_entry, image_entry, write_run_annotations
+from defect_vision.inference.run_files import (
+    ImageFiles,
+    anomaly_entry,
+    image_entry,
+    write_run_annotations,
+)
 from defect_vision.inference.sources import Source, resolve_source
 from defect_vision.inference.summary import RunFacts, Summary, jsonable, summary_dict
 from defect_vision.io import atomic_write_text, check_output_dir, output_place
@@ -175,10 +180,10 @@ class _Driver:
         else:
             t0 = time.perf_counter()
             files = ImageFiles([], [], row["mask"], row["overlay"] if self.options.save_overlays else None,
-                               row["anomaly_map"] or None)
+                               row.get("anomaly_map") or None)
             files.write(self.out, self.source.names[i])
             seconds["write"] += time.perf_counter() - t0
-            score = float(row["anomaly_score"])
+            score = float(row.get("anomaly_score", math.nan))
             got[i] = _Result("", int(row["image_h"]), int(row["image_w"]), json.loads(row["predictions"]),
                              json.loads(row["names"]), None if math.isnan(score) else score)
         self.workers[str(row["worker"])] += 1

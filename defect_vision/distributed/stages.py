@@ -16,9 +16,9 @@ import numpy as np
 
 from defect_vision.detections import Detections, ImageInfo
 from defect_vision.errors import DatasetError, error_text
+from defect_vision.inference.anomaly import anomaly_category_id
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor, PredictConfig
-from defect_vision.inference.anomaly import anomaly_category_id
 from defect_vision.inference.run_files import encode_image
 from defect_vision.inference.sources import read_source_image
 from defect_vision.inference.summary import COUNTERS

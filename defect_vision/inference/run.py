@@ -22,7 +22,12 @@ from defect_vision.inference.backends import check_masks
 from defect_vision.inference.config import PredictConfig
 from defect_vision.inference.gt_boxes import GtBoxes
 from defect_vision.inference.predictor import DefectPredictor
-from defect_vision.inference.run_files import encode_image, image_entry, write_run_annotations, write_run_files
+from defect_vision.inference.run_files import (
+    encode_image,
+    image_entry,
+    write_run_annotations,
+    write_run_files,
+)
 from defect_vision.inference.sources import Loaded, Source, prefetch, resolve_source
 from defect_vision.inference.summary import RunFacts, Summary, summary_dict
 from defect_vision.inference.workers import ModelWorkers
