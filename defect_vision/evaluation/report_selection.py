@@ -16,7 +16,8 @@ METRICS = (("detector_box_ap50", "detector box AP50"), ("end_to_end_mask_iou", "
 COLOURS = {"select": "tab:orange", "random": "tab:blue"}
 
 
-def _cell(p: dict) -> str:
+def mean_spread(p: dict) -> str:
+    """A curve point as `mean [min-max]` (the seeds' spread when there are several), n/a without a value."""
     if p.get("mean") is None:
         return "n/a"
     spread = f" [{p['min']:.3f}-{p['max']:.3f}]" if p.get("n", 0) > 1 else ""
@@ -63,7 +64,7 @@ def selection_section(run: Path) -> str:
         for metric, title in METRICS:
             pts = metrics.get(metric) or []
             labels = labels or [p["labels"] for p in pts]
-            rows.append(f"<tr><td>{e(strategy)}</td><td>{e(title)}</td>" + "".join(f"<td>{_cell(p)}</td>" for p in pts)
+            rows.append(f"<tr><td>{e(strategy)}</td><td>{e(title)}</td>" + "".join(f"<td>{mean_spread(p)}</td>" for p in pts)
                         + "</tr>")
     head = "".join(f"<th>{n:g} labels</th>" for n in labels or [])
     table = (f'<table id="selection-curve"><thead><tr><th>strategy</th><th>metric</th>{head}</tr></thead>'

@@ -8,6 +8,7 @@ import base64
 import html
 from pathlib import Path
 
+from defect_vision.evaluation.report_selection import mean_spread
 from defect_vision.io import read_json
 from defect_vision.run_folder import RunFolder
 
@@ -18,13 +19,6 @@ METRICS = (("detector_box_ap50", "detector box AP50"), ("end_to_end_mask_iou", "
 COLOURS = {"labels": "tab:gray", "adaptive": "tab:orange", "fixed": "tab:blue"}
 NAMES = {"labels": "labels alone", "adaptive": "+ unlabelled, adaptive thresholds",
          "fixed": "+ unlabelled, fixed threshold"}
-
-
-def _cell(p: dict) -> str:
-    if p.get("mean") is None:
-        return "n/a"
-    spread = f" [{p['min']:.3f}-{p['max']:.3f}]" if p.get("n", 0) > 1 else ""
-    return f"{p['mean']:.3f}{spread}"
 
 
 def unlabelled_curve_plot(results: dict, path: Path) -> Path:
@@ -81,7 +75,7 @@ def curve_table(results: dict) -> str:
             pts = metrics.get(metric) or []
             ks = ks or [p["k"] for p in pts]
             rows.append(f"<tr><td>{e(NAMES.get(variant, variant))}</td><td>{e(title)}</td>"
-                        + "".join(f"<td>{_cell(p)}</td>" for p in pts) + "</tr>")
+                        + "".join(f"<td>{mean_spread(p)}</td>" for p in pts) + "</tr>")
     head = "".join(f"<th>k = {e(str(k))}</th>" for k in ks or [])
     return (f'<table id="unlabelled-curve"><thead><tr><th>training data</th><th>metric</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")

@@ -126,24 +126,38 @@ def summarize(runs: list[dict], shots: list, target: float) -> tuple[dict, dict]
     return summary, smallest
 
 
-def run_curve(config: CurveConfig) -> dict:
-    """The whole curve; returns results.json's content. Everything is written into a temporary folder that
-    replaces config.out at the end: an error or Ctrl-C keeps the previous result."""
-    t0 = time.time()
+@dataclass(frozen=True)
+class Start:
+    """What every curve-style experiment settles before any fine-tune: its classes, text encoder, start detector and
+    inputs (a missing export or SAM checkpoint fails here, before any output is written)."""
+
+    classes: list[str]
+    encode: object
+    encoder_name: str
+    detector: dict
+    inputs: list[Path]
+
+
+def start_of(config: CurveConfig) -> Start:
     export, train = config.export, config.train
     if export.sam is None:
         raise DatasetError("curve: the SAM prompts export is needed (defect-vision convert writes datasets/sam/<C>)")
     common.settle(export)
     export.check()
-    shots = check_shots(config.shots)
-    classes = classes_of(export.coco)
     encode, encoder_name = common.encoder_of(train)
-    detector = common.detector_info(common.start_model(train))
-    inputs = common.inputs_of(export, sam_checkpoint(config), None if train.from_scratch else train.model,
-                              train.clip)  # a missing SAM checkpoint fails here, before any output is written
-    with common.output_folder(config.out, KIND, inputs, config.force) as out:
-        results = _run(config, out, shots, classes, encode, encoder_name)
-        results = {**results, "detector": detector, "seconds": round(time.time() - t0, 1)}
+    return Start(classes_of(export.coco), encode, encoder_name, common.detector_info(common.start_model(train)),
+                 common.inputs_of(export, sam_checkpoint(config), None if train.from_scratch else train.model, train.clip))
+
+
+def run_curve(config: CurveConfig) -> dict:
+    """The whole curve; returns results.json's content. Everything is written into a temporary folder that
+    replaces config.out at the end: an error or Ctrl-C keeps the previous result."""
+    t0 = time.time()
+    st = start_of(config)
+    shots = check_shots(config.shots)
+    with common.output_folder(config.out, KIND, st.inputs, config.force) as out:
+        results = _run(config, out, shots, st.classes, st.encode, st.encoder_name)
+        results = {**results, "detector": st.detector, "seconds": round(time.time() - t0, 1)}
         common.write_results(out, results)
         from defect_vision.evaluation.experiment_plots import learning_curve
 

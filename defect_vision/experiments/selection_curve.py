@@ -18,8 +18,8 @@ import numpy as np
 
 from defect_vision.errors import DatasetError
 from defect_vision.experiments import common
-from defect_vision.experiments.curve import METRICS, Bench, CurveConfig, sam_checkpoint
-from defect_vision.experiments.subsets import classes_of, few_shot, labelled_counts
+from defect_vision.experiments.curve import METRICS, Bench, CurveConfig, start_of
+from defect_vision.experiments.subsets import few_shot, labelled_counts
 
 KIND = "selection_curve"
 STRATEGIES = ("select", "random")
@@ -139,15 +139,9 @@ def run_selection_curve(config: SelectionCurveConfig) -> dict:
     """The whole experiment into config.curve.out (replaced only when it completes); returns results.json's content."""
     t0 = time.time()
     c = config.curve
-    export, train = c.export, c.train
-    if export.sam is None:
-        raise DatasetError("curve: the SAM prompts export is needed (defect-vision convert writes datasets/sam/<C>)")
-    common.settle(export)
-    export.check()
-    classes = classes_of(export.coco)
-    encode, encoder_name = common.encoder_of(train)
-    detector = common.detector_info(common.start_model(train))
-    inputs = common.inputs_of(export, sam_checkpoint(c), None if train.from_scratch else train.model, train.clip)
+    train = c.train
+    st = start_of(c)
+    classes, encode, encoder_name, detector, inputs = st.classes, st.encode, st.encoder_name, st.detector, st.inputs
     with common.output_folder(c.out, KIND, inputs, c.force) as out:
         bench = Bench.of(c, out, classes, encode)
         runs = _rounds(config, bench)

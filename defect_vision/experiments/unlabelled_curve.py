@@ -22,11 +22,11 @@ from defect_vision.experiments.curve import (
     Bench,
     CurveConfig,
     runs_of,
-    sam_checkpoint,
+    start_of,
     summarize,
 )
 from defect_vision.experiments.self_training import self_train
-from defect_vision.experiments.subsets import classes_of, few_shot, flat
+from defect_vision.experiments.subsets import few_shot, flat
 from defect_vision.training.self_training import RULES, SelfTrainConfig
 
 KIND = "curve_unlabelled"
@@ -65,18 +65,12 @@ def run_unlabelled_curve(config: UnlabelledCurveConfig) -> dict:
     """The whole experiment into config.curve.out (replaced only when it completes); returns results.json."""
     t0 = time.time()
     c = config.curve
-    export, train = c.export, c.train
-    if export.sam is None:
-        raise DatasetError("curve: the SAM prompts export is needed (defect-vision convert writes datasets/sam/<C>)")
-    common.settle(export)
-    export.check()
+    train = c.train
     shots = [k for k in c.shots if k != ALL]
     if not shots:
         raise DatasetError("--shots: self-training needs k < all (k labels + the rest of train as unlabelled)")
-    classes = classes_of(export.coco)
-    encode, encoder_name = common.encoder_of(train)
-    detector = common.detector_info(common.start_model(train))
-    inputs = common.inputs_of(export, sam_checkpoint(c), None if train.from_scratch else train.model, train.clip)
+    st = start_of(c)
+    classes, encode, encoder_name, detector, inputs = st.classes, st.encode, st.encoder_name, st.detector, st.inputs
     with common.output_folder(c.out, KIND, inputs, c.force) as out:
         bench = Bench.of(c, out, classes, encode)
         first, weights = bench.zero_shot(encoder_name)
