@@ -214,6 +214,25 @@ def test_pipeline_switches_add_the_stages_and_leave_the_plain_plan_alone(tmp_pat
     assert "--anomaly" not in {s.name: s.argv for s in after}["predict_val"]
 
 
+def test_train_anomaly_takes_every_reader_option_convert_takes(tmp_path):
+    """The pipeline hands its reader options to convert and to train-anomaly alike: a labelling tool's export
+    (--format labelstudio --annotations ...) reaches train-anomaly's DatasetSource as it reaches convert's."""
+    from dataclasses import replace
+
+    from defect_vision.cli import convert, train_anomaly
+    from defect_vision.cli.pipeline import PipelineConfig, plan
+
+    (tmp_path / "ls").mkdir()
+    reader = ["--format", "labelstudio", "--annotations", str(tmp_path / "export.json"), "--strict", "--min-area", "3"]
+    config = replace(PipelineConfig("parts", root=tmp_path / "ls", datasets=tmp_path / "ds", runs=tmp_path / "runs",
+                                    from_scratch=True, anomaly=True), reader_args=reader)
+    stages = {s.name: s.argv for s in plan(config).stages}
+    ours = train_anomaly.config_from_args(train_anomaly.build_parser("x").parse_args(stages["anomaly"][1:])).source
+    theirs = convert.build_parser("x").parse_args(stages["convert"][1:])
+    assert (ours.format, ours.annotations, ours.strict, ours.min_area) == ("labelstudio", tmp_path / "export.json", True, 3)
+    assert (theirs.layout, theirs.annotations, theirs.strict, theirs.min_area) == ("labelstudio", tmp_path / "export.json", True, 3)
+
+
 @pytest.mark.slow
 def test_the_ray_engine_carries_heat_maps_scores_and_unknown_detections(work):
     pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'defect-vision[distributed]')")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from defect_vision.cli.common import CategoryPaths, add_force, parser, run_command
+from defect_vision.cli.reader_args import add_reader_options, source_of
 
 DESCRIPTIONS = {
     "coco": "MVTec AD category -> COCO instances_{train,val,test}.json (polygons, or RLE with --rle).",
@@ -25,44 +26,14 @@ DESCRIPTIONS = {
 
 def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
     """The options of one format's converter (fmt), or of all formats (None)."""
-    from defect_vision.data.source import (
-        FORMATS as LAYOUTS,  # light modules: --help imports no OpenCV
-    )
-    from defect_vision.formats import FORMATS
+    from defect_vision.formats import FORMATS  # noqa: I001  (a light module: --help imports no OpenCV)
 
     p = parser(prog, DESCRIPTIONS[fmt])
 
     p.add_argument("--category", default=None,
                    help="category folder under --root, e.g. wood (with --format folder, coco, yolo, labelstudio, cvat: "
                         "just the dataset's name, default the --root folder's name)")
-    p.add_argument("--root", type=Path, default=Path("datasets/mvtec_ad"),
-                   help="dataset root (coco, labelstudio, cvat: images; yolo: data.yaml's)")
-    p.add_argument("--format", dest="layout", choices=LAYOUTS, default="mvtec",
-                   help="dataset layout (see docs/formats.md); auto detects it and says which it found")
-    p.add_argument("--annotations", type=Path, default=None,
-                   help="coco: the instances json; labelstudio: the JSON export; cvat: annotations.xml (CVAT for images "
-                        "1.1). coco without it finds Roboflow, CVAT and Label Studio COCO exports under --root")
-    p.add_argument("--mask-threshold", type=int, default=0,
-                   help="a mask pixel is defect when its value is > this (lossy JPEG or anti-aliased masks)")
-    p.add_argument("--defect-name", default="defect",
-                   help="class of every defect in layouts without defect-type names (mvtec_ad2, kolektor2)")
-    p.add_argument("--names", type=Path, default=None,
-                   help="YAML mapping class name -> prompt text (or a list: prompt first, then synonyms)")
-    p.add_argument("--images", default=None, help="folder layout: glob of the images, relative to --root "
-                                                  "(e.g. 'parts/**/*.png')")
-    p.add_argument("--masks", default=None, help="folder layout: mask path template, {dir} = the image's folder, "
-                                                 "{stem} = its name without suffix (e.g. '{dir}/../masks/{stem}_mask.png')")
-    p.add_argument("--manifest", type=Path, default=None,
-                   help="folder layout: CSV with columns image,mask[,label] (paths relative to --root; empty mask = good)")
-    p.add_argument("--strict", action="store_true",
-                   help="what a reader skips with one warning line is an error instead (visa: an image_anno.csv row "
-                        "whose image is not on disk; coco, yolo, labelstudio, cvat: unknown classes, annotations of "
-                        "missing images, shapes outside the image or with no pixel)")
-    p.add_argument("--benchmark-split", action="store_true",
-                   help="visa, kolektor2, coco (Roboflow), yolo, cvat: the dataset's own split (VisA: split_csv/1cls.csv, "
-                        "whose train has only good images; KolektorSDD2: its train/ and test/; Roboflow: train/valid/"
-                        "test; YOLO: data.yaml's train/val/test; CVAT: the images' subsets); a test shared with no val is "
-                        "split between val and test by the --split ratios")
+    add_reader_options(p)
     out_help = (f"output folder (default: datasets/{fmt}/<category>)" if fmt else
                 "root of the output folders <out>/<format>/<category> (default: datasets)")
     p.add_argument("--out", type=Path, default=None, help=out_help)
@@ -76,7 +47,6 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
                       help="good images per split = ceil(ratio x defect images in that split)")
     good.add_argument("--good-per-split", nargs=3, type=int, default=None, metavar=("TRAIN", "VAL", "TEST"),
                       help="number of good images per split (overrides --good-ratio)")
-    p.add_argument("--min-area", type=int, default=10, help="drop mask components smaller than this (pixels)")
     p.add_argument("--splits", type=Path, default=None,
                    help="the split file, written once and reused by every format (default: datasets/splits/<category>.json, "
                         "or <out>/splits/<category>.json for all formats)")
@@ -100,7 +70,6 @@ def build_parser(prog: str, fmt: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt: str | None = None) -> int:
     p = build_parser(prog, fmt)
     a = p.parse_args(argv)  # before the imports below (OpenCV, numpy): --help and flag errors stay cheap
-    from defect_vision.data.source import DatasetSource
     from defect_vision.data.splits import SplitConfig
     from defect_vision.formats.export import ConvertConfig, export
 
@@ -136,9 +105,7 @@ def main(argv: list[str] | None = None, prog: str = "defect-vision convert", fmt
         negative_points=getattr(a, "negative_points", 0), force=a.force, progress=not a.no_progress)
 
     def body() -> None:
-        source = DatasetSource(a.root, a.category, a.min_area, a.layout, a.mask_threshold, a.defect_name, a.names,
-                               a.images, a.masks, a.manifest, a.benchmark_split, a.strict, a.annotations)
-        result = export(source, outputs, config)
+        result = export(source_of(a), outputs, config)
         print(result.summary(fmt or "+".join(a.formats)))
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)

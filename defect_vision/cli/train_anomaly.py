@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from defect_vision.cli.common import CategoryPaths, add_force, parser, run_command
+from defect_vision.cli.reader_args import add_reader_options, source_of
 
 METHODS = ("draem", "padim", "patchcore")  # = defect_vision.models.anomaly.METHODS (kept light for --help)
 DESCRIPTION = (
@@ -16,31 +17,13 @@ DESCRIPTION = (
 EPILOG = "Then: defect-vision predict --run runs/<C> --anomaly runs/<C>/anomaly --source ... --out ..."
 
 
-def add_reader_options(p: argparse.ArgumentParser) -> None:
-    """The dataset options of `convert` (the same readers and split)."""
-    from defect_vision.data.source import FORMATS
-
-    p.add_argument("--root", type=Path, default=Path("datasets/mvtec_ad"), help="dataset root folder")
-    p.add_argument("--format", dest="layout", choices=FORMATS, default="mvtec",
-                   help="dataset layout (see docs/formats.md); auto detects it")
-    p.add_argument("--mask-threshold", type=int, default=0, help="a mask pixel is defect when its value is > this")
-    p.add_argument("--defect-name", default="defect", help="class of every defect in layouts without defect-type names")
-    p.add_argument("--names", type=Path, default=None, help="YAML mapping class name -> prompt text")
-    p.add_argument("--images", default=None, help="folder layout: glob of the images, relative to --root")
-    p.add_argument("--masks", default=None, help="folder layout: mask path template ({dir}, {stem})")
-    p.add_argument("--manifest", type=Path, default=None, help="folder layout: CSV with columns image,mask[,label]")
-    p.add_argument("--benchmark-split", action="store_true", help="visa, kolektor2: the dataset's own train/test")
-    p.add_argument("--strict", action="store_true", help="visa: a listed image missing on disk is an error")
-    p.add_argument("--min-area", type=int, default=10, help="drop mask components smaller than this (pixels)")
-    p.add_argument("--splits", type=Path, default=None,
-                   help="the split file convert wrote (default: datasets/splits/<category>.json when it exists, else "
-                        "convert's default split, made the same way)")
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = parser(prog, DESCRIPTION, EPILOG)
     p.add_argument("--category", required=True, help="category folder under --root (names the default paths)")
     add_reader_options(p)
+    p.add_argument("--splits", type=Path, default=None,
+                   help="the split file convert wrote (default: datasets/splits/<category>.json when it exists, else "
+                        "convert's default split, made the same way)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="padim | patchcore (backbone from weights/) | draem (weight-free); default: padim with "
                         "weights/resnet18-*.pth, else draem")
@@ -62,14 +45,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace):
-    from defect_vision.data.source import DatasetSource
     from defect_vision.training.anomaly import AnomalyTrainConfig
 
     paths = CategoryPaths(a.category)
     splits = a.splits or (paths.splits if paths.splits.is_file() else None)
-    source = DatasetSource(a.root, a.category, a.min_area, a.layout, a.mask_threshold, a.defect_name, a.names,
-                           a.images, a.masks, a.manifest, a.benchmark_split, a.strict)
-    return AnomalyTrainConfig(source, a.out or paths.run_folder.anomaly_dir, splits, a.method, a.backbone, a.weights,
+    return AnomalyTrainConfig(source_of(a), a.out or paths.run_folder.anomaly_dir, splits, a.method, a.backbone, a.weights,
                               from_scratch=a.from_scratch, image_size=a.image_size, epochs=a.epochs, batch=a.batch,
                               lr=a.lr, base_width=a.base_width, device=a.device, seed=a.seed, force=a.force,
                               progress=not a.no_progress)
